@@ -1,0 +1,385 @@
+//! Loading and validating `empath.config.ron`.
+//!
+//! Syntax errors, unknown keys and malformed values come from the RON parser
+//! with their line and column. Checks that span several keys run after
+//! parsing and name the key and the line where it is written.
+
+mod model;
+mod values;
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+
+pub use model::*;
+pub use values::{Extension, HostPort, ListenAddr, Listener};
+
+/// The default location of the config file.
+pub const DEFAULT_PATH: &str = "/etc/empath/empath.config.ron";
+
+/// A loaded and validated configuration, with the file it came from.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub path: PathBuf,
+    pub empath: Empath,
+}
+
+impl std::ops::Deref for Config {
+    type Target = Empath;
+    fn deref(&self) -> &Empath {
+        &self.empath
+    }
+}
+
+/// A config error: where it is, and what is wrong.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    pub path: PathBuf,
+    pub line: Option<usize>,
+    pub column: Option<usize>,
+    pub message: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.path.display())?;
+        match (self.line, self.column) {
+            (Some(line), Some(column)) => write!(f, ":{line}:{column}")?,
+            (Some(line), None) => write!(f, ":{line}")?,
+            _ => {}
+        }
+        write!(f, ": {}", self.message)
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+impl Config {
+    /// Reads, parses and validates the config file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            line: None,
+            column: None,
+            message: format!("cannot read config file: {e}"),
+        })?;
+        Self::parse(path, &text)
+    }
+
+    /// Parses and validates config `text`; `path` is used in error messages.
+    pub fn parse(path: &Path, text: &str) -> Result<Self, ConfigError> {
+        let options = ron::Options::default()
+            .with_default_extension(ron::extensions::Extensions::IMPLICIT_SOME);
+        let mut empath: Empath = options.from_str(text).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            line: Some(e.span.start.line),
+            column: Some(e.span.start.col),
+            message: e.code.to_string(),
+        })?;
+        if let Ok(absolute) = std::path::absolute(&empath.spool.path) {
+            empath.spool.path = absolute;
+        }
+        validate(&empath).map_err(|(key, message)| ConfigError {
+            path: path.to_owned(),
+            line: line_of_key(text, key.rsplit('.').next().unwrap_or(&key)),
+            column: None,
+            message: format!("{key}: {message}"),
+        })?;
+        let path = std::path::absolute(path).unwrap_or_else(|_| path.to_owned());
+        Ok(Self { path, empath })
+    }
+
+    /// The host name for banners and headers.
+    pub fn hostname(&self) -> String {
+        self.empath.hostname.clone().unwrap_or_else(system_hostname)
+    }
+}
+
+fn system_hostname() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|name| name.into_string().ok())
+        .filter(|name| !name.is_empty())
+        .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// The first line that assigns `key`, for errors found after parsing.
+fn line_of_key(text: &str, key: &str) -> Option<usize> {
+    text.lines()
+        .position(|line| {
+            let line = line.trim_start().trim_start_matches('"');
+            line.strip_prefix(key)
+                .map(|rest| rest.trim_start_matches('"').trim_start().starts_with(':'))
+                .unwrap_or(false)
+        })
+        .map(|index| index + 1)
+}
+
+type Invalid = (String, String);
+
+fn check(ok: bool, key: &str, message: impl Into<String>) -> Result<(), Invalid> {
+    if ok {
+        Ok(())
+    } else {
+        Err((key.to_owned(), message.into()))
+    }
+}
+
+fn validate(config: &Empath) -> Result<(), Invalid> {
+    let listeners = &config.smtp_controller.listeners;
+    check(
+        !listeners.is_empty(),
+        "smtp_controller.listeners",
+        "at least one listener is required",
+    )?;
+    for (index, listener) in listeners.iter().enumerate() {
+        let duplicate = listeners[..index]
+            .iter()
+            .any(|other| other.socket == listener.socket && listener.socket.0.port() != 0);
+        check(
+            !duplicate,
+            "smtp_controller.listeners.socket",
+            format!("{} is listed twice", listener.socket.0),
+        )?;
+        validate_server_timeouts(&listener.timeouts)?;
+        for extension in &listener.extensions {
+            if let Extension::Size(size) = extension {
+                check(
+                    *size > 0,
+                    "smtp_controller.listeners.extensions.size",
+                    "must be greater than 0",
+                )?;
+            }
+        }
+    }
+    check(
+        !config.spool.path.as_os_str().is_empty(),
+        "spool.path",
+        "must not be empty",
+    )?;
+    validate_delivery(&config.delivery)?;
+    for hash in &config.control_auth.token_hashes {
+        let is_sha256_hex = hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit());
+        check(
+            is_sha256_hex,
+            "control_auth.token_hashes",
+            format!("{hash:?} is not a SHA-256 hex digest (64 hex digits)"),
+        )?;
+    }
+    if let Some(postmaster) = &config.dsn.postmaster {
+        check(
+            postmaster.contains('@'),
+            "dsn.postmaster",
+            format!("{postmaster:?} is not a mail address"),
+        )?;
+    }
+    Ok(())
+}
+
+fn validate_server_timeouts(timeouts: &ServerTimeouts) -> Result<(), Invalid> {
+    for (key, value) in [
+        ("command_secs", timeouts.command_secs),
+        ("data_init_secs", timeouts.data_init_secs),
+        ("data_block_secs", timeouts.data_block_secs),
+        ("data_termination_secs", timeouts.data_termination_secs),
+        ("connection_secs", timeouts.connection_secs),
+    ] {
+        check(
+            value > 0,
+            &format!("smtp_controller.listeners.timeouts.{key}"),
+            "must be greater than 0",
+        )?;
+    }
+    Ok(())
+}
+
+fn validate_delivery(delivery: &Delivery) -> Result<(), Invalid> {
+    check(
+        delivery.scan_interval_secs > 0,
+        "delivery.scan_interval_secs",
+        "must be greater than 0",
+    )?;
+    check(
+        delivery.process_interval_secs > 0,
+        "delivery.process_interval_secs",
+        "must be greater than 0",
+    )?;
+    check(
+        delivery.max_attempts > 0,
+        "delivery.max_attempts",
+        "must be at least 1",
+    )?;
+    check(
+        delivery.base_retry_delay_secs > 0,
+        "delivery.base_retry_delay_secs",
+        "must be greater than 0",
+    )?;
+    check(
+        delivery.max_retry_delay_secs >= delivery.base_retry_delay_secs,
+        "delivery.max_retry_delay_secs",
+        "must not be less than base_retry_delay_secs",
+    )?;
+    check(
+        (0.0..=1.0).contains(&delivery.retry_jitter_factor),
+        "delivery.retry_jitter_factor",
+        "must be between 0.0 and 1.0",
+    )?;
+    check(
+        delivery.max_queue_lifetime_secs > 0,
+        "delivery.max_queue_lifetime_secs",
+        "must be greater than 0",
+    )?;
+    check(
+        delivery.max_active_messages > 0,
+        "delivery.max_active_messages",
+        "must be at least 1",
+    )?;
+    check(
+        delivery.max_concurrent_deliveries > 0,
+        "delivery.max_concurrent_deliveries",
+        "must be at least 1",
+    )?;
+    let timeouts = &delivery.smtp_timeouts;
+    for (key, value) in [
+        ("connect_secs", timeouts.connect_secs),
+        ("ehlo_secs", timeouts.ehlo_secs),
+        ("starttls_secs", timeouts.starttls_secs),
+        ("mail_from_secs", timeouts.mail_from_secs),
+        ("rcpt_to_secs", timeouts.rcpt_to_secs),
+        ("data_secs", timeouts.data_secs),
+        ("quit_secs", timeouts.quit_secs),
+    ] {
+        check(
+            value > 0,
+            &format!("delivery.smtp_timeouts.{key}"),
+            "must be greater than 0",
+        )?;
+    }
+    let rate = &delivery.rate_limit;
+    check(
+        rate.messages_per_second > 0.0,
+        "delivery.rate_limit.messages_per_second",
+        "must be greater than 0",
+    )?;
+    check(
+        rate.burst_size > 0,
+        "delivery.rate_limit.burst_size",
+        "must be at least 1",
+    )?;
+    for limit in rate.domain_limits.values() {
+        check(
+            limit.messages_per_second > 0.0,
+            "delivery.rate_limit.domain_limits.messages_per_second",
+            "must be greater than 0",
+        )?;
+        check(
+            limit.burst_size > 0,
+            "delivery.rate_limit.domain_limits.burst_size",
+            "must be at least 1",
+        )?;
+    }
+    for domain in delivery.domains.keys() {
+        check(
+            !domain.trim().is_empty(),
+            "delivery.domains",
+            "a domain name must not be empty",
+        )?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("test.ron"), text)
+    }
+
+    const MINIMAL: &str = r#"Empath(
+    smtp_controller: (listeners: [{ socket: "127.0.0.1:2525" }]),
+    spool: (path: "/tmp/empath-spool"),
+)"#;
+
+    #[test]
+    fn minimal_config_loads_with_defaults() {
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(config.smtp_controller.listeners[0].socket.0.port(), 2525);
+        assert_eq!(config.delivery.max_attempts, 25);
+        assert_eq!(
+            config.smtp_controller.listeners[0].timeouts,
+            ServerTimeouts::default()
+        );
+    }
+
+    #[test]
+    fn unknown_key_names_the_key_and_its_line() {
+        let text = MINIMAL.replace("spool: (path", "spool: (\n  pth: \"x\",\n  path");
+        let error = parse(&text).unwrap_err();
+        assert_eq!(error.line, Some(4));
+        assert!(error.message.contains("pth"), "{error}");
+    }
+
+    #[test]
+    fn bad_listen_address_names_its_line() {
+        let error = parse(&MINIMAL.replace("127.0.0.1:2525", "localhost")).unwrap_err();
+        assert_eq!(error.line, Some(2));
+        assert!(error.message.contains("invalid listen address"), "{error}");
+    }
+
+    #[test]
+    fn semantic_error_names_key_and_line() {
+        let text = MINIMAL.replace(
+            "spool: (path: \"/tmp/empath-spool\"),",
+            "spool: (path: \"/tmp/empath-spool\"),\n    delivery: (\n        retry_jitter_factor: 3.0,\n    ),",
+        );
+        let error = parse(&text).unwrap_err();
+        assert_eq!(error.line, Some(5), "{error}");
+        assert!(
+            error.to_string().contains("delivery.retry_jitter_factor"),
+            "{error}"
+        );
+    }
+
+    #[test]
+    fn bad_mx_override_is_reported() {
+        let text = MINIMAL.replace(
+            "spool: (path: \"/tmp/empath-spool\"),",
+            "spool: (path: \"/tmp/empath-spool\"),\n    delivery: (domains: {\"a.example\": (mx_override: \"nohostport\")}),",
+        );
+        let error = parse(&text).unwrap_err();
+        assert_eq!(error.line, Some(4));
+        assert!(error.message.contains("invalid host:port"), "{error}");
+    }
+
+    #[test]
+    fn extensions_parse_in_map_syntax() {
+        let text = MINIMAL.replace(
+            "{ socket: \"127.0.0.1:2525\" }",
+            "{ socket: \"127.0.0.1:2525\", extensions: [{\"size\": 1000}, {\"starttls\": {\"key\": \"k.pem\", \"certificate\": \"c.pem\"}}] }",
+        );
+        let config = parse(&text).unwrap();
+        assert_eq!(
+            config.smtp_controller.listeners[0].extensions,
+            vec![
+                Extension::Size(1000),
+                Extension::StartTls {
+                    key: "k.pem".into(),
+                    certificate: "c.pem".into()
+                }
+            ]
+        );
+    }
+
+    #[test]
+    fn unknown_extension_is_an_error() {
+        let text = MINIMAL.replace(
+            "{ socket: \"127.0.0.1:2525\" }",
+            "{ socket: \"127.0.0.1:2525\", extensions: [{\"sise\": 1}] }",
+        );
+        let error = parse(&text).unwrap_err();
+        assert!(
+            error.message.contains("unknown extension `sise`"),
+            "{error}"
+        );
+    }
+}

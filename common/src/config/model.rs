@@ -1,0 +1,295 @@
+//! The configuration model: one struct per RON section.
+//!
+//! Sections and keys from the user's documents (`smtp_controller`, `spool`,
+//! `delivery`, `rate_limit`, `domains`, `control_socket`, `control_auth`,
+//! `metrics`, `health`, `dsn`, `modules`) load unchanged. Keys that only make
+//! sense for the multi-process design (`hostname`, `daemon_directory`,
+//! `delivery.max_concurrent_deliveries`, ...) are additions. Every struct
+//! denies unknown keys, so a typo is an error that names the key and its line.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use serde::Deserialize;
+
+use super::values::{Extension, HostPort, ListenAddr, Listener};
+
+/// The whole `Empath( ... )` document.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Empath {
+    /// Host name used in the banner, `Received:` headers and EHLO.
+    /// Defaults to the system host name.
+    #[serde(default)]
+    pub hostname: Option<String>,
+    pub smtp_controller: SmtpController,
+    #[serde(default)]
+    pub modules: Vec<Module>,
+    pub spool: Spool,
+    #[serde(default)]
+    pub delivery: Delivery,
+    #[serde(default)]
+    pub control_socket: Option<PathBuf>,
+    #[serde(default)]
+    pub control_auth: ControlAuth,
+    #[serde(default)]
+    pub metrics: Metrics,
+    #[serde(default)]
+    pub health: Health,
+    #[serde(default)]
+    pub dsn: Dsn,
+    /// Where the master finds the daemon executables. Defaults to the
+    /// directory that holds the `empath` executable itself.
+    #[serde(default)]
+    pub daemon_directory: Option<PathBuf>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SmtpController {
+    pub listeners: Vec<Listener>,
+}
+
+/// Server-side timeouts of one listener (RFC 5321 section 4.5.3.2).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ServerTimeouts {
+    pub command_secs: u64,
+    pub data_init_secs: u64,
+    pub data_block_secs: u64,
+    pub data_termination_secs: u64,
+    pub connection_secs: u64,
+}
+
+impl Default for ServerTimeouts {
+    fn default() -> Self {
+        Self {
+            command_secs: 300,
+            data_init_secs: 120,
+            data_block_secs: 180,
+            data_termination_secs: 600,
+            connection_secs: 1800,
+        }
+    }
+}
+
+/// Fields of a listener, in either `( ... )` or `{ ... }` syntax.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ListenerFields {
+    pub socket: ListenAddr,
+    #[serde(default)]
+    pub context: BTreeMap<String, String>,
+    #[serde(default)]
+    pub timeouts: ServerTimeouts,
+    #[serde(default)]
+    pub extensions: Vec<Extension>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Module {
+    #[serde(rename = "type")]
+    pub kind: ModuleKind,
+    pub name: PathBuf,
+    #[serde(default)]
+    pub arguments: Vec<String>,
+}
+
+/// The kind of a module; written as a string (`type: "SharedLibrary"`).
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[serde(try_from = "String")]
+pub enum ModuleKind {
+    SharedLibrary,
+}
+
+impl TryFrom<String> for ModuleKind {
+    type Error = String;
+    fn try_from(kind: String) -> Result<Self, String> {
+        match kind.as_str() {
+            "SharedLibrary" => Ok(Self::SharedLibrary),
+            other => Err(format!(
+                "unknown module type {other:?}, expected \"SharedLibrary\""
+            )),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Spool {
+    pub path: PathBuf,
+}
+
+/// Outbound delivery: scheduling, retries, client timeouts, per-domain policy.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Delivery {
+    /// How often qmgr rescans `incoming/` in case a notification was lost.
+    pub scan_interval_secs: u64,
+    /// How often qmgr looks for deferred messages whose retry time is due.
+    pub process_interval_secs: u64,
+    pub max_attempts: u32,
+    pub base_retry_delay_secs: u64,
+    pub max_retry_delay_secs: u64,
+    pub retry_jitter_factor: f64,
+    /// How long a message may stay queued before it expires and bounces.
+    pub max_queue_lifetime_secs: u64,
+    pub accept_invalid_certs: bool,
+    pub smtp_timeouts: ClientTimeouts,
+    pub domains: BTreeMap<String, DomainPolicy>,
+    pub rate_limit: RateLimit,
+    /// Upper bound on messages held in `active/` at once.
+    pub max_active_messages: usize,
+    /// Upper bound on simultaneous outbound SMTP transactions.
+    pub max_concurrent_deliveries: usize,
+}
+
+impl Default for Delivery {
+    fn default() -> Self {
+        Self {
+            scan_interval_secs: 30,
+            process_interval_secs: 10,
+            max_attempts: 25,
+            base_retry_delay_secs: 60,
+            max_retry_delay_secs: 86_400,
+            retry_jitter_factor: 0.2,
+            max_queue_lifetime_secs: 5 * 86_400,
+            accept_invalid_certs: false,
+            smtp_timeouts: ClientTimeouts::default(),
+            domains: BTreeMap::new(),
+            rate_limit: RateLimit::default(),
+            max_active_messages: 1000,
+            max_concurrent_deliveries: 20,
+        }
+    }
+}
+
+/// Per-phase timeouts of the outbound SMTP client.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct ClientTimeouts {
+    pub connect_secs: u64,
+    pub ehlo_secs: u64,
+    pub starttls_secs: u64,
+    pub mail_from_secs: u64,
+    pub rcpt_to_secs: u64,
+    pub data_secs: u64,
+    pub quit_secs: u64,
+}
+
+impl Default for ClientTimeouts {
+    fn default() -> Self {
+        Self {
+            connect_secs: 30,
+            ehlo_secs: 30,
+            starttls_secs: 30,
+            mail_from_secs: 30,
+            rcpt_to_secs: 30,
+            data_secs: 120,
+            quit_secs: 10,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct DomainPolicy {
+    /// Deliver to this `host:port` instead of looking up MX records.
+    pub mx_override: Option<HostPort>,
+    /// Overrides `delivery.accept_invalid_certs` for this domain.
+    pub accept_invalid_certs: Option<bool>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RateLimit {
+    pub messages_per_second: f64,
+    pub burst_size: u32,
+    pub domain_limits: BTreeMap<String, DomainRateLimit>,
+}
+
+impl Default for RateLimit {
+    fn default() -> Self {
+        Self {
+            messages_per_second: 10.0,
+            burst_size: 20,
+            domain_limits: BTreeMap::new(),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DomainRateLimit {
+    pub messages_per_second: f64,
+    pub burst_size: u32,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ControlAuth {
+    pub enabled: bool,
+    pub token_hashes: Vec<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Metrics {
+    pub enabled: bool,
+    /// OTLP endpoint of the single-process design. Empath serves
+    /// Prometheus `/metrics` on the health listener instead; the key is
+    /// accepted so that existing configs load.
+    pub endpoint: Option<String>,
+    pub max_domain_cardinality: usize,
+    pub high_priority_domains: Vec<String>,
+    pub api_key: Option<String>,
+}
+
+impl Default for Metrics {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            endpoint: None,
+            max_domain_cardinality: 1000,
+            high_priority_domains: Vec::new(),
+            api_key: None,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Health {
+    pub enabled: bool,
+    pub listen_address: ListenAddr,
+    pub max_queue_size: u64,
+}
+
+impl Default for Health {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            listen_address: ListenAddr::any(8080),
+            max_queue_size: 10_000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Dsn {
+    pub enabled: bool,
+    pub reporting_mta: Option<String>,
+    pub postmaster: Option<String>,
+}
+
+impl Default for Dsn {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            reporting_mta: None,
+            postmaster: None,
+        }
+    }
+}

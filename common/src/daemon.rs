@@ -1,0 +1,106 @@
+//! The skeleton every daemon shares: command-line arguments, start-up
+//! (logging, config, queue), and the server loop on a `private/` socket.
+
+use std::future::Future;
+use std::io;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+
+use tokio::net::{UnixListener, UnixStream};
+
+use crate::config::{self, Config};
+use crate::logging::{self, LogFormat};
+use crate::queue::Queue;
+
+/// Arguments that the master passes to every daemon.
+#[derive(Debug, Clone, clap::Parser)]
+pub struct DaemonArgs {
+    /// The config file.
+    #[arg(long, default_value = config::DEFAULT_PATH)]
+    pub config: PathBuf,
+    /// human, json or syslog.
+    #[arg(long, value_enum, default_value_t = LogFormat::Human)]
+    pub log_format: LogFormat,
+}
+
+/// A started daemon: its config and queue.
+pub struct Daemon {
+    pub config: Config,
+    pub queue: Queue,
+}
+
+/// Parses arguments, starts logging and loads the config. Exits with a
+/// message on stderr (status 78, EX_CONFIG) when that fails.
+pub fn start(service: &'static str) -> Daemon {
+    let args = <DaemonArgs as clap::Parser>::parse();
+    if let Err(message) = logging::init(args.log_format, service) {
+        eprintln!("{service}: {message}");
+    }
+    let config = match Config::load(&args.config) {
+        Ok(config) => config,
+        Err(error) => {
+            tracing::error!(%error, "cannot load config");
+            eprintln!("{service}: {error}");
+            std::process::exit(78);
+        }
+    };
+    let queue = Queue::new(config.spool.path.clone());
+    Daemon { config, queue }
+}
+
+/// Binds a daemon socket, replacing a stale one left by a crash. Mode 0600:
+/// only the mail system's own user may talk to a daemon.
+pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
+    match std::fs::remove_file(path) {
+        Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let listener = UnixListener::bind(path)?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    Ok(listener)
+}
+
+/// Accepts connections on `listener` forever, running `handle` for each on
+/// its own task. Errors of one connection are logged and end only it.
+pub async fn serve<F, Fut>(
+    listener: UnixListener,
+    service: &'static str,
+    handle: F,
+) -> io::Result<()>
+where
+    F: Fn(UnixStream) -> Fut,
+    Fut: Future<Output = io::Result<()>> + Send + 'static,
+{
+    loop {
+        let (stream, _) = match listener.accept().await {
+            Ok(accepted) => accepted,
+            Err(e) => {
+                tracing::warn!(service, error = %e, "accept failed");
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                continue;
+            }
+        };
+        let connection = handle(stream);
+        tokio::spawn(async move {
+            if let Err(e) = connection.await {
+                tracing::warn!(service, error = %e, "connection ended with an error");
+            }
+        });
+    }
+}
+
+/// Resolves when the process is asked to stop (SIGTERM or SIGINT).
+pub async fn stop_requested() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) = (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) else {
+        std::future::pending::<()>().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,125 @@
+//! IPC framing over Unix stream sockets: a 4-byte big-endian length, then a
+//! postcard-encoded value. The same framing carries every daemon protocol.
+
+use std::io;
+use std::path::Path;
+use std::time::Duration;
+
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::UnixStream;
+
+/// Frames larger than this are refused: a peer sending one is broken.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+pub async fn write_frame<W, T>(writer: &mut W, value: &T) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+    T: Serialize,
+{
+    let payload =
+        postcard::to_stdvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    if payload.len() > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "frame too large",
+        ));
+    }
+    let length = u32::try_from(payload.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
+    let mut frame = Vec::with_capacity(4 + payload.len());
+    frame.extend_from_slice(&length.to_be_bytes());
+    frame.extend_from_slice(&payload);
+    writer.write_all(&frame).await?;
+    writer.flush().await
+}
+
+/// Reads one frame. `Ok(None)` means the peer closed the connection cleanly
+/// between frames.
+pub async fn read_frame<R, T>(reader: &mut R) -> io::Result<Option<T>>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
+    let mut header = [0u8; 4];
+    match reader.read_exact(&mut header).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) => return Err(e),
+    }
+    let length = u32::from_be_bytes(header) as usize;
+    if length > MAX_FRAME {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("frame of {length} bytes exceeds the limit"),
+        ));
+    }
+    let mut payload = vec![0u8; length];
+    reader.read_exact(&mut payload).await?;
+    postcard::from_bytes(&payload)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Sends a request and waits for its reply on an open connection.
+pub async fn call<S, Req, Resp>(stream: &mut S, request: &Req) -> io::Result<Resp>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+    Req: Serialize,
+    Resp: DeserializeOwned,
+{
+    write_frame(stream, request).await?;
+    read_frame(stream).await?.ok_or_else(|| {
+        io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "peer closed the connection before replying",
+        )
+    })
+}
+
+/// Connects to a daemon socket, with a bound on the time it may take.
+pub async fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
+    tokio::time::timeout(timeout, UnixStream::connect(path))
+        .await
+        .map_err(|_| {
+            io::Error::new(
+                io::ErrorKind::TimedOut,
+                format!("connecting to {}", path.display()),
+            )
+        })?
+        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
+}
+
+/// Sends one frame on a fresh connection and does not wait for a reply:
+/// used for notifications, which are only a speed-up over directory scans.
+pub async fn notify<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
+    let mut stream = connect(path, Duration::from_secs(1)).await?;
+    write_frame(&mut stream, value).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn frames_round_trip_and_eof_is_clean() {
+        let (mut a, mut b) = tokio::io::duplex(1024);
+        write_frame(&mut a, &("hello".to_owned(), 42u32))
+            .await
+            .unwrap();
+        drop(a);
+        let value: Option<(String, u32)> = read_frame(&mut b).await.unwrap();
+        assert_eq!(value, Some(("hello".to_owned(), 42)));
+        let end: Option<(String, u32)> = read_frame(&mut b).await.unwrap();
+        assert_eq!(end, None);
+    }
+
+    #[tokio::test]
+    async fn oversized_frame_header_is_rejected() {
+        let (mut a, mut b) = tokio::io::duplex(64);
+        a.write_all(&u32::MAX.to_be_bytes()).await.unwrap();
+        let result: io::Result<Option<u32>> = read_frame(&mut b).await;
+        assert!(result.is_err());
+    }
+}

@@ -1,0 +1,15 @@
+//! Shared library of the Empath MTA.
+//!
+//! Every invariant has one owner here: the config model and its validation,
+//! the queue file format and every queue-directory operation, the IPC framing
+//! and message types, logging, and the SMTP types shared by the daemons.
+
+pub mod config;
+pub mod daemon;
+pub mod ipc;
+pub mod logging;
+pub mod protocol;
+pub mod queue;
+pub mod safeio;
+pub mod smtp;
+pub mod time;

@@ -1,0 +1,111 @@
+//! The typed messages that the daemons exchange, defined once.
+//!
+//! | socket (in `private/`) | client            | request            | reply            |
+//! |------------------------|-------------------|--------------------|------------------|
+//! | `cleanup.sock`         | smtpd, bounce     | [`CleanupRequest`] | [`CleanupReply`] |
+//! | `qmgr.sock`            | cleanup           | [`QmgrNotice`]     | none             |
+//! | `smtp-out.sock`        | qmgr              | [`DeliveryJob`]    | [`DeliveryReport`] |
+//! | `bounce.sock`          | qmgr              | [`BounceRequest`]  | [`BounceReply`]  |
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::queue::{ClientInfo, DsnParams, QueueId, Recipient};
+use crate::smtp::Reply;
+
+pub const CLEANUP: &str = "cleanup";
+pub const QMGR: &str = "qmgr";
+pub const SMTP_OUT: &str = "smtp-out";
+pub const BOUNCE: &str = "bounce";
+
+/// A message submission, streamed: one `Begin`, any number of `Chunk`s of
+/// content, then `End` (commit) or `Abort`. Content is the message as
+/// received, dot-unstuffed, with CRLF line endings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CleanupRequest {
+    Begin(Submission),
+    Chunk(Vec<u8>),
+    End,
+    Abort,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Submission {
+    pub sender: String,
+    pub recipients: Vec<Recipient>,
+    pub client: ClientInfo,
+    pub dsn: DsnParams,
+    pub metadata: BTreeMap<String, String>,
+    pub smtputf8: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum CleanupReply {
+    /// The message is durable in `incoming/`.
+    Queued { id: QueueId },
+    /// Not queued; the reply says why (4xx: try again, 5xx: do not).
+    Rejected(Reply),
+}
+
+/// Notifications to qmgr.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum QmgrNotice {
+    /// A new message is in `incoming/`.
+    Incoming(QueueId),
+}
+
+/// One delivery transaction: some recipients of one message, all in one domain.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryJob {
+    pub id: QueueId,
+    pub sender: String,
+    pub domain: String,
+    pub recipients: Vec<JobRecipient>,
+    pub content_size: u64,
+    pub smtputf8: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobRecipient {
+    /// Index into the envelope's recipient list.
+    pub index: usize,
+    pub address: String,
+}
+
+/// What happened to each recipient of a [`DeliveryJob`].
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeliveryReport {
+    pub results: Vec<RecipientResult>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct RecipientResult {
+    pub index: usize,
+    pub outcome: Outcome,
+    /// The host that gave the reply, if a connection was made.
+    pub remote: Option<String>,
+    pub reply: Reply,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Outcome {
+    Delivered,
+    Deferred,
+    Failed,
+}
+
+/// Ask bounce to notify the sender about the failed recipients of a message.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct BounceRequest {
+    pub id: QueueId,
+    pub state: crate::queue::QueueState,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum BounceReply {
+    /// The notification is queued (or none was due); the original may go.
+    Done { dsn: Option<QueueId> },
+    /// Could not notify now; keep the original and ask again later.
+    Failed(String),
+}

@@ -1,0 +1,57 @@
+//! Queue IDs: ULIDs, so they sort by arrival time and never collide.
+
+use std::fmt;
+use std::str::FromStr;
+
+use serde::{Deserialize, Serialize};
+use ulid::Ulid;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct QueueId(u128);
+
+impl QueueId {
+    pub fn generate() -> Self {
+        Self(Ulid::new().0)
+    }
+
+    /// Milliseconds since the epoch at which the ID was made.
+    pub fn timestamp_ms(self) -> u64 {
+        Ulid(self.0).timestamp_ms()
+    }
+}
+
+impl fmt::Display for QueueId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", Ulid(self.0))
+    }
+}
+
+/// Not a queue ID (a queue ID is 26 Crockford base-32 characters).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{0:?} is not a queue ID (expected 26 characters such as 01JCXYZ5ABCDEFGHJKMNPQRSTV)")]
+pub struct BadQueueId(pub String);
+
+impl FromStr for QueueId {
+    type Err = BadQueueId;
+    fn from_str(s: &str) -> Result<Self, BadQueueId> {
+        if s.len() != 26 {
+            return Err(BadQueueId(s.to_owned()));
+        }
+        Ulid::from_string(s)
+            .map(|u| Self(u.0))
+            .map_err(|_| BadQueueId(s.to_owned()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn round_trips_through_text() {
+        let id = QueueId::generate();
+        assert_eq!(id.to_string().parse::<QueueId>().unwrap(), id);
+        assert!("not-an-id".parse::<QueueId>().is_err());
+        assert!("01JCXYZ5ABCDEFGHJKMNPQRSTV.tmp".parse::<QueueId>().is_err());
+    }
+}

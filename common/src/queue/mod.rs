@@ -1,0 +1,449 @@
+//! The queue directory and every operation on it.
+//!
+//! A message is two files:
+//! - `data/ID`: the content, written once by cleanup and never rewritten;
+//! - `<state>/ID`: the envelope, where `<state>` is `incoming`, `active`,
+//!   `deferred`, `hold` or `corrupt`. A state change is one rename.
+//!
+//! Envelope updates are written whole to `tmp/`, fsynced, and renamed over
+//! the old file. No daemon builds a queue path by hand: they all go through
+//! [`Queue`].
+
+mod codec;
+mod envelope;
+mod id;
+
+use std::fs::File;
+use std::io::{self, BufWriter, Write};
+use std::os::unix::fs::DirBuilderExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, SystemTime};
+
+pub use codec::{DecodeError, FORMAT_VERSION, decode, encode};
+pub use envelope::*;
+pub use id::{BadQueueId, QueueId};
+
+use crate::safeio;
+
+/// The directory an envelope is in.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, serde::Serialize, serde::Deserialize,
+)]
+pub enum QueueState {
+    Incoming,
+    Active,
+    Deferred,
+    Hold,
+    Corrupt,
+}
+
+impl QueueState {
+    pub const ALL: [Self; 5] = [
+        Self::Incoming,
+        Self::Active,
+        Self::Deferred,
+        Self::Hold,
+        Self::Corrupt,
+    ];
+
+    pub fn dir_name(self) -> &'static str {
+        match self {
+            Self::Incoming => "incoming",
+            Self::Active => "active",
+            Self::Deferred => "deferred",
+            Self::Hold => "hold",
+            Self::Corrupt => "corrupt",
+        }
+    }
+}
+
+impl std::fmt::Display for QueueState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.dir_name())
+    }
+}
+
+const TMP: &str = "tmp";
+const DATA: &str = "data";
+const PRIVATE: &str = "private";
+const PUBLIC: &str = "public";
+
+/// Why an envelope could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum ReadError {
+    #[error("{0}")]
+    Io(#[from] io::Error),
+    #[error("corrupt queue file: {0}")]
+    Corrupt(#[from] DecodeError),
+}
+
+impl ReadError {
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, Self::Io(e) if e.kind() == io::ErrorKind::NotFound)
+    }
+}
+
+/// A queue directory tree rooted at the configured spool path.
+#[derive(Debug, Clone)]
+pub struct Queue {
+    root: PathBuf,
+}
+
+impl Queue {
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Self { root: root.into() }
+    }
+
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    fn all_dirs() -> impl Iterator<Item = &'static str> {
+        [TMP, DATA, PRIVATE, PUBLIC]
+            .into_iter()
+            .chain(QueueState::ALL.iter().map(|s| s.dir_name()))
+    }
+
+    /// Creates the tree (mode 0700) where it is missing. Run by the master.
+    pub fn create_dirs(&self) -> io::Result<()> {
+        let mut builder = std::fs::DirBuilder::new();
+        builder.recursive(true).mode(0o700);
+        builder.create(&self.root)?;
+        for dir in Self::all_dirs() {
+            builder.create(self.root.join(dir))?;
+        }
+        safeio::fsync_dir(&self.root)
+    }
+
+    /// Checks that every directory exists and is writable by this process.
+    pub fn check_writable(&self) -> io::Result<()> {
+        for dir in Self::all_dirs() {
+            let path = self.root.join(dir);
+            nix::unistd::access(
+                &path,
+                nix::unistd::AccessFlags::W_OK | nix::unistd::AccessFlags::X_OK,
+            )
+            .map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::PermissionDenied,
+                    format!("{}: {e}", path.display()),
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    /// Path of a daemon's socket in `private/`.
+    pub fn private_socket(&self, service: &str) -> PathBuf {
+        self.root.join(PRIVATE).join(format!("{service}.sock"))
+    }
+
+    /// A file in `public/` (control socket, submission drop).
+    pub fn public_path(&self, name: &str) -> PathBuf {
+        self.root.join(PUBLIC).join(name)
+    }
+
+    /// A file directly under the queue root (PID file, listener list).
+    pub fn root_file(&self, name: &str) -> PathBuf {
+        self.root.join(name)
+    }
+
+    fn envelope_path(&self, state: QueueState, id: QueueId) -> PathBuf {
+        self.root.join(state.dir_name()).join(id.to_string())
+    }
+
+    fn tmp_path(&self, id: QueueId) -> PathBuf {
+        self.root.join(TMP).join(format!("{id}.env"))
+    }
+
+    pub fn content_path(&self, id: QueueId) -> PathBuf {
+        self.root.join(DATA).join(id.to_string())
+    }
+
+    /// Starts the content file of a new message.
+    pub fn create_content(&self, id: QueueId) -> io::Result<ContentWriter> {
+        let path = self.content_path(id);
+        let file = safeio::create_new(&path)?;
+        Ok(ContentWriter {
+            path,
+            file: BufWriter::with_capacity(64 * 1024, file),
+            written: 0,
+        })
+    }
+
+    pub fn open_content(&self, id: QueueId) -> io::Result<File> {
+        File::open(self.content_path(id))
+    }
+
+    /// Makes a new message visible in `incoming/`: the envelope goes to
+    /// `tmp/`, is fsynced and renamed, and both directory entries (content
+    /// and envelope) are fsynced. After this returns, the message survives a
+    /// crash; only then may smtpd answer 250.
+    pub fn commit_new(&self, envelope: &Envelope) -> io::Result<()> {
+        let target = self.envelope_path(QueueState::Incoming, envelope.id);
+        safeio::write_then_rename(&self.tmp_path(envelope.id), &target, &encode(envelope))?;
+        safeio::fsync_dir(&self.root.join(DATA))?;
+        safeio::fsync_dir(&self.root.join(QueueState::Incoming.dir_name()))
+    }
+
+    /// Drops the content of a submission that was never committed.
+    pub fn abandon_content(&self, id: QueueId) {
+        let _ = std::fs::remove_file(self.content_path(id));
+    }
+
+    pub fn read(&self, state: QueueState, id: QueueId) -> Result<Envelope, ReadError> {
+        let bytes = std::fs::read(self.envelope_path(state, id))?;
+        let envelope = decode(&bytes)?;
+        if envelope.id != id {
+            return Err(
+                DecodeError::Payload(format!("file {id} holds envelope {}", envelope.id)).into(),
+            );
+        }
+        Ok(envelope)
+    }
+
+    /// Replaces the envelope in `state` with `envelope`, atomically and durably.
+    pub fn rewrite(&self, state: QueueState, envelope: &Envelope) -> io::Result<()> {
+        let target = self.envelope_path(state, envelope.id);
+        safeio::write_then_rename(&self.tmp_path(envelope.id), &target, &encode(envelope))?;
+        safeio::fsync_dir(target.parent().unwrap_or(&self.root))
+    }
+
+    /// Moves an envelope from one state to another with one durable rename.
+    /// Fsyncing the target directory commits the rename as a whole on
+    /// journaling filesystems, so the source directory needs no fsync.
+    pub fn move_to(&self, id: QueueId, from: QueueState, to: QueueState) -> io::Result<()> {
+        let target = self.envelope_path(to, id);
+        std::fs::rename(self.envelope_path(from, id), &target)?;
+        safeio::fsync_dir(target.parent().unwrap_or(&self.root))
+    }
+
+    /// Rewrites the envelope, then moves it: used when a delivery attempt
+    /// ends with recipients left (active -> deferred).
+    pub fn rewrite_and_move(
+        &self,
+        envelope: &Envelope,
+        from: QueueState,
+        to: QueueState,
+    ) -> io::Result<()> {
+        self.rewrite(from, envelope)?;
+        self.move_to(envelope.id, from, to)
+    }
+
+    /// Removes a finished message: the envelope first, so a crash leaves at
+    /// worst an orphan content file (swept later), never an envelope without
+    /// content. No fsync: a crash may bring the message back, which means a
+    /// duplicate delivery, never a loss.
+    pub fn remove(&self, state: QueueState, id: QueueId) -> io::Result<()> {
+        match std::fs::remove_file(self.envelope_path(state, id)) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e),
+        }
+        match std::fs::remove_file(self.content_path(id)) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => Ok(()),
+        }
+    }
+
+    /// Moves an unreadable envelope to `corrupt/`. Its content stays in `data/`
+    /// for inspection.
+    pub fn quarantine(&self, state: QueueState, id: QueueId) -> io::Result<()> {
+        self.move_to(id, state, QueueState::Corrupt)
+    }
+
+    /// Moves a file in `state` whose name is not a queue ID to `corrupt/`.
+    pub fn quarantine_name(&self, state: QueueState, name: &str) -> io::Result<()> {
+        let from = self.root.join(state.dir_name()).join(name);
+        std::fs::rename(
+            from,
+            self.root.join(QueueState::Corrupt.dir_name()).join(name),
+        )
+    }
+
+    /// The IDs of the envelopes in `state`, oldest first. Names that are not
+    /// queue IDs are returned separately so that the caller can quarantine them.
+    pub fn list(&self, state: QueueState) -> io::Result<Listing> {
+        let mut listing = Listing::default();
+        for entry in std::fs::read_dir(self.root.join(state.dir_name()))? {
+            let name = entry?.file_name();
+            let name = name.to_string_lossy();
+            match name.parse::<QueueId>() {
+                Ok(id) => listing.ids.push(id),
+                Err(_) => listing.strays.push(name.into_owned()),
+            }
+        }
+        listing.ids.sort_unstable();
+        Ok(listing)
+    }
+
+    /// The state an envelope is in, if it is queued at all.
+    pub fn locate(&self, id: QueueId) -> Option<QueueState> {
+        QueueState::ALL
+            .into_iter()
+            .find(|state| self.envelope_path(*state, id).exists())
+    }
+
+    /// Removes content files that no envelope refers to and that are older
+    /// than `min_age` (so a submission still being written is left alone).
+    pub fn sweep_orphan_content(&self, min_age: Duration) -> io::Result<usize> {
+        let mut removed = 0;
+        let now = SystemTime::now();
+        for entry in std::fs::read_dir(self.root.join(DATA))? {
+            let entry = entry?;
+            let Ok(id) = entry.file_name().to_string_lossy().parse::<QueueId>() else {
+                continue;
+            };
+            let age = entry
+                .metadata()?
+                .modified()
+                .ok()
+                .and_then(|m| now.duration_since(m).ok());
+            if age.is_some_and(|age| age >= min_age) && self.locate(id).is_none() {
+                std::fs::remove_file(entry.path())?;
+                removed += 1;
+            }
+        }
+        Ok(removed)
+    }
+
+    /// Removes leftovers in `tmp/` from writers that crashed.
+    pub fn clear_tmp(&self) -> io::Result<()> {
+        for entry in std::fs::read_dir(self.root.join(TMP))? {
+            let _ = std::fs::remove_file(entry?.path());
+        }
+        Ok(())
+    }
+}
+
+/// Result of [`Queue::list`].
+#[derive(Debug, Default)]
+pub struct Listing {
+    pub ids: Vec<QueueId>,
+    pub strays: Vec<String>,
+}
+
+/// The content file of a message being received.
+pub struct ContentWriter {
+    path: PathBuf,
+    file: BufWriter<File>,
+    written: u64,
+}
+
+impl ContentWriter {
+    pub fn write_all(&mut self, bytes: &[u8]) -> io::Result<()> {
+        self.file.write_all(bytes)?;
+        self.written += bytes.len() as u64;
+        Ok(())
+    }
+
+    pub fn written(&self) -> u64 {
+        self.written
+    }
+
+    /// Flushes and fsyncs the content; returns its size.
+    pub fn finish(self) -> io::Result<u64> {
+        let file = self.file.into_inner().map_err(|e| e.into_error())?;
+        file.sync_all()?;
+        Ok(self.written)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn envelope(id: QueueId) -> Envelope {
+        Envelope {
+            id,
+            sender: "a@example.org".into(),
+            recipients: vec![Recipient::new("b@example.com")],
+            arrival: 1,
+            attempts: 0,
+            next_retry: None,
+            last_error: None,
+            client: ClientInfo::default(),
+            dsn: DsnParams::default(),
+            metadata: Default::default(),
+            content_size: 5,
+            smtputf8: false,
+        }
+    }
+
+    fn queue() -> (tempfile::TempDir, Queue) {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path().join("spool"));
+        queue.create_dirs().unwrap();
+        (dir, queue)
+    }
+
+    #[test]
+    fn message_moves_through_the_states() {
+        let (_dir, queue) = queue();
+        let id = QueueId::generate();
+        let mut content = queue.create_content(id).unwrap();
+        content.write_all(b"hello").unwrap();
+        assert_eq!(content.finish().unwrap(), 5);
+        queue.commit_new(&envelope(id)).unwrap();
+        assert_eq!(queue.locate(id), Some(QueueState::Incoming));
+
+        queue
+            .move_to(id, QueueState::Incoming, QueueState::Active)
+            .unwrap();
+        let mut updated = queue.read(QueueState::Active, id).unwrap();
+        updated.attempts = 1;
+        queue
+            .rewrite_and_move(&updated, QueueState::Active, QueueState::Deferred)
+            .unwrap();
+        assert_eq!(queue.read(QueueState::Deferred, id).unwrap().attempts, 1);
+        assert_eq!(queue.list(QueueState::Deferred).unwrap().ids, vec![id]);
+
+        queue.remove(QueueState::Deferred, id).unwrap();
+        assert_eq!(queue.locate(id), None);
+        assert!(!queue.content_path(id).exists());
+    }
+
+    #[test]
+    fn corrupt_envelope_is_reported_and_quarantined() {
+        let (_dir, queue) = queue();
+        let id = QueueId::generate();
+        queue.commit_new(&envelope(id)).unwrap();
+        let path = queue.root().join("incoming").join(id.to_string());
+        let bytes = std::fs::read(&path).unwrap();
+        std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
+        assert!(matches!(
+            queue.read(QueueState::Incoming, id),
+            Err(ReadError::Corrupt(_))
+        ));
+        queue.quarantine(QueueState::Incoming, id).unwrap();
+        assert_eq!(queue.locate(id), Some(QueueState::Corrupt));
+    }
+
+    #[test]
+    fn listing_separates_strays() {
+        let (_dir, queue) = queue();
+        let id = QueueId::generate();
+        queue.commit_new(&envelope(id)).unwrap();
+        std::fs::write(queue.root().join("incoming").join("junk"), b"x").unwrap();
+        let listing = queue.list(QueueState::Incoming).unwrap();
+        assert_eq!(listing.ids, vec![id]);
+        assert_eq!(listing.strays, vec!["junk".to_owned()]);
+    }
+
+    #[test]
+    fn orphan_content_is_swept_but_queued_content_kept() {
+        let (_dir, queue) = queue();
+        let queued = QueueId::generate();
+        queue.create_content(queued).unwrap().finish().unwrap();
+        queue.commit_new(&envelope(queued)).unwrap();
+        let orphan = QueueId::generate();
+        queue.create_content(orphan).unwrap().finish().unwrap();
+        assert_eq!(queue.sweep_orphan_content(Duration::ZERO).unwrap(), 1);
+        assert!(queue.content_path(queued).exists());
+        assert!(!queue.content_path(orphan).exists());
+    }
+}
