@@ -1,0 +1,190 @@
+//! The headers cleanup adds: `Received:` always, `Message-ID:` and `Date:`
+//! when the message lacks them. Pure functions, so they are easy to test.
+
+use empath_common::queue::{ClientInfo, QueueId};
+use empath_common::time::rfc5322_date;
+
+/// The header section is looked at up to this size; a message whose header
+/// section is longer is passed on as it is, with only `Received:` added.
+pub const MAX_HEADER_SCAN: usize = 256 * 1024;
+
+/// What the original header section already has.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct Present {
+    pub message_id: bool,
+    pub date: bool,
+}
+
+/// Finds the end of the header section in `buffer`: the index just past
+/// the empty line, or `None` if it is not in `buffer` yet.
+pub fn header_end(buffer: &[u8]) -> Option<usize> {
+    if buffer.starts_with(b"\r\n") {
+        return Some(2);
+    }
+    buffer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map(|p| p + 4)
+}
+
+/// Which of the headers we may add are already in `headers`.
+pub fn scan(headers: &[u8]) -> Present {
+    let mut present = Present::default();
+    for line in headers.split(|b| *b == b'\n') {
+        let Some(colon) = line.iter().position(|b| *b == b':') else {
+            continue;
+        };
+        let name = &line[..colon];
+        if name.first().is_none_or(|b| b.is_ascii_whitespace()) {
+            continue;
+        }
+        let name = name.trim_ascii_end();
+        present.message_id |= name.eq_ignore_ascii_case(b"message-id");
+        present.date |= name.eq_ignore_ascii_case(b"date");
+    }
+    present
+}
+
+/// The trace and missing headers, CRLF-terminated, to put before the message.
+pub fn prefix(present: Present, stamp: &Stamp<'_>) -> String {
+    let mut out = received(stamp);
+    if !present.message_id {
+        out.push_str(&format!(
+            "Message-ID: <{}@{}>\r\n",
+            stamp.id, stamp.hostname
+        ));
+    }
+    if !present.date {
+        out.push_str(&format!("Date: {}\r\n", rfc5322_date(stamp.now)));
+    }
+    out
+}
+
+/// What goes into the `Received:` header.
+pub struct Stamp<'a> {
+    pub id: QueueId,
+    pub hostname: &'a str,
+    pub client: &'a ClientInfo,
+    /// The recipient, when there is exactly one (RFC 5321 section 4.4 `for`).
+    pub single_recipient: Option<&'a str>,
+    pub now: u64,
+}
+
+fn received(stamp: &Stamp<'_>) -> String {
+    let client = stamp.client;
+    let ip = client
+        .addr
+        .parse::<std::net::SocketAddr>()
+        .map(|a| a.ip().to_string())
+        .unwrap_or_else(|_| client.addr.clone());
+    let mut out = if client.helo.is_empty() && client.addr == "local" {
+        format!("Received: by {} (Empath)", stamp.hostname)
+    } else {
+        let name = client.name.as_deref().unwrap_or("unknown");
+        format!(
+            "Received: from {} ({name} [{ip}])\r\n\tby {} (Empath)",
+            sanitize(&client.helo),
+            stamp.hostname
+        )
+    };
+    let protocol = if client.protocol.is_empty() {
+        "SMTP"
+    } else {
+        client.protocol.as_str()
+    };
+    out.push_str(&format!(" with {protocol} id {}", stamp.id));
+    if let Some(tls) = &client.tls {
+        out.push_str(&format!("\r\n\t({})", sanitize(tls)));
+    }
+    if let Some(recipient) = stamp.single_recipient {
+        out.push_str(&format!("\r\n\tfor <{}>", sanitize(recipient)));
+    }
+    out.push_str(&format!("; {}\r\n", rfc5322_date(stamp.now)));
+    out
+}
+
+/// Keeps client-supplied text from breaking the header: printable ASCII
+/// only, no parentheses that would unbalance the comment.
+fn sanitize(text: &str) -> String {
+    let cleaned: String = text
+        .chars()
+        .map(|c| {
+            if c.is_ascii_graphic() && c != '(' && c != ')' {
+                c
+            } else {
+                '_'
+            }
+        })
+        .collect();
+    if cleaned.is_empty() {
+        "unknown".to_owned()
+    } else {
+        cleaned
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stamp(client: &ClientInfo) -> Stamp<'_> {
+        Stamp {
+            id: "01JCXYZ5ABCDEFGHJKMNPQRSTV".parse().unwrap(),
+            hostname: "mx.example.org",
+            client,
+            single_recipient: Some("bob@example.com"),
+            now: 0,
+        }
+    }
+
+    #[test]
+    fn finds_the_end_of_the_header_section() {
+        assert_eq!(header_end(b"A: b\r\n\r\nbody"), Some(8));
+        assert_eq!(header_end(b"\r\nbody"), Some(2));
+        assert_eq!(header_end(b"A: b\r\nB: c\r\n"), None);
+    }
+
+    #[test]
+    fn recognises_present_headers_case_insensitively_and_not_in_continuations() {
+        let present = scan(b"message-ID: <x@y>\r\nSubject: hi\r\n date: folded\r\n");
+        assert_eq!(
+            present,
+            Present {
+                message_id: true,
+                date: false
+            }
+        );
+    }
+
+    #[test]
+    fn received_names_the_client_and_missing_headers_are_added() {
+        let client = ClientInfo {
+            addr: "192.0.2.1:4000".into(),
+            helo: "client.example".into(),
+            protocol: "ESMTP".into(),
+            ..ClientInfo::default()
+        };
+        let text = prefix(Present::default(), &stamp(&client));
+        assert!(text.starts_with("Received: from client.example (unknown [192.0.2.1])\r\n\tby mx.example.org (Empath) with ESMTP id 01JCXYZ5ABCDEFGHJKMNPQRSTV\r\n\tfor <bob@example.com>; Thu, 01 Jan 1970"), "{text}");
+        assert!(text.contains("\r\nMessage-ID: <01JCXYZ5ABCDEFGHJKMNPQRSTV@mx.example.org>\r\n"));
+        assert!(text.ends_with("Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n"));
+    }
+
+    #[test]
+    fn hostile_helo_cannot_inject_header_lines() {
+        let client = ClientInfo {
+            addr: "192.0.2.1:4000".into(),
+            helo: "evil\r\nBcc: x@y (".into(),
+            ..ClientInfo::default()
+        };
+        let text = prefix(
+            Present {
+                message_id: true,
+                date: true,
+            },
+            &stamp(&client),
+        );
+        assert_eq!(text.matches("\r\n").count(), 3, "{text}");
+        assert!(!text.contains("\r\nBcc"));
+    }
+}

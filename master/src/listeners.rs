@@ -1,0 +1,63 @@
+//! Binding the SMTP listeners, and the files in the spool that tell
+//! operators and tests what the master is doing.
+
+use std::fs::File;
+use std::net::{SocketAddr, TcpListener};
+
+use empath_common::config::Config;
+use empath_common::queue::Queue;
+use fs2::FileExt;
+
+/// The listeners, bound, in config order.
+pub struct Bound {
+    pub sockets: Vec<TcpListener>,
+    pub addrs: Vec<SocketAddr>,
+}
+
+pub fn bind_all(config: &Config) -> Result<Bound, String> {
+    let mut bound = Bound {
+        sockets: Vec::new(),
+        addrs: Vec::new(),
+    };
+    for listener in &config.smtp_controller.listeners {
+        let addr = listener.socket.0;
+        let socket =
+            TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        let local = socket
+            .local_addr()
+            .map_err(|e| format!("cannot listen on {addr}: {e}"))?;
+        tracing::info!(address = %local, "listening for SMTP");
+        bound.sockets.push(socket);
+        bound.addrs.push(local);
+    }
+    Ok(bound)
+}
+
+/// Takes the spool lock so that two masters never share one queue. The
+/// lock is held for as long as the returned file is open.
+pub fn lock_spool(queue: &Queue) -> Result<File, String> {
+    let path = queue.root_file("master.lock");
+    let file = File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(|e| format!("cannot open {}: {e}", path.display()))?;
+    file.try_lock_exclusive().map_err(|_| {
+        let pid = std::fs::read_to_string(queue.root_file("master.pid")).unwrap_or_default();
+        format!(
+            "another empath master is running on {} (pid {})",
+            queue.root().display(),
+            pid.trim()
+        )
+    })?;
+    Ok(file)
+}
+
+/// Writes `name` under the spool root atomically, so a reader never sees
+/// half of it.
+pub fn publish(queue: &Queue, name: &str, contents: &str) -> std::io::Result<()> {
+    let tmp = queue.root_file(&format!(".{name}.tmp"));
+    std::fs::write(&tmp, contents)?;
+    std::fs::rename(&tmp, queue.root_file(name))
+}

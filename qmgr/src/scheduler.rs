@@ -1,0 +1,378 @@
+//! The scheduler: owns the active set, decides what to deliver next, and
+//! records outcomes in the queue. It runs on one task; I/O with the agents
+//! runs on others and reports back as [`Event`]s.
+
+use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
+use std::time::Duration;
+
+use empath_common::config::Delivery;
+use empath_common::protocol::{BounceReply, DeliveryJob, DeliveryReport};
+use empath_common::queue::{Envelope, Queue, QueueId, QueueState, ReadError};
+use empath_common::time::unix_now;
+use tokio::sync::mpsc;
+
+use crate::dispatch;
+use crate::jobs;
+use crate::retry::{self, GiveUp};
+
+/// What the scheduler reacts to.
+#[derive(Debug)]
+pub enum Event {
+    /// cleanup says a message is in `incoming/`.
+    Incoming(QueueId),
+    /// smtp-out finished a job (or could not be reached).
+    JobDone {
+        job: DeliveryJob,
+        result: Result<DeliveryReport, String>,
+    },
+    /// A job whose agent was unreachable is ready to go again.
+    Redispatch(DeliveryJob),
+    /// bounce answered about a message.
+    BounceDone {
+        id: QueueId,
+        result: Result<BounceReply, String>,
+    },
+}
+
+/// How long to wait before re-sending a job whose agent was unreachable
+/// (crashed or restarting). Not an attempt: the message did not fail.
+const AGENT_RETRY: Duration = Duration::from_secs(1);
+/// How long to wait before asking bounce again after it failed.
+const BOUNCE_RETRY_SECS: u64 = 60;
+
+struct ActiveMessage {
+    envelope: Envelope,
+    running_jobs: usize,
+    /// Whether any job was sent during this activation (counts an attempt).
+    attempted: bool,
+}
+
+pub struct Scheduler {
+    queue: Queue,
+    policy: Delivery,
+    bounces_enabled: bool,
+    events: mpsc::UnboundedSender<Event>,
+    active: HashMap<QueueId, ActiveMessage>,
+    /// New messages waiting for a place in the active set.
+    incoming: VecDeque<QueueId>,
+    incoming_known: HashSet<QueueId>,
+    /// Deferred messages by due time.
+    deferred: BTreeSet<(u64, QueueId)>,
+    /// Jobs waiting for a delivery slot.
+    ready: VecDeque<DeliveryJob>,
+    running: usize,
+    /// Alternates the source of the next activation, so that a flood of new
+    /// mail cannot starve deferred mail or the reverse.
+    prefer_deferred: bool,
+}
+
+impl Scheduler {
+    pub fn new(
+        queue: Queue,
+        policy: Delivery,
+        bounces_enabled: bool,
+        events: mpsc::UnboundedSender<Event>,
+    ) -> Self {
+        Self {
+            queue,
+            policy,
+            bounces_enabled,
+            events,
+            active: HashMap::new(),
+            incoming: VecDeque::new(),
+            incoming_known: HashSet::new(),
+            deferred: BTreeSet::new(),
+            ready: VecDeque::new(),
+            running: 0,
+            prefer_deferred: false,
+        }
+    }
+
+    /// Start-up: whatever was active when the last qmgr stopped goes back to
+    /// `incoming/`; the deferred index is rebuilt from the envelopes.
+    pub fn recover(&mut self) {
+        match self.queue.list(QueueState::Active) {
+            Ok(listing) => {
+                for id in listing.ids {
+                    if let Err(error) =
+                        self.queue
+                            .move_to(id, QueueState::Active, QueueState::Incoming)
+                    {
+                        tracing::error!(message_id = %id, %error, "cannot requeue active message");
+                    }
+                }
+                self.quarantine_strays(QueueState::Active, &listing.strays);
+            }
+            Err(error) => tracing::error!(%error, "cannot list active/"),
+        }
+        match self.queue.list(QueueState::Deferred) {
+            Ok(listing) => {
+                for id in listing.ids {
+                    match self.queue.read(QueueState::Deferred, id) {
+                        Ok(envelope) => {
+                            self.deferred.insert((envelope.next_retry.unwrap_or(0), id));
+                        }
+                        Err(error) => self.quarantine(QueueState::Deferred, id, &error),
+                    }
+                }
+                self.quarantine_strays(QueueState::Deferred, &listing.strays);
+            }
+            Err(error) => tracing::error!(%error, "cannot list deferred/"),
+        }
+        tracing::info!(deferred = self.deferred.len(), "queue recovered");
+        self.scan_incoming();
+    }
+
+    /// Picks up everything in `incoming/` (the source of truth; notifications
+    /// only make it faster).
+    pub fn scan_incoming(&mut self) {
+        match self.queue.list(QueueState::Incoming) {
+            Ok(listing) => {
+                for id in listing.ids {
+                    self.note_incoming(id);
+                }
+                self.quarantine_strays(QueueState::Incoming, &listing.strays);
+            }
+            Err(error) => tracing::error!(%error, "cannot list incoming/"),
+        }
+    }
+
+    fn note_incoming(&mut self, id: QueueId) {
+        if !self.active.contains_key(&id) && self.incoming_known.insert(id) {
+            self.incoming.push_back(id);
+        }
+    }
+
+    pub fn handle(&mut self, event: Event) {
+        match event {
+            Event::Incoming(id) => self.note_incoming(id),
+            Event::JobDone { job, result } => self.job_done(job, result),
+            Event::Redispatch(job) => self.ready.push_back(job),
+            Event::BounceDone { id, result } => self.bounce_done(id, result),
+        }
+    }
+
+    /// Fills the active set and starts as many jobs as there are slots.
+    pub fn run(&mut self) {
+        self.fill_active();
+        while self.running < self.policy.max_concurrent_deliveries {
+            let Some(job) = self.ready.pop_front() else {
+                break;
+            };
+            self.running += 1;
+            dispatch::deliver(&self.queue, job, self.events.clone());
+        }
+    }
+
+    fn fill_active(&mut self) {
+        let now = unix_now();
+        while self.active.len() < self.policy.max_active_messages {
+            let due = self.deferred.first().is_some_and(|(at, _)| *at <= now);
+            let take_deferred = due && (self.prefer_deferred || self.incoming.is_empty());
+            let next = if take_deferred {
+                self.deferred
+                    .pop_first()
+                    .map(|(_, id)| (id, QueueState::Deferred))
+            } else {
+                self.incoming.pop_front().map(|id| {
+                    self.incoming_known.remove(&id);
+                    (id, QueueState::Incoming)
+                })
+            };
+            let Some((id, from)) = next else { break };
+            self.prefer_deferred = !take_deferred;
+            self.activate(id, from);
+        }
+    }
+
+    fn activate(&mut self, id: QueueId, from: QueueState) {
+        if let Err(error) = self.queue.move_to(id, from, QueueState::Active) {
+            // Gone already (deleted, or a stale scan entry): nothing to do.
+            if error.kind() != std::io::ErrorKind::NotFound {
+                tracing::error!(message_id = %id, %error, "cannot activate message");
+            }
+            return;
+        }
+        let envelope = match self.queue.read(QueueState::Active, id) {
+            Ok(envelope) => envelope,
+            Err(error) => return self.quarantine(QueueState::Active, id, &error),
+        };
+        let planned = jobs::plan(&envelope);
+        let attempted = !planned.is_empty();
+        self.active.insert(
+            id,
+            ActiveMessage {
+                envelope,
+                running_jobs: planned.len(),
+                attempted,
+            },
+        );
+        self.ready.extend(planned);
+        if !attempted {
+            self.finish(id);
+        }
+    }
+
+    fn job_done(&mut self, job: DeliveryJob, result: Result<DeliveryReport, String>) {
+        self.running = self.running.saturating_sub(1);
+        let report = match result {
+            Ok(report) => report,
+            Err(error) => {
+                tracing::warn!(message_id = %job.id, domain = %job.domain, %error, "delivery agent unavailable; will resend the job");
+                let events = self.events.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(AGENT_RETRY).await;
+                    let _ = events.send(Event::Redispatch(job));
+                });
+                return;
+            }
+        };
+        let Some(message) = self.active.get_mut(&job.id) else {
+            return;
+        };
+        jobs::apply(&mut message.envelope, &report, unix_now());
+        message.running_jobs = message.running_jobs.saturating_sub(1);
+        if message.running_jobs == 0 {
+            self.finish(job.id);
+        }
+    }
+
+    /// Every job of the message is done: defer it, bounce it, or remove it.
+    fn finish(&mut self, id: QueueId) {
+        let Some(mut message) = self.active.remove(&id) else {
+            return;
+        };
+        let now = unix_now();
+        let envelope = &mut message.envelope;
+        if message.attempted {
+            envelope.attempts += 1;
+        }
+        if envelope.undelivered().next().is_some() {
+            match retry::should_give_up(&self.policy, envelope.attempts, envelope.arrival, now) {
+                None => return self.defer(message.envelope, now),
+                Some(GiveUp::TooManyAttempts) => {
+                    jobs::fail_open_recipients(envelope, now, "too many delivery attempts")
+                }
+                Some(GiveUp::Expired) => {
+                    jobs::fail_open_recipients(envelope, now, "message expired in queue")
+                }
+            }
+        }
+        let failed = envelope.recipients.iter().any(|r| {
+            matches!(
+                r.status,
+                empath_common::queue::RecipientStatus::Failed { .. }
+            )
+        });
+        if failed && self.bounces_enabled && !envelope.is_null_sender() {
+            if let Err(error) = self.queue.rewrite(QueueState::Active, envelope) {
+                tracing::error!(message_id = %id, %error, "cannot record results before bouncing");
+                self.active.insert(id, message);
+                return self.retry_later(id);
+            }
+            dispatch::bounce(&self.queue, id, self.events.clone());
+            self.active.insert(id, message);
+            return;
+        }
+        if failed {
+            tracing::warn!(message_id = %id, sender = %envelope.sender, "undeliverable message with no one to notify; removing");
+        }
+        self.remove(id);
+    }
+
+    fn defer(&mut self, mut envelope: Envelope, now: u64) {
+        let delay = retry::delay_secs(&self.policy, envelope.attempts, &mut rand::rng());
+        let due = now + delay;
+        envelope.next_retry = Some(due);
+        let id = envelope.id;
+        match self
+            .queue
+            .rewrite_and_move(&envelope, QueueState::Active, QueueState::Deferred)
+        {
+            Ok(()) => {
+                tracing::info!(
+                    message_id = %id,
+                    delivery_attempt = envelope.attempts,
+                    retry_delay_secs = delay,
+                    "delivery deferred"
+                );
+                self.deferred.insert((due, id));
+            }
+            Err(error) => {
+                // The envelope stays in active/; the next qmgr start retries it.
+                tracing::error!(message_id = %id, %error, "cannot defer message");
+            }
+        }
+    }
+
+    fn bounce_done(&mut self, id: QueueId, result: Result<BounceReply, String>) {
+        match result {
+            Ok(BounceReply::Done { dsn }) => {
+                if let Some(dsn) = dsn {
+                    tracing::info!(message_id = %id, dsn_id = %dsn, "DSN generated");
+                }
+                self.active.remove(&id);
+                self.remove(id);
+            }
+            Ok(BounceReply::Failed(error)) | Err(error) => {
+                tracing::warn!(message_id = %id, %error, "cannot send DSN now; will try again");
+                self.retry_later(id);
+            }
+        }
+    }
+
+    /// Parks a finished-but-not-notified message in `deferred/`.
+    fn retry_later(&mut self, id: QueueId) {
+        let Some(message) = self.active.remove(&id) else {
+            return;
+        };
+        let mut envelope = message.envelope;
+        let due = unix_now() + BOUNCE_RETRY_SECS;
+        envelope.next_retry = Some(due);
+        match self
+            .queue
+            .rewrite_and_move(&envelope, QueueState::Active, QueueState::Deferred)
+        {
+            Ok(()) => {
+                self.deferred.insert((due, id));
+            }
+            Err(error) => tracing::error!(message_id = %id, %error, "cannot park message"),
+        }
+    }
+
+    fn remove(&mut self, id: QueueId) {
+        match self.queue.remove(QueueState::Active, id) {
+            Ok(()) => tracing::info!(message_id = %id, "message done"),
+            Err(error) => {
+                tracing::error!(message_id = %id, %error, "cannot remove finished message")
+            }
+        }
+    }
+
+    fn quarantine(&mut self, state: QueueState, id: QueueId, error: &ReadError) {
+        if error.is_not_found() {
+            return;
+        }
+        tracing::error!(message_id = %id, %state, %error, "unreadable queue file moved to corrupt/");
+        if let Err(error) = self.queue.quarantine(state, id) {
+            tracing::error!(message_id = %id, %error, "cannot move queue file to corrupt/");
+        }
+    }
+
+    fn quarantine_strays(&self, state: QueueState, strays: &[String]) {
+        for name in strays {
+            tracing::error!(file = %name, %state, "stray file in the queue moved to corrupt/");
+            if let Err(error) = self.queue.quarantine_name(state, name) {
+                tracing::error!(file = %name, %error, "cannot move stray file");
+            }
+        }
+    }
+
+    pub fn sweep(&self) {
+        match self.queue.sweep_orphan_content(Duration::from_secs(3600)) {
+            Ok(0) => {}
+            Ok(removed) => tracing::info!(removed, "removed orphan content files"),
+            Err(error) => tracing::warn!(%error, "cannot sweep orphan content"),
+        }
+    }
+}

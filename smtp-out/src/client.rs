@@ -1,0 +1,295 @@
+//! The outbound SMTP client: one transaction to one host, with a timeout on
+//! every phase, and one result per recipient.
+
+use std::time::Duration;
+
+use empath_common::config::ClientTimeouts;
+use empath_common::smtp::Reply;
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::net::TcpStream;
+
+/// Replies longer than this many lines, or lines longer than this many
+/// bytes, mean the server is broken.
+const MAX_REPLY_LINES: usize = 100;
+const MAX_LINE: usize = 4096;
+
+/// Why a session ended before the server answered the transaction.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SessionError {
+    #[error("connect to {host}: {detail}")]
+    Connect { host: String, detail: String },
+    #[error("{phase} timed out after {secs}s")]
+    Timeout { phase: &'static str, secs: u64 },
+    #[error("connection lost during {phase}: {detail}")]
+    Io { phase: &'static str, detail: String },
+    #[error("protocol error during {phase}: {detail}")]
+    Protocol { phase: &'static str, detail: String },
+}
+
+/// An open SMTP connection, after the greeting.
+pub struct Connection<S> {
+    stream: BufReader<S>,
+    timeouts: ClientTimeouts,
+    pub extensions: Vec<String>,
+}
+
+pub async fn connect(
+    host: &str,
+    port: u16,
+    timeouts: &ClientTimeouts,
+) -> Result<Connection<TcpStream>, SessionError> {
+    let target = format!("{host}:{port}");
+    let secs = timeouts.connect_secs;
+    let stream = tokio::time::timeout(Duration::from_secs(secs), TcpStream::connect((host, port)))
+        .await
+        .map_err(|_| SessionError::Timeout {
+            phase: "connect",
+            secs,
+        })?
+        .map_err(|e| SessionError::Connect {
+            host: target,
+            detail: e.to_string(),
+        })?;
+    let _ = stream.set_nodelay(true);
+    Ok(Connection {
+        stream: BufReader::new(stream),
+        timeouts: timeouts.clone(),
+        extensions: Vec::new(),
+    })
+}
+
+impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// Reads one reply, with the phase's timeout.
+    pub async fn read_reply(
+        &mut self,
+        phase: &'static str,
+        secs: u64,
+    ) -> Result<Reply, SessionError> {
+        tokio::time::timeout(Duration::from_secs(secs), self.read_reply_untimed(phase))
+            .await
+            .map_err(|_| SessionError::Timeout { phase, secs })?
+    }
+
+    async fn read_reply_untimed(&mut self, phase: &'static str) -> Result<Reply, SessionError> {
+        let mut lines = Vec::new();
+        loop {
+            let mut line = Vec::new();
+            let read = (&mut self.stream)
+                .take(MAX_LINE as u64)
+                .read_until(b'\n', &mut line)
+                .await
+                .map_err(|e| SessionError::Io {
+                    phase,
+                    detail: e.to_string(),
+                })?;
+            if read == 0 {
+                return Err(SessionError::Io {
+                    phase,
+                    detail: "server closed the connection".into(),
+                });
+            }
+            let text = String::from_utf8_lossy(&line)
+                .trim_end_matches(['\r', '\n'])
+                .to_owned();
+            let last = text.as_bytes().get(3) != Some(&b'-');
+            lines.push(text);
+            if last {
+                break;
+            }
+            if lines.len() >= MAX_REPLY_LINES {
+                return Err(SessionError::Protocol {
+                    phase,
+                    detail: "reply too long".into(),
+                });
+            }
+        }
+        Reply::parse_lines(&lines).ok_or_else(|| SessionError::Protocol {
+            phase,
+            detail: format!(
+                "not an SMTP reply: {:?}",
+                lines.first().map(String::as_str).unwrap_or("")
+            ),
+        })
+    }
+
+    pub async fn send(
+        &mut self,
+        phase: &'static str,
+        secs: u64,
+        bytes: &[u8],
+    ) -> Result<(), SessionError> {
+        let write = async {
+            self.stream.get_mut().write_all(bytes).await?;
+            self.stream.get_mut().flush().await
+        };
+        tokio::time::timeout(Duration::from_secs(secs), write)
+            .await
+            .map_err(|_| SessionError::Timeout { phase, secs })?
+            .map_err(|e| SessionError::Io {
+                phase,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Sends a command line and reads its reply.
+    pub async fn command(
+        &mut self,
+        phase: &'static str,
+        secs: u64,
+        line: &str,
+    ) -> Result<Reply, SessionError> {
+        self.send(phase, secs, format!("{line}\r\n").as_bytes())
+            .await?;
+        self.read_reply(phase, secs).await
+    }
+
+    pub async fn greeting(&mut self) -> Result<Reply, SessionError> {
+        let secs = self.timeouts.ehlo_secs;
+        self.read_reply("greeting", secs).await
+    }
+
+    /// EHLO, falling back to HELO for servers that do not know it.
+    pub async fn hello(&mut self, name: &str) -> Result<Reply, SessionError> {
+        let secs = self.timeouts.ehlo_secs;
+        let reply = self.command("EHLO", secs, &format!("EHLO {name}")).await?;
+        if reply.is_positive() {
+            self.extensions = reply
+                .text
+                .lines()
+                .skip(1)
+                .map(|l| l.trim().to_ascii_uppercase())
+                .collect();
+            return Ok(reply);
+        }
+        self.extensions.clear();
+        self.command("HELO", secs, &format!("HELO {name}")).await
+    }
+
+    pub fn offers(&self, extension: &str) -> bool {
+        self.extensions
+            .iter()
+            .any(|e| e.split_whitespace().next() == Some(extension))
+    }
+
+    pub fn timeouts(&self) -> &ClientTimeouts {
+        &self.timeouts
+    }
+
+    /// QUIT after the transaction; its failure does not matter.
+    pub async fn quit(&mut self) {
+        let secs = self.timeouts.quit_secs;
+        if let Err(error) = self.command("QUIT", secs, "QUIT").await {
+            tracing::debug!(%error, "QUIT failed after the transaction");
+        }
+    }
+}
+
+/// Dot-stuffs content for DATA across chunk boundaries, and makes sure it
+/// ends with CRLF before the terminating dot.
+#[derive(Debug)]
+pub struct DotStuffer {
+    at_line_start: bool,
+    last_two: [u8; 2],
+}
+
+impl Default for DotStuffer {
+    fn default() -> Self {
+        Self {
+            at_line_start: true,
+            last_two: *b"\r\n",
+        }
+    }
+}
+
+impl DotStuffer {
+    pub fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
+        for &byte in chunk {
+            if self.at_line_start && byte == b'.' {
+                out.push(b'.');
+            }
+            out.push(byte);
+            self.at_line_start = byte == b'\n';
+            self.last_two = [self.last_two[1], byte];
+        }
+    }
+
+    /// The end-of-data marker, preceded by CRLF if the content lacks one.
+    pub fn finish(&self) -> &'static [u8] {
+        if self.last_two == *b"\r\n" {
+            b".\r\n"
+        } else {
+            b"\r\n.\r\n"
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stuff(chunks: &[&[u8]]) -> Vec<u8> {
+        let mut stuffer = DotStuffer::default();
+        let mut out = Vec::new();
+        for chunk in chunks {
+            stuffer.stuff(chunk, &mut out);
+        }
+        out.extend_from_slice(stuffer.finish());
+        out
+    }
+
+    #[test]
+    fn dots_at_line_starts_are_doubled_across_chunks() {
+        assert_eq!(
+            stuff(&[b".a\r\nb\r\n", b".", b"c\r\n"]),
+            b"..a\r\nb\r\n..c\r\n.\r\n"
+        );
+        assert_eq!(stuff(&[b"a.b\r\n"]), b"a.b\r\n.\r\n");
+    }
+
+    #[test]
+    fn missing_final_crlf_is_added() {
+        assert_eq!(stuff(&[b"no newline"]), b"no newline\r\n.\r\n");
+        assert_eq!(stuff(&[]), b".\r\n");
+    }
+
+    #[tokio::test]
+    async fn reads_multiline_replies_and_parses_extensions() {
+        let (client, mut server) = tokio::io::duplex(4096);
+        let mut connection = Connection {
+            stream: BufReader::new(client),
+            timeouts: ClientTimeouts::default(),
+            extensions: Vec::new(),
+        };
+        server
+            .write_all(
+                b"250-mx.example Hello\r\n250-PIPELINING\r\n250-size 1000\r\n250 8BITMIME\r\n",
+            )
+            .await
+            .unwrap();
+        let reply = connection.hello("client.example").await.unwrap();
+        assert_eq!(reply.code, 250);
+        assert!(
+            connection.offers("PIPELINING")
+                && connection.offers("SIZE")
+                && !connection.offers("STARTTLS")
+        );
+    }
+
+    #[tokio::test]
+    async fn silent_server_times_out() {
+        let (client, _server) = tokio::io::duplex(64);
+        let mut connection = Connection {
+            stream: BufReader::new(client),
+            timeouts: ClientTimeouts::default(),
+            extensions: Vec::new(),
+        };
+        let error = connection.read_reply("greeting", 1).await.unwrap_err();
+        assert_eq!(
+            error,
+            SessionError::Timeout {
+                phase: "greeting",
+                secs: 1
+            }
+        );
+    }
+}
