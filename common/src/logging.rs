@@ -2,7 +2,7 @@
 //! JSON lines with `--log-format json`, or the local syslog (facility mail)
 //! with `--log-format syslog`. The level comes from `RUST_LOG` (default `info`).
 
-use std::io::{self, Write};
+use std::io::{self, IsTerminal, Write};
 use std::sync::{Arc, Mutex};
 
 use tracing::{Level, Metadata};
@@ -35,7 +35,9 @@ pub fn init(format: LogFormat, service: &'static str) -> Result<(), String> {
         .with_env_filter(filter)
         .with_writer(io::stderr);
     let result = match format {
-        LogFormat::Human => builder.with_target(false).try_init(),
+        // The target (e.g. `empath_qmgr::scheduler`) tells which daemon
+        // wrote the line, since they all share the master's stderr.
+        LogFormat::Human => builder.with_ansi(io::stderr().is_terminal()).try_init(),
         LogFormat::Json => builder
             .json()
             .flatten_event(false)

@@ -23,6 +23,9 @@ pub const BOUNCE: &str = "bounce";
 /// content, then `End` (commit) or `Abort`. Content is the message as
 /// received, dot-unstuffed, with CRLF line endings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
+// `Begin` is sent once per message and never stored in bulk, so its size
+// does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum CleanupRequest {
     Begin(Submission),
     Chunk(Vec<u8>),

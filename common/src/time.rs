@@ -30,6 +30,21 @@ pub fn rfc5322_date(unix_secs: u64) -> String {
     )
 }
 
+/// Formats Unix seconds the way `mailq` shows arrival times: `Mon Nov 23 09:15:00` (UTC).
+pub fn short_date(unix_secs: u64) -> String {
+    let days = unix_secs / 86_400;
+    let secs_of_day = unix_secs % 86_400;
+    let (_, month, day) = civil_from_days(days as i64);
+    format!(
+        "{} {} {day:2} {:02}:{:02}:{:02}",
+        DAYS[(days % 7) as usize],
+        MONTHS[(month - 1) as usize],
+        secs_of_day / 3600,
+        (secs_of_day / 60) % 60,
+        secs_of_day % 60
+    )
+}
+
 /// Converts days since 1970-01-01 to (year, month, day); Howard Hinnant's algorithm.
 fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -56,5 +71,7 @@ mod tests {
             "Sun, 16 Nov 2025 10:10:45 +0000"
         );
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
+        assert_eq!(short_date(1_763_287_845), "Sun Nov 16 10:10:45");
+        assert_eq!(short_date(0), "Thu Jan  1 00:00:00");
     }
 }

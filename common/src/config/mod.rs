@@ -73,7 +73,7 @@ impl Config {
             path: path.to_owned(),
             line: Some(e.span.start.line),
             column: Some(e.span.start.col),
-            message: e.code.to_string(),
+            message: describe(&e.code),
         })?;
         if let Ok(absolute) = std::path::absolute(&empath.spool.path) {
             empath.spool.path = absolute;
@@ -100,6 +100,31 @@ fn system_hostname() -> String {
         .and_then(|name| name.into_string().ok())
         .filter(|name| !name.is_empty())
         .unwrap_or_else(|| "localhost".to_owned())
+}
+
+/// Words a parse error for an operator. Struct names from the parser are
+/// left out: they are Rust type names, not config sections.
+fn describe(error: &ron::Error) -> String {
+    let quoted = |names: &[&str]| {
+        names
+            .iter()
+            .map(|n| format!("`{n}`"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    match error {
+        ron::Error::NoSuchStructField {
+            expected, found, ..
+        } => {
+            format!(
+                "unknown key `{found}` (expected one of {})",
+                quoted(expected)
+            )
+        }
+        ron::Error::MissingStructField { field, .. } => format!("missing required key `{field}`"),
+        ron::Error::DuplicateStructField { field, .. } => format!("key `{field}` is set twice"),
+        other => other.to_string(),
+    }
 }
 
 /// The first line that assigns `key`, for errors found after parsing.

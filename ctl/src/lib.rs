@@ -1,0 +1,3 @@
+//! Operator commands of Empath: `mailq` (and, later, `empathctl` and `sendmail`).
+
+pub mod mailq;

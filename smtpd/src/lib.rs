@@ -1,0 +1,23 @@
+//! `empath-smtpd`: the ESMTP server of Empath. It accepts mail on the
+//! listeners that the master passes down, and streams each message to
+//! cleanup, answering 250 only once cleanup has made it durable.
+//!
+//! - [`parser`]: command lines to [`parser::Command`]s (pure);
+//! - [`data_decoder`]: the DATA stream, dot-unstuffed (pure);
+//! - [`session`]: the SMTP state machine (pure);
+//! - [`reply`]: every reply we send;
+//! - [`lines`]: bounded command-line reading;
+//! - [`connection`]: the I/O of one client, with timeouts;
+//! - [`cleanup_client`]: streaming a message to cleanup;
+//! - [`settings`]: per-listener settings from the config;
+//! - [`listeners`]: the inherited sockets and the accept loop.
+
+pub mod cleanup_client;
+pub mod connection;
+pub mod data_decoder;
+pub mod lines;
+pub mod listeners;
+pub mod parser;
+pub mod reply;
+pub mod session;
+pub mod settings;
