@@ -188,6 +188,7 @@ mod tests {
             metadata: Default::default(),
             content_size: 1,
             smtputf8: false,
+            delay_warned: false,
         }
     }
 

@@ -79,7 +79,7 @@ impl Bounce {
             .queue
             .read(request.state, request.id)
             .map_err(|e| e.to_string())?;
-        if envelope.is_null_sender() {
+        if request.kind != protocol::BounceKind::Failure || envelope.is_null_sender() {
             // Never bounce a bounce: that is how mail loops start.
             return Ok(None);
         }

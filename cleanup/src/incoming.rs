@@ -98,6 +98,7 @@ impl Incoming {
             metadata: submission.metadata,
             content_size,
             smtputf8: submission.smtputf8,
+            delay_warned: false,
         };
         queue.commit_new(&envelope)?;
         Ok(envelope)

@@ -98,11 +98,22 @@ pub enum Outcome {
     Failed,
 }
 
-/// Ask bounce to notify the sender about the failed recipients of a message.
+/// Ask bounce to notify the sender about a message.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct BounceRequest {
     pub id: QueueId,
     pub state: crate::queue::QueueState,
+    pub kind: BounceKind,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum BounceKind {
+    /// Some recipients failed for good (or expired). For a message from the
+    /// null sender, bounce sends a double bounce to the postmaster instead,
+    /// once; it never bounces a double bounce.
+    Failure,
+    /// Delivery is delayed; the sender is warned (NOTIFY permitting).
+    Delay,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

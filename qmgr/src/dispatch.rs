@@ -4,7 +4,9 @@
 use std::time::Duration;
 
 use empath_common::ipc;
-use empath_common::protocol::{self, BounceReply, BounceRequest, DeliveryJob, DeliveryReport};
+use empath_common::protocol::{
+    self, BounceKind, BounceReply, BounceRequest, DeliveryJob, DeliveryReport,
+};
 use empath_common::queue::{Queue, QueueId, QueueState};
 use tokio::sync::mpsc;
 
@@ -26,20 +28,23 @@ pub fn deliver(queue: &Queue, job: DeliveryJob, events: mpsc::UnboundedSender<Ev
     });
 }
 
-/// Asks bounce to notify the sender of message `id` (in `active/`).
-pub fn bounce(queue: &Queue, id: QueueId, events: mpsc::UnboundedSender<Event>) {
+/// Asks bounce to notify the sender of message `id`, which is in `state`.
+pub fn bounce(
+    queue: &Queue,
+    id: QueueId,
+    state: QueueState,
+    kind: BounceKind,
+    events: mpsc::UnboundedSender<Event>,
+) {
     let socket = queue.private_socket(protocol::BOUNCE);
     tokio::spawn(async move {
-        let request = BounceRequest {
-            id,
-            state: QueueState::Active,
-        };
+        let request = BounceRequest { id, state, kind };
         let result = async {
             let mut stream = ipc::connect(&socket, CONNECT_TIMEOUT).await?;
             ipc::call::<_, _, BounceReply>(&mut stream, &request).await
         }
         .await
         .map_err(|e| e.to_string());
-        let _ = events.send(Event::BounceDone { id, result });
+        let _ = events.send(Event::BounceDone { id, kind, result });
     });
 }

@@ -102,6 +102,7 @@ mod tests {
             metadata: Default::default(),
             content_size: 10,
             smtputf8: false,
+            delay_warned: false,
         }
     }
 

@@ -49,7 +49,7 @@ async fn main() {
     let mut scheduler = Scheduler::new(
         queue,
         config.delivery.clone(),
-        config.dsn.enabled,
+        config.dsn.clone(),
         events.clone(),
     );
     tokio::task::block_in_place(|| scheduler.recover());

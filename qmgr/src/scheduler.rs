@@ -5,8 +5,8 @@
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
 use std::time::Duration;
 
-use empath_common::config::Delivery;
-use empath_common::protocol::{BounceReply, DeliveryJob, DeliveryReport};
+use empath_common::config::{Delivery, Dsn};
+use empath_common::protocol::{BounceKind, BounceReply, DeliveryJob, DeliveryReport};
 use empath_common::queue::{Envelope, Queue, QueueId, QueueState, ReadError};
 use empath_common::time::unix_now;
 use tokio::sync::mpsc;
@@ -30,6 +30,7 @@ pub enum Event {
     /// bounce answered about a message.
     BounceDone {
         id: QueueId,
+        kind: BounceKind,
         result: Result<BounceReply, String>,
     },
 }
@@ -50,7 +51,7 @@ struct ActiveMessage {
 pub struct Scheduler {
     queue: Queue,
     policy: Delivery,
-    bounces_enabled: bool,
+    dsn: Dsn,
     events: mpsc::UnboundedSender<Event>,
     active: HashMap<QueueId, ActiveMessage>,
     /// New messages waiting for a place in the active set.
@@ -70,13 +71,13 @@ impl Scheduler {
     pub fn new(
         queue: Queue,
         policy: Delivery,
-        bounces_enabled: bool,
+        dsn: Dsn,
         events: mpsc::UnboundedSender<Event>,
     ) -> Self {
         Self {
             queue,
             policy,
-            bounces_enabled,
+            dsn,
             events,
             active: HashMap::new(),
             incoming: VecDeque::new(),
@@ -148,7 +149,22 @@ impl Scheduler {
             Event::Incoming(id) => self.note_incoming(id),
             Event::JobDone { job, result } => self.job_done(job, result),
             Event::Redispatch(job) => self.ready.push_back(job),
-            Event::BounceDone { id, result } => self.bounce_done(id, result),
+            Event::BounceDone {
+                id,
+                kind: BounceKind::Failure,
+                result,
+            } => self.bounce_done(id, result),
+            Event::BounceDone {
+                id,
+                kind: BounceKind::Delay,
+                result,
+            } => {
+                // A delay warning is advisory: it is not sent twice, even if
+                // this one could not be sent.
+                if let Ok(BounceReply::Failed(error)) | Err(error) = result {
+                    tracing::warn!(message_id = %id, %error, "delay warning not sent");
+                }
+            }
         }
     }
 
@@ -264,18 +280,26 @@ impl Scheduler {
                 empath_common::queue::RecipientStatus::Failed { .. }
             )
         });
-        if failed && self.bounces_enabled && !envelope.is_null_sender() {
+        // bounce decides whom to tell: the sender, the postmaster (for a
+        // failed DSN), or no one (a failed double bounce).
+        if failed && self.dsn.enabled {
             if let Err(error) = self.queue.rewrite(QueueState::Active, envelope) {
                 tracing::error!(message_id = %id, %error, "cannot record results before bouncing");
                 self.active.insert(id, message);
                 return self.retry_later(id);
             }
-            dispatch::bounce(&self.queue, id, self.events.clone());
+            dispatch::bounce(
+                &self.queue,
+                id,
+                QueueState::Active,
+                BounceKind::Failure,
+                self.events.clone(),
+            );
             self.active.insert(id, message);
             return;
         }
         if failed {
-            tracing::warn!(message_id = %id, sender = %envelope.sender, "undeliverable message with no one to notify; removing");
+            tracing::warn!(message_id = %id, sender = %envelope.sender, "undeliverable message; DSNs are disabled");
         }
         self.remove(id);
     }
@@ -285,6 +309,9 @@ impl Scheduler {
         let due = now + delay;
         envelope.next_retry = Some(due);
         let id = envelope.id;
+        let warn = self.delay_warning_due(&envelope, now);
+        // Marked before it is sent, so a crash cannot make it go out twice.
+        envelope.delay_warned |= warn;
         match self
             .queue
             .rewrite_and_move(&envelope, QueueState::Active, QueueState::Deferred)
@@ -297,12 +324,33 @@ impl Scheduler {
                     "delivery deferred"
                 );
                 self.deferred.insert((due, id));
+                if warn {
+                    dispatch::bounce(
+                        &self.queue,
+                        id,
+                        QueueState::Deferred,
+                        BounceKind::Delay,
+                        self.events.clone(),
+                    );
+                }
             }
             Err(error) => {
                 // The envelope stays in active/; the next qmgr start retries it.
                 tracing::error!(message_id = %id, %error, "cannot defer message");
             }
         }
+    }
+
+    /// Whether the sender should now be told that delivery is delayed.
+    fn delay_warning_due(&self, envelope: &Envelope, now: u64) -> bool {
+        let Some(after) = self.dsn.delay_warning_secs else {
+            return false;
+        };
+        self.dsn.enabled
+            && !envelope.delay_warned
+            && !envelope.is_null_sender()
+            && now.saturating_sub(envelope.arrival) >= after
+            && envelope.undelivered().any(|(_, r)| r.notify.delay)
     }
 
     fn bounce_done(&mut self, id: QueueId, result: Result<BounceReply, String>) {

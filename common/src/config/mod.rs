@@ -5,12 +5,14 @@
 //! parsing and name the key and the line where it is written.
 
 mod model;
+mod smtpd;
 mod values;
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 
 pub use model::*;
+pub use smtpd::Smtpd;
 pub use values::{Extension, HostPort, ListenAddr, Listener};
 
 /// The default location of the config file.

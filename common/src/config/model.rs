@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::smtpd::Smtpd;
 use super::values::{Extension, HostPort, ListenAddr, Listener};
 
 /// The whole `Empath( ... )` document.
@@ -23,6 +24,9 @@ pub struct Empath {
     #[serde(default)]
     pub hostname: Option<String>,
     pub smtp_controller: SmtpController,
+    /// Server-side policy of the multi-process design (not in the seeds).
+    #[serde(default)]
+    pub smtpd: Smtpd,
     #[serde(default)]
     pub modules: Vec<Module>,
     pub spool: Spool,
@@ -282,6 +286,9 @@ pub struct Dsn {
     pub enabled: bool,
     pub reporting_mta: Option<String>,
     pub postmaster: Option<String>,
+    /// Warn the sender once a message has waited this long (when its
+    /// NOTIFY allows delay notices). `None` sends no warnings.
+    pub delay_warning_secs: Option<u64>,
 }
 
 impl Default for Dsn {
@@ -290,6 +297,7 @@ impl Default for Dsn {
             enabled: true,
             reporting_mta: None,
             postmaster: None,
+            delay_warning_secs: None,
         }
     }
 }

@@ -109,6 +109,7 @@ mod tests {
             metadata: [("service".to_owned(), "smtp".to_owned())].into(),
             content_size: 1234,
             smtputf8: false,
+            delay_warned: false,
         }
     }
 

@@ -30,6 +30,8 @@ pub struct Envelope {
     pub content_size: u64,
     /// Set for messages that need SMTPUTF8 from the next hop.
     pub smtputf8: bool,
+    /// The sender has been warned that delivery is delayed.
+    pub delay_warned: bool,
 }
 
 impl Envelope {

@@ -371,6 +371,7 @@ mod tests {
             metadata: Default::default(),
             content_size: 5,
             smtputf8: false,
+            delay_warned: false,
         }
     }
 
