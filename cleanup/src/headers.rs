@@ -78,7 +78,14 @@ fn received(stamp: &Stamp<'_>) -> String {
         .map(|a| a.ip().to_string())
         .unwrap_or_else(|_| client.addr.clone());
     let mut out = if client.helo.is_empty() && client.addr == "local" {
-        format!("Received: by {} (Empath)", stamp.hostname)
+        match &client.name {
+            Some(user) => format!(
+                "Received: by {} (Empath, from {})",
+                stamp.hostname,
+                sanitize_comment(user)
+            ),
+            None => format!("Received: by {} (Empath)", stamp.hostname),
+        }
     } else {
         let name = client.name.as_deref().unwrap_or("unknown");
         format!(
@@ -101,6 +108,11 @@ fn received(stamp: &Stamp<'_>) -> String {
     }
     out.push_str(&format!("; {}\r\n", rfc5322_date(stamp.now)));
     out
+}
+
+/// Like [`sanitize`], but keeps spaces (for text inside a comment).
+fn sanitize_comment(text: &str) -> String {
+    text.split(' ').map(sanitize).collect::<Vec<_>>().join(" ")
 }
 
 /// Keeps client-supplied text from breaking the header: printable ASCII

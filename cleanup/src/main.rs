@@ -4,14 +4,16 @@
 
 mod headers;
 mod incoming;
+mod local;
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use empath_common::daemon;
 use empath_common::ipc::{self, read_frame, write_frame};
-use empath_common::protocol::{self, CleanupReply, CleanupRequest, QmgrNotice};
-use empath_common::queue::Queue;
+use empath_common::protocol::{self, CleanupReply, CleanupRequest, QmgrNotice, Submission};
+use empath_common::queue::{ClientInfo, DsnParams, Queue, Recipient};
 use empath_common::smtp::Reply;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
@@ -23,6 +25,21 @@ struct Cleanup {
     hostname: String,
 }
 
+/// How often the drop directory is checked for messages left by `sendmail`.
+const MAILDROP_INTERVAL: Duration = Duration::from_secs(5);
+/// The local submission socket in `public/`: any local user may submit.
+const SUBMIT_SOCKET: &str = "submit.sock";
+
+/// Who is on the other end of a connection.
+#[derive(Debug, Clone, Copy)]
+enum Origin {
+    /// smtpd or bounce, on the private socket: their envelope is trusted.
+    Daemon,
+    /// A local user (sendmail), on the public socket: identity comes from
+    /// the kernel, not from what the client says.
+    Local,
+}
+
 #[tokio::main]
 async fn main() {
     let started = daemon::start("cleanup");
@@ -30,33 +47,53 @@ async fn main() {
         hostname: started.config.hostname(),
         queue: started.queue,
     });
-    let path = cleanup.queue.private_socket(protocol::CLEANUP);
-    let listener = match daemon::bind_socket(&path) {
-        Ok(listener) => listener,
-        Err(error) => {
-            tracing::error!(%error, socket = %path.display(), "cannot listen");
+    let private = cleanup.queue.private_socket(protocol::CLEANUP);
+    let public = cleanup.queue.public_path(SUBMIT_SOCKET);
+    let (daemons, locals) = match (
+        daemon::bind_socket(&private),
+        daemon::bind_socket_with_mode(&public, 0o666),
+    ) {
+        (Ok(daemons), Ok(locals)) => (daemons, locals),
+        (Err(error), _) | (_, Err(error)) => {
+            tracing::error!(%error, "cannot listen on the cleanup sockets");
             std::process::exit(1);
         }
     };
-    tracing::info!(socket = %path.display(), "cleanup ready");
+    tracing::info!(socket = %private.display(), submit = %public.display(), "cleanup ready");
+    let for_daemons = Arc::clone(&cleanup);
+    let for_locals = Arc::clone(&cleanup);
     tokio::select! {
-        result = daemon::serve(listener, "cleanup", move |stream| Arc::clone(&cleanup).connection(stream)) => {
+        result = daemon::serve(daemons, "cleanup", move |stream| Arc::clone(&for_daemons).connection(stream, Origin::Daemon)) => {
             if let Err(error) = result {
                 tracing::error!(%error, "cleanup stopped");
             }
         }
+        result = daemon::serve(locals, "cleanup", move |stream| Arc::clone(&for_locals).connection(stream, Origin::Local)) => {
+            if let Err(error) = result {
+                tracing::error!(%error, "cleanup stopped");
+            }
+        }
+        () = cleanup.pick_up_maildrop() => {}
         () = daemon::stop_requested() => tracing::info!("cleanup stopping"),
     }
 }
 
 impl Cleanup {
     /// One client connection: any number of submissions, one after another.
-    async fn connection(self: Arc<Self>, stream: UnixStream) -> io::Result<()> {
+    async fn connection(self: Arc<Self>, stream: UnixStream, origin: Origin) -> io::Result<()> {
+        let local_client = match origin {
+            Origin::Daemon => None,
+            Origin::Local => Some(local::client_for_uid(stream.peer_cred()?.uid())),
+        };
         let (mut reader, mut writer) = stream.into_split();
         while let Some(request) = read_frame::<_, CleanupRequest>(&mut reader).await? {
-            let CleanupRequest::Begin(submission) = request else {
+            let CleanupRequest::Begin(mut submission) = request else {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "expected Begin"));
             };
+            if let Some(client) = &local_client {
+                submission =
+                    local_submission(submission.sender, submission.recipients, client.clone());
+            }
             let Some(reply) = self.submission(&mut reader, submission).await else {
                 return Ok(());
             };
@@ -110,6 +147,48 @@ impl Cleanup {
         }
     }
 
+    /// Queues what `sendmail` left in the drop directory, now and every
+    /// few seconds, then removes each file once its message is durable.
+    async fn pick_up_maildrop(&self) {
+        let mut tick = tokio::time::interval(MAILDROP_INTERVAL);
+        loop {
+            tick.tick().await;
+            let pending = match tokio::task::block_in_place(|| local::pending(&self.queue)) {
+                Ok(pending) => pending,
+                Err(error) => {
+                    tracing::warn!(%error, "cannot read the drop directory");
+                    continue;
+                }
+            };
+            for dropped in pending {
+                let recipients = dropped.drop.recipients.iter().map(Recipient::new).collect();
+                let submission = local_submission(
+                    dropped.drop.sender,
+                    recipients,
+                    local::client_for_uid(dropped.owner),
+                );
+                let queued = tokio::task::block_in_place(|| {
+                    let mut incoming = Incoming::start(&self.queue, &self.hostname, submission)?;
+                    incoming.push(&dropped.drop.content)?;
+                    Ok::<_, io::Error>(incoming)
+                });
+                let reply = match queued {
+                    Ok(incoming) => self.commit(incoming),
+                    Err(error) => write_error(&error),
+                };
+                match reply {
+                    CleanupReply::Queued { id } => {
+                        tracing::info!(file = %dropped.name, message_id = %id, "picked up a message from the drop directory");
+                        local::remove(&self.queue, &dropped.name);
+                    }
+                    CleanupReply::Rejected(reply) => {
+                        tracing::warn!(file = %dropped.name, %reply, "cannot queue a dropped message yet");
+                    }
+                }
+            }
+        }
+    }
+
     fn commit(&self, incoming: Incoming) -> CleanupReply {
         let id = incoming.id();
         match tokio::task::block_in_place(|| incoming.commit(&self.queue)) {
@@ -143,5 +222,21 @@ fn write_error(error: &io::Error) -> CleanupReply {
         CleanupReply::Rejected(Reply::new(452, "4.3.1", "Insufficient system storage"))
     } else {
         CleanupReply::Rejected(Reply::new(451, "4.3.0", "Error: queue file write error"))
+    }
+}
+
+/// A submission from a local user: only the sender, the recipients and the
+/// content come from the user.
+fn local_submission(sender: String, recipients: Vec<Recipient>, client: ClientInfo) -> Submission {
+    Submission {
+        sender,
+        recipients: recipients
+            .into_iter()
+            .map(|r| Recipient::new(r.address))
+            .collect(),
+        client,
+        dsn: DsnParams::default(),
+        metadata: Default::default(),
+        smtputf8: false,
     }
 }

@@ -51,12 +51,17 @@ pub fn start(service: &'static str) -> Daemon {
 /// Binds a daemon socket, replacing a stale one left by a crash. Mode 0600:
 /// only the mail system's own user may talk to a daemon.
 pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
+    bind_socket_with_mode(path, 0o600)
+}
+
+/// Binds a socket with the given permissions, replacing a stale one.
+pub fn bind_socket_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
     match std::fs::remove_file(path) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
     let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
     Ok(listener)
 }
 

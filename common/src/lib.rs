@@ -5,9 +5,11 @@
 //! and message types, logging, and the SMTP types shared by the daemons.
 
 pub mod config;
+pub mod control;
 pub mod daemon;
 pub mod ipc;
 pub mod logging;
+pub mod maildrop;
 pub mod protocol;
 pub mod queue;
 pub mod safeio;

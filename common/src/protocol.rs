@@ -18,6 +18,12 @@ pub const CLEANUP: &str = "cleanup";
 pub const QMGR: &str = "qmgr";
 pub const SMTP_OUT: &str = "smtp-out";
 pub const BOUNCE: &str = "bounce";
+/// qmgr's control socket: [`crate::control::ControlRequest::Queue`] in,
+/// [`crate::control::ControlResponse`] out.
+pub const QMGR_CONTROL: &str = "qmgr-control";
+/// smtp-out's control socket: [`crate::control::ControlRequest::Dns`] in,
+/// [`crate::control::ControlResponse`] out.
+pub const SMTP_OUT_CONTROL: &str = "smtp-out-control";
 
 /// A message submission, streamed: one `Begin`, any number of `Chunk`s of
 /// content, then `End` (commit) or `Abort`. Content is the message as

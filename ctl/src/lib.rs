@@ -1,3 +1,6 @@
-//! Operator commands of Empath: `mailq` (and, later, `empathctl` and `sendmail`).
+//! Operator commands of Empath: `empathctl`, `mailq` and `sendmail`.
 
+pub mod client;
 pub mod mailq;
+pub mod render;
+pub mod sendmail;

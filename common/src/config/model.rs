@@ -34,6 +34,10 @@ pub struct Empath {
     pub delivery: Delivery,
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
+    /// Members of this group may use the control socket (besides root and
+    /// the mail system's user).
+    #[serde(default)]
+    pub control_group: Option<String>,
     #[serde(default)]
     pub control_auth: ControlAuth,
     #[serde(default)]

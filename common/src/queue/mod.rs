@@ -15,7 +15,7 @@ mod id;
 
 use std::fs::File;
 use std::io::{self, BufWriter, Write};
-use std::os::unix::fs::DirBuilderExt;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
 
@@ -67,6 +67,7 @@ const TMP: &str = "tmp";
 const DATA: &str = "data";
 const PRIVATE: &str = "private";
 const PUBLIC: &str = "public";
+const MAILDROP: &str = "maildrop";
 
 /// Why an envelope could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -104,7 +105,8 @@ impl Queue {
             .chain(QueueState::ALL.iter().map(|s| s.dir_name()))
     }
 
-    /// Creates the tree (mode 0700) where it is missing. Run by the master.
+    /// Creates the tree where it is missing: the queue directories 0700, the
+    /// root and `public/` 0755. Run by the master.
     pub fn create_dirs(&self) -> io::Result<()> {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
@@ -112,6 +114,15 @@ impl Queue {
         for dir in Self::all_dirs() {
             builder.create(self.root.join(dir))?;
         }
+        // Local users reach public/ (the submission socket) and may drop
+        // files into public/maildrop/ but not list or touch others' files:
+        // mode 1733, like Postfix's maildrop.
+        std::fs::set_permissions(&self.root, std::fs::Permissions::from_mode(0o755))?;
+        let public = self.root.join(PUBLIC);
+        std::fs::set_permissions(&public, std::fs::Permissions::from_mode(0o755))?;
+        let maildrop = self.maildrop_dir();
+        builder.create(&maildrop)?;
+        std::fs::set_permissions(&maildrop, std::fs::Permissions::from_mode(0o1733))?;
         safeio::fsync_dir(&self.root)
     }
 
@@ -138,9 +149,15 @@ impl Queue {
         self.root.join(PRIVATE).join(format!("{service}.sock"))
     }
 
-    /// A file in `public/` (control socket, submission drop).
+    /// A file in `public/` (control socket, submission socket).
     pub fn public_path(&self, name: &str) -> PathBuf {
         self.root.join(PUBLIC).join(name)
+    }
+
+    /// `public/maildrop/`, where `sendmail` leaves messages while the
+    /// daemons are down.
+    pub fn maildrop_dir(&self) -> PathBuf {
+        self.root.join(PUBLIC).join(MAILDROP)
     }
 
     /// A file directly under the queue root (PID file, listener list).
