@@ -1,0 +1,255 @@
+//! Plugin modules: shared libraries written against `include/empath.h`,
+//! loaded with libloading from the config's `modules` list. smtpd runs
+//! their validation callbacks; qmgr runs their delivery events.
+
+mod context;
+pub mod strings;
+
+use std::ffi::CString;
+use std::path::{Path, PathBuf};
+
+pub use context::{ModuleContext, RawContext};
+
+/// The API version this host implements (`EM_API_VERSION` in empath.h).
+pub const API_VERSION: u32 = 1;
+
+type ValidateFn = Option<unsafe extern "C" fn(*mut RawContext) -> libc::c_int>;
+type EventFn = Option<unsafe extern "C" fn(*mut RawContext)>;
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct ValidationListener {
+    on_connect: ValidateFn,
+    on_mail_from: ValidateFn,
+    on_rcpt_to: ValidateFn,
+    on_data: ValidateFn,
+    on_starttls: ValidateFn,
+}
+
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct EventListener {
+    on_connection_opened: EventFn,
+    on_connection_closed: EventFn,
+    on_delivery_success: EventFn,
+    on_delivery_failure: EventFn,
+}
+
+/// `em_module` in empath.h.
+#[repr(C)]
+#[derive(Clone, Copy)]
+struct Declaration {
+    api_version: u32,
+    name: *const libc::c_char,
+    init: Option<unsafe extern "C" fn(libc::c_int, *const *const libc::c_char) -> libc::c_int>,
+    validation: ValidationListener,
+    events: EventListener,
+}
+
+/// The validation points of an SMTP session.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Validation {
+    Connect,
+    MailFrom,
+    RcptTo,
+    Data,
+    StartTls,
+}
+
+/// Things that happened, for modules that want to know.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Event {
+    ConnectionOpened,
+    ConnectionClosed,
+    DeliverySuccess,
+    DeliveryFailure,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot load module {path}: {reason}")]
+    Open { path: PathBuf, reason: String },
+    #[error("module {path} does not export declare_module: {reason}")]
+    NoDeclaration { path: PathBuf, reason: String },
+    #[error("module {path} was built for API version {found}, Empath provides {expected}")]
+    Version {
+        path: PathBuf,
+        found: u32,
+        expected: u32,
+    },
+    #[error("module {path} ({name}) failed to initialise (init returned {status})")]
+    Init {
+        path: PathBuf,
+        name: String,
+        status: i32,
+    },
+}
+
+/// A module rejected a validation: the reply to send.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Rejection {
+    pub module: String,
+    pub code: u16,
+    pub text: String,
+}
+
+/// One loaded module. The library stays loaded for as long as this lives.
+pub struct Module {
+    name: String,
+    declaration: Declaration,
+    _library: libloading::Library,
+}
+
+impl Module {
+    /// Loads the library at `path` and calls its `init` with `arguments`.
+    pub fn load(path: &Path, arguments: &[String]) -> Result<Self, LoadError> {
+        // SAFETY: loading a module runs its initialisers; trusting the
+        // configured module is the point of a plugin system.
+        let library = unsafe { libloading::Library::new(path) }.map_err(|e| LoadError::Open {
+            path: path.to_owned(),
+            reason: e.to_string(),
+        })?;
+        // SAFETY: the symbol's type is fixed by empath.h.
+        let declaration = unsafe {
+            let declare: libloading::Symbol<unsafe extern "C" fn() -> Declaration> = library
+                .get(b"declare_module\0")
+                .map_err(|e| LoadError::NoDeclaration {
+                    path: path.to_owned(),
+                    reason: e.to_string(),
+                })?;
+            declare()
+        };
+        if declaration.api_version != API_VERSION {
+            return Err(LoadError::Version {
+                path: path.to_owned(),
+                found: declaration.api_version,
+                expected: API_VERSION,
+            });
+        }
+        let name = if declaration.name.is_null() {
+            path.file_stem()
+                .map_or_else(|| "module".to_owned(), |s| s.to_string_lossy().into_owned())
+        } else {
+            // SAFETY: a non-null name is a NUL-terminated string in the library.
+            unsafe { std::ffi::CStr::from_ptr(declaration.name) }
+                .to_string_lossy()
+                .into_owned()
+        };
+        if let Some(init) = declaration.init {
+            let owned: Vec<CString> = arguments
+                .iter()
+                .map(|a| CString::new(strings::sanitize(a.as_bytes())).unwrap_or_default())
+                .collect();
+            let pointers: Vec<*const libc::c_char> = owned.iter().map(|a| a.as_ptr()).collect();
+            let argc = libc::c_int::try_from(pointers.len()).unwrap_or(libc::c_int::MAX);
+            // SAFETY: argv holds argc valid C strings that outlive the call.
+            let status = unsafe { init(argc, pointers.as_ptr()) };
+            if status != 0 {
+                return Err(LoadError::Init {
+                    path: path.to_owned(),
+                    name,
+                    status,
+                });
+            }
+        }
+        tracing::info!(module = %name, path = %path.display(), "module loaded");
+        Ok(Self {
+            name,
+            declaration,
+            _library: library,
+        })
+    }
+
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn validator(&self, point: Validation) -> ValidateFn {
+        let listener = &self.declaration.validation;
+        match point {
+            Validation::Connect => listener.on_connect,
+            Validation::MailFrom => listener.on_mail_from,
+            Validation::RcptTo => listener.on_rcpt_to,
+            Validation::Data => listener.on_data,
+            Validation::StartTls => listener.on_starttls,
+        }
+    }
+
+    fn handler(&self, event: Event) -> EventFn {
+        let listener = &self.declaration.events;
+        match event {
+            Event::ConnectionOpened => listener.on_connection_opened,
+            Event::ConnectionClosed => listener.on_connection_closed,
+            Event::DeliverySuccess => listener.on_delivery_success,
+            Event::DeliveryFailure => listener.on_delivery_failure,
+        }
+    }
+}
+
+/// The configured modules, in config order.
+#[derive(Default)]
+pub struct Modules {
+    modules: Vec<Module>,
+}
+
+impl Modules {
+    /// Loads every module; the first failure is the error.
+    pub fn load<'a>(
+        specs: impl IntoIterator<Item = (&'a Path, &'a [String])>,
+    ) -> Result<Self, LoadError> {
+        let modules = specs
+            .into_iter()
+            .map(|(path, arguments)| Module::load(path, arguments))
+            .collect::<Result<_, _>>()?;
+        Ok(Self { modules })
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.modules.is_empty()
+    }
+
+    /// Runs the validation callbacks in order; the first that returns
+    /// non-zero rejects, with the reply it set or a default 550 5.7.1.
+    pub fn validate(
+        &self,
+        point: Validation,
+        context: &mut ModuleContext,
+    ) -> Result<(), Rejection> {
+        for module in &self.modules {
+            let Some(callback) = module.validator(point) else {
+                continue;
+            };
+            context.response = None;
+            let mut raw = RawContext::new(context);
+            // SAFETY: the callback follows the empath.h contract; `raw`
+            // lives for the duration of the call.
+            let status = unsafe { callback(&raw mut raw) };
+            if status != 0 {
+                let (code, text) = context.response.take().unwrap_or_else(|| {
+                    (
+                        550,
+                        format!("5.7.1 Rejected by policy module {}", module.name),
+                    )
+                });
+                tracing::info!(module = %module.name, ?point, code, %text, "module rejected");
+                return Err(Rejection {
+                    module: module.name.clone(),
+                    code,
+                    text,
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// Tells every module about `event`.
+    pub fn emit(&self, event: Event, context: &mut ModuleContext) {
+        for module in &self.modules {
+            if let Some(callback) = module.handler(event) {
+                let mut raw = RawContext::new(context);
+                // SAFETY: as in `validate`.
+                unsafe { callback(&raw mut raw) };
+            }
+        }
+    }
+}
