@@ -1,41 +1,55 @@
-//! `empath-bounce`: tells senders about the recipients that failed, with
-//! an RFC 3464 DSN injected through cleanup from the null sender.
+//! `empath-bounce`: tells senders about recipients that failed or are
+//! delayed, with RFC 3464 DSNs injected through cleanup from the null
+//! sender, and tells the postmaster when such a DSN fails in turn.
+//!
+//! qmgr asks (one [`BounceRequest`] per message); [`policy`] decides whom
+//! to tell, [`original`] picks what of the message goes back, [`dsn`]
+//! builds the notice and [`submit`] queues it.
 
 mod dsn;
+mod original;
+mod policy;
+mod submit;
 
-use std::io::{self, Read};
+use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use empath_common::daemon;
-use empath_common::ipc::{self, read_frame, write_frame};
-use empath_common::protocol::{
-    self, BounceReply, BounceRequest, CleanupReply, CleanupRequest, Submission,
-};
-use empath_common::queue::{ClientInfo, DsnParams, Envelope, Queue, QueueId, Recipient};
+use empath_common::ipc::{read_frame, write_frame};
+use empath_common::protocol::{self, BounceReply, BounceRequest};
+use empath_common::queue::{Envelope, Queue, QueueId, Ret};
 use empath_common::time::unix_now;
 use tokio::net::UnixStream;
 
-/// Original headers beyond this size are cut from the DSN.
-const MAX_HEADERS: usize = 64 * 1024;
+use crate::original::Returned;
+use crate::policy::{Decision, NoticeKind};
 
+/// Settings and state of the daemon.
 struct Bounce {
     queue: Queue,
+    enabled: bool,
     hostname: String,
     reporting_mta: String,
+    postmaster: String,
+    max_return_size: u64,
+    max_queue_lifetime_secs: u64,
 }
 
 #[tokio::main]
 async fn main() {
     let started = daemon::start("bounce");
-    let hostname = started.config.hostname();
+    let config = &started.config;
+    let hostname = config.hostname();
     let bounce = Arc::new(Bounce {
-        reporting_mta: started
-            .config
+        enabled: config.dsn.enabled,
+        reporting_mta: config
             .dsn
             .reporting_mta
             .clone()
             .unwrap_or_else(|| hostname.clone()),
+        postmaster: config.dsn.postmaster_or(&hostname),
+        max_return_size: config.dsn.max_return_size,
+        max_queue_lifetime_secs: config.delivery.max_queue_lifetime_secs,
         hostname,
         queue: started.queue,
     });
@@ -64,7 +78,7 @@ impl Bounce {
             let reply = match self.notify(&request).await {
                 Ok(dsn) => BounceReply::Done { dsn },
                 Err(error) => {
-                    tracing::warn!(message_id = %request.id, %error, "cannot send DSN");
+                    tracing::warn!(message_id = %request.id, %error, "Failed to spool DSN");
                     BounceReply::Failed(error)
                 }
             };
@@ -73,71 +87,89 @@ impl Bounce {
         Ok(())
     }
 
-    /// Builds and queues the DSN for the message; `None` if none is due.
+    /// Builds and queues the notice for the message; `None` if none is due.
     async fn notify(&self, request: &BounceRequest) -> Result<Option<QueueId>, String> {
-        let envelope = self
-            .queue
-            .read(request.state, request.id)
-            .map_err(|e| e.to_string())?;
-        if request.kind != protocol::BounceKind::Failure || envelope.is_null_sender() {
-            // Never bounce a bounce: that is how mail loops start.
+        let Some(envelope) = self.load(request)? else {
+            tracing::warn!(message_id = %request.id, "message to report on is gone; nothing sent");
             return Ok(None);
-        }
-        let headers = self.original_headers(&envelope);
+        };
+        let (kind, to) = match policy::decide(
+            &envelope,
+            request.kind,
+            self.enabled,
+            &self.postmaster,
+        ) {
+            Decision::Send { kind, to } => (kind, to),
+            Decision::Nothing(reason) => {
+                tracing::info!(message_id = %envelope.id, sender = %envelope.sender, reason, "no DSN sent");
+                return Ok(None);
+            }
+        };
+        let returned = self.returned(&envelope, kind)?;
         let reporter = dsn::Reporter {
             hostname: &self.hostname,
             reporting_mta: &self.reporting_mta,
+            postmaster: &self.postmaster,
             now: unix_now(),
+            max_queue_lifetime_secs: self.max_queue_lifetime_secs,
         };
-        let Some(message) = dsn::build(&envelope, &headers, &reporter) else {
+        let notice = dsn::Notice {
+            kind,
+            envelope: &envelope,
+            to: &to,
+            returned: &returned,
+        };
+        let Some(built) = dsn::build(&notice, &reporter) else {
+            tracing::info!(message_id = %envelope.id, kind = kind.metadata(), "no recipient to report on (NOTIFY or status); no DSN sent");
             return Ok(None);
         };
-        let id = self.submit(&envelope.sender, message).await?;
-        tracing::info!(message_id = %envelope.id, dsn_id = %id, original_sender = %envelope.sender, "DSN generated");
+        let id = submit::submit(&self.queue, &to, kind, &built).await?;
+        tracing::info!(
+            message_id = %envelope.id,
+            dsn_id = %id,
+            original_sender = %envelope.sender,
+            kind = kind.metadata(),
+            to = %to,
+            recipients = built.recipients,
+            "DSN generated"
+        );
         Ok(Some(id))
     }
 
-    /// The header section of the queued message, up to [`MAX_HEADERS`].
-    fn original_headers(&self, envelope: &Envelope) -> Vec<u8> {
-        let mut head = Vec::new();
-        if let Ok(file) = self.queue.open_content(envelope.id) {
-            let _ = file.take(MAX_HEADERS as u64).read_to_end(&mut head);
+    /// The envelope, from where qmgr said it is or, if it has moved on
+    /// since (a deferred message picked up again), from where it is now.
+    fn load(&self, request: &BounceRequest) -> Result<Option<Envelope>, String> {
+        match self.queue.read(request.state, request.id) {
+            Ok(envelope) => return Ok(Some(envelope)),
+            Err(error) if !error.is_not_found() => return Err(error.to_string()),
+            Err(_) => {}
         }
-        let end = head
-            .windows(4)
-            .position(|w| w == b"\r\n\r\n")
-            .map_or(head.len(), |p| p + 2);
-        head.truncate(end);
-        head
+        let Some(state) = self.queue.locate(request.id) else {
+            return Ok(None);
+        };
+        match self.queue.read(state, request.id) {
+            Ok(envelope) => Ok(Some(envelope)),
+            Err(error) if error.is_not_found() => Ok(None),
+            Err(error) => Err(error.to_string()),
+        }
     }
 
-    async fn submit(&self, recipient: &str, message: Vec<u8>) -> Result<QueueId, String> {
-        let socket = self.queue.private_socket(protocol::CLEANUP);
-        let mut stream = ipc::connect(&socket, Duration::from_secs(5))
-            .await
-            .map_err(|e| e.to_string())?;
-        let submission = Submission {
-            sender: String::new(),
-            recipients: vec![Recipient::new(recipient)],
-            client: ClientInfo {
-                addr: "local".into(),
-                protocol: "local".into(),
-                ..ClientInfo::default()
-            },
-            dsn: DsnParams::default(),
-            metadata: Default::default(),
-            smtputf8: false,
-        };
-        let send = async {
-            write_frame(&mut stream, &CleanupRequest::Begin(submission)).await?;
-            for chunk in message.chunks(64 * 1024) {
-                write_frame(&mut stream, &CleanupRequest::Chunk(chunk.to_vec())).await?;
+    /// What of the original goes back: all of it for a failure with
+    /// RET=FULL (within `dsn.max_return_size`), else the headers.
+    fn returned(&self, envelope: &Envelope, kind: NoticeKind) -> Result<Returned, String> {
+        let full = kind == NoticeKind::Failure && envelope.dsn.ret == Some(Ret::Full);
+        match self.queue.open_content(envelope.id) {
+            Ok(file) => original::select(file, full, self.max_return_size)
+                .map_err(|e| format!("reading the message content: {e}")),
+            Err(error) if error.kind() == io::ErrorKind::NotFound => {
+                // The report matters more than the copy: send it without.
+                tracing::warn!(message_id = %envelope.id, "message content is missing; the DSN returns no headers");
+                Ok(Returned::Headers {
+                    bytes: Vec::new(),
+                    too_big: false,
+                })
             }
-            ipc::call::<_, _, CleanupReply>(&mut stream, &CleanupRequest::End).await
-        };
-        match send.await.map_err(|e| e.to_string())? {
-            CleanupReply::Queued { id } => Ok(id),
-            CleanupReply::Rejected(reply) => Err(format!("cleanup refused the DSN: {reply}")),
+            Err(error) => Err(format!("opening the message content: {error}")),
         }
     }
 }

@@ -101,7 +101,7 @@ fn received(stamp: &Stamp<'_>) -> String {
     };
     out.push_str(&format!(" with {protocol} id {}", stamp.id));
     if let Some(tls) = &client.tls {
-        out.push_str(&format!("\r\n\t({})", sanitize(tls)));
+        out.push_str(&format!("\r\n\t({})", sanitize_comment(tls)));
     }
     if let Some(recipient) = stamp.single_recipient {
         out.push_str(&format!("\r\n\tfor <{}>", sanitize(recipient)));

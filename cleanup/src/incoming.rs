@@ -69,8 +69,11 @@ impl Incoming {
         self.content.write_all(&head)
     }
 
-    /// Makes the message durable in `incoming/` and returns its envelope.
-    pub fn commit(mut self, queue: &Queue) -> io::Result<Envelope> {
+    /// Writes the content and the envelope durably and renames the envelope
+    /// into `incoming/`. The directory entries still need
+    /// [`Queue::sync_new_entries`] (group commit) before the message may be
+    /// acknowledged.
+    pub fn stage(mut self, queue: &Queue) -> io::Result<Envelope> {
         let id = self.id;
         let result = match self.write_head() {
             Ok(()) => self.finish(queue),
@@ -100,7 +103,7 @@ impl Incoming {
             smtputf8: submission.smtputf8,
             delay_warned: false,
         };
-        queue.commit_new(&envelope)?;
+        queue.stage_new(&envelope)?;
         Ok(envelope)
     }
 
@@ -143,7 +146,8 @@ mod tests {
         // Split inside the header section, to exercise the buffering.
         incoming.push(&original[..5]).unwrap();
         incoming.push(&original[5..]).unwrap();
-        let envelope = incoming.commit(&queue).unwrap();
+        let envelope = incoming.stage(&queue).unwrap();
+        queue.sync_new_entries().unwrap();
 
         let stored = std::fs::read(queue.content_path(envelope.id)).unwrap();
         assert!(stored.starts_with(b"Received: from client"));
@@ -169,7 +173,8 @@ mod tests {
         queue.create_dirs().unwrap();
         let mut incoming = Incoming::start(&queue, "mx.test", submission()).unwrap();
         incoming.push(b"Subject: only headers\r\n").unwrap();
-        let envelope = incoming.commit(&queue).unwrap();
+        let envelope = incoming.stage(&queue).unwrap();
+        queue.sync_new_entries().unwrap();
         let stored =
             String::from_utf8(std::fs::read(queue.content_path(envelope.id)).unwrap()).unwrap();
         assert!(stored.contains("Message-ID: <"));

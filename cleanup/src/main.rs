@@ -2,6 +2,7 @@
 //! local submission), adds the trace headers, writes the queue file
 //! durably, answers the queue ID, and tells qmgr.
 
+mod group_commit;
 mod headers;
 mod incoming;
 mod local;
@@ -18,11 +19,13 @@ use empath_common::smtp::Reply;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 
+use group_commit::GroupCommit;
 use incoming::Incoming;
 
 struct Cleanup {
     queue: Queue,
     hostname: String,
+    group_commit: GroupCommit,
 }
 
 /// How often the drop directory is checked for messages left by `sendmail`.
@@ -45,6 +48,7 @@ async fn main() {
     let started = daemon::start("cleanup");
     let cleanup = Arc::new(Cleanup {
         hostname: started.config.hostname(),
+        group_commit: GroupCommit::start(started.queue.clone()),
         queue: started.queue,
     });
     let private = cleanup.queue.private_socket(protocol::CLEANUP);
@@ -134,7 +138,7 @@ impl Cleanup {
                         return Some(write_error(&error));
                     }
                 }
-                CleanupRequest::End => return Some(self.commit(incoming)),
+                CleanupRequest::End => return Some(self.commit(incoming).await),
                 CleanupRequest::Abort | CleanupRequest::Begin(_) => {
                     incoming.abandon(&self.queue);
                     return Some(CleanupReply::Rejected(Reply::new(
@@ -173,7 +177,7 @@ impl Cleanup {
                     Ok::<_, io::Error>(incoming)
                 });
                 let reply = match queued {
-                    Ok(incoming) => self.commit(incoming),
+                    Ok(incoming) => self.commit(incoming).await,
                     Err(error) => write_error(&error),
                 };
                 match reply {
@@ -189,9 +193,22 @@ impl Cleanup {
         }
     }
 
-    fn commit(&self, incoming: Incoming) -> CleanupReply {
+    /// Makes the message durable (its own files here, the directory entries
+    /// in a shared group commit) and only then answers `Queued`.
+    async fn commit(&self, incoming: Incoming) -> CleanupReply {
         let id = incoming.id();
-        match tokio::task::block_in_place(|| incoming.commit(&self.queue)) {
+        let staged = tokio::task::block_in_place(|| incoming.stage(&self.queue));
+        let durable = match staged {
+            Ok(envelope) => match self.group_commit.sync().await {
+                Ok(()) => Ok(envelope),
+                Err(error) => {
+                    self.queue.unstage_new(id);
+                    Err(error)
+                }
+            },
+            Err(error) => Err(error),
+        };
+        match durable {
             Ok(envelope) => {
                 tracing::info!(
                     message_id = %id,

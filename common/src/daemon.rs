@@ -45,7 +45,54 @@ pub fn start(service: &'static str) -> Daemon {
         }
     };
     let queue = Queue::new(config.spool.path.clone());
+    take_status_fd();
+    crate::metrics::configure(&config.metrics);
+    crate::metrics::exporter::serve(&queue, service);
     Daemon { config, queue }
+}
+
+static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Starts a graceful stop: work in progress finishes, new work is refused
+/// (smtpd ends each session after its current message).
+pub fn begin_draining() {
+    DRAINING.store(true, std::sync::atomic::Ordering::SeqCst);
+}
+
+/// True once [`begin_draining`] was called.
+pub fn draining() -> bool {
+    DRAINING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// The environment variable naming the fd on which a daemon tells the
+/// master that it has served its first request (see [`mark_serving`]).
+pub const STATUS_FD_ENV: &str = "EMPATH_STATUS_FD";
+
+/// The inherited status fd, or -1 once used (or if there is none).
+static STATUS_FD: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(-1);
+
+fn take_status_fd() {
+    if let Some(fd) = std::env::var(STATUS_FD_ENV)
+        .ok()
+        .and_then(|v| v.parse::<i32>().ok())
+        .filter(|fd| *fd > 2)
+    {
+        STATUS_FD.store(fd, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+/// Tells the master, once, that this daemon has served a request: its
+/// deaths from now on are not crash loops, and are not throttled.
+pub fn mark_serving() {
+    let fd = STATUS_FD.swap(-1, std::sync::atomic::Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: `fd` is the status pipe the master passed us, used here
+        // once and closed; nothing else in the process owns it.
+        unsafe {
+            let _ = nix::libc::write(fd, b"S".as_ptr().cast(), 1);
+            nix::libc::close(fd);
+        }
+    }
 }
 
 /// Binds a daemon socket, replacing a stale one left by a crash. Mode 0600:
@@ -85,6 +132,7 @@ where
                 continue;
             }
         };
+        mark_serving();
         let connection = handle(stream);
         tokio::spawn(async move {
             if let Err(e) = connection.await {

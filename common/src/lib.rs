@@ -10,6 +10,7 @@ pub mod daemon;
 pub mod ipc;
 pub mod logging;
 pub mod maildrop;
+pub mod metrics;
 pub mod protocol;
 pub mod queue;
 pub mod safeio;

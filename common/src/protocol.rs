@@ -62,6 +62,12 @@ pub enum CleanupReply {
 pub enum QmgrNotice {
     /// A new message is in `incoming/`.
     Incoming(QueueId),
+    /// Stop starting deliveries (messages in flight finish).
+    Freeze,
+    /// Start delivering again.
+    Unfreeze,
+    /// Make every deferred message due now, and rescan `incoming/`.
+    ProcessNow,
 }
 
 /// One delivery transaction: some recipients of one message, all in one domain.
@@ -86,6 +92,10 @@ pub struct JobRecipient {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeliveryReport {
     pub results: Vec<RecipientResult>,
+    /// No server of the destination took part in a transaction (no
+    /// connection, a refused greeting, a broken session, DNS trouble):
+    /// what the circuit breaker counts as a failure of the destination.
+    pub destination_failed: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -115,8 +125,9 @@ pub struct BounceRequest {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BounceKind {
     /// Some recipients failed for good (or expired). For a message from the
-    /// null sender, bounce sends a double bounce to the postmaster instead,
-    /// once; it never bounces a double bounce.
+    /// null sender, bounce sends a double bounce to the postmaster instead
+    /// if the message is a notice bounce made (see [`DSN_METADATA`]), once;
+    /// it never bounces a double bounce, nor a bounce from elsewhere.
     Failure,
     /// Delivery is delayed; the sender is warned (NOTIFY permitting).
     Delay,
@@ -129,3 +140,15 @@ pub enum BounceReply {
     /// Could not notify now; keep the original and ask again later.
     Failed(String),
 }
+
+/// The metadata key that marks a message bounce generated, so that bounce
+/// knows what a failed null-sender message was: one of
+/// [`DSN_FAILURE`], [`DSN_DELAY`], [`DSN_DOUBLE_BOUNCE`].
+pub const DSN_METADATA: &str = "empath.dsn";
+/// A DSN about failed recipients, to the sender.
+pub const DSN_FAILURE: &str = "failure";
+/// A delay warning, to the sender.
+pub const DSN_DELAY: &str = "delay";
+/// A notice to the postmaster that a DSN could not be delivered; when it
+/// fails too, nobody is told (only the log).
+pub const DSN_DOUBLE_BOUNCE: &str = "double-bounce";

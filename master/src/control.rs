@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 
 use empath_common::config::Config;
 use empath_common::control::{
-    ControlEnvelope, ControlRequest, ControlResponse, DnsCommand, ProcessStatus, QueueCommand, SystemCommand,
-    SystemStatus,
+    ControlEnvelope, ControlRequest, ControlResponse, DnsCommand, ProcessStatus, QueueCommand,
+    SystemCommand, SystemStatus,
 };
 use empath_common::ipc::{self, read_frame, write_frame};
 use empath_common::protocol;
@@ -20,6 +20,8 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// How long a routed command may take in the daemon that carries it out.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long a command waits for a daemon that is (re)starting.
+const DAEMON_START_WAIT: Duration = Duration::from_secs(5);
 
 /// What the control server needs to know about the running system.
 pub struct Control {
@@ -32,7 +34,10 @@ pub struct Control {
 
 /// The control socket's path.
 pub fn socket_path(config: &Config, queue: &Queue) -> PathBuf {
-    config.control_socket.clone().unwrap_or_else(|| queue.public_path("control.sock"))
+    config
+        .control_socket
+        .clone()
+        .unwrap_or_else(|| queue.public_path("control.sock"))
 }
 
 /// Who is calling, from the kernel (SO_PEERCRED).
@@ -63,7 +68,9 @@ impl Caller {
         if self.gid == admin {
             return true;
         }
-        let Ok(name) = std::ffi::CString::new(self.user.clone()) else { return false };
+        let Ok(name) = std::ffi::CString::new(self.user.clone()) else {
+            return false;
+        };
         nix::unistd::getgrouplist(&name, nix::unistd::Gid::from_raw(self.gid))
             .map(|groups| groups.iter().any(|g| g.as_raw() == admin))
             .unwrap_or(false)
@@ -97,7 +104,7 @@ impl Control {
             let response = match self.authorize(&caller, envelope.token.as_deref()) {
                 Ok(()) => self.dispatch(envelope.request).await,
                 Err(reason) => {
-                    tracing::warn!(user = %caller.user, uid = caller.uid, %command, error = %reason, "Control command refused");
+                    tracing::warn!(user = %caller.user, uid = caller.uid, %command, result = "refused", error = %reason, "Control command refused");
                     ControlResponse::Error(reason)
                 }
             };
@@ -110,7 +117,10 @@ impl Control {
     fn authorize(&self, caller: &Caller, token: Option<&str>) -> Result<(), String> {
         let admin_gid = self.config.control_group.as_deref().and_then(group_id);
         if !caller.is_admin(admin_gid) {
-            return Err(format!("permission denied: user {} is not an Empath administrator", caller.user));
+            return Err(format!(
+                "permission denied: user {} is not an Empath administrator",
+                caller.user
+            ));
         }
         let auth = &self.config.control_auth;
         if !auth.enabled {
@@ -119,8 +129,15 @@ impl Control {
         let Some(token) = token else {
             return Err("authentication required: pass --token or set EMPATH_TOKEN".into());
         };
-        let digest: String = Sha256::digest(token.as_bytes()).iter().map(|b| format!("{b:02x}")).collect();
-        if auth.token_hashes.iter().any(|hash| hash.eq_ignore_ascii_case(&digest)) {
+        let digest: String = Sha256::digest(token.as_bytes())
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        if auth
+            .token_hashes
+            .iter()
+            .any(|hash| hash.eq_ignore_ascii_case(&digest))
+        {
             Ok(())
         } else {
             Err("authentication failed: invalid token".into())
@@ -136,11 +153,21 @@ impl Control {
                     .delivery
                     .domains
                     .iter()
-                    .filter_map(|(domain, policy)| policy.mx_override.as_ref().map(|t| (domain.clone(), t.to_string())))
+                    .filter_map(|(domain, policy)| {
+                        policy
+                            .mx_override
+                            .as_ref()
+                            .map(|t| (domain.clone(), t.to_string()))
+                    })
                     .collect(),
             ),
-            request @ ControlRequest::Queue(_) => self.route(protocol::QMGR_CONTROL, "qmgr", request).await,
-            request @ ControlRequest::Dns(_) => self.route(protocol::SMTP_OUT_CONTROL, "smtp-out", request).await,
+            request @ ControlRequest::Queue(_) => {
+                self.route(protocol::QMGR_CONTROL, "qmgr", request).await
+            }
+            request @ ControlRequest::Dns(_) => {
+                self.route(protocol::SMTP_OUT_CONTROL, "smtp-out", request)
+                    .await
+            }
         }
     }
 
@@ -148,24 +175,43 @@ impl Control {
     async fn route(&self, socket: &str, daemon: &str, request: ControlRequest) -> ControlResponse {
         let path = self.queue.private_socket(socket);
         let exchange = async {
-            let mut stream = ipc::connect(&path, Duration::from_secs(2)).await?;
+            let mut stream = connect_when_up(&path).await?;
             ipc::call::<_, _, ControlResponse>(&mut stream, &request).await
         };
         match tokio::time::timeout(ROUTE_TIMEOUT, exchange).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => ControlResponse::Error(format!("{daemon} is not answering: {error}")),
-            Err(_) => ControlResponse::Error(format!("{daemon} did not answer within {ROUTE_TIMEOUT:?}")),
+            Err(_) => {
+                ControlResponse::Error(format!("{daemon} did not answer within {ROUTE_TIMEOUT:?}"))
+            }
         }
     }
 
     async fn status(&self) -> ControlResponse {
-        let queue_size = [QueueState::Incoming, QueueState::Active, QueueState::Deferred, QueueState::Hold]
-            .into_iter()
-            .filter_map(|state| self.queue.list(state).ok())
-            .map(|listing| listing.ids.len())
-            .sum();
-        let dns = self.route(protocol::SMTP_OUT_CONTROL, "smtp-out", ControlRequest::Dns(DnsCommand::ListCache)).await;
-        let stats = self.route(protocol::QMGR_CONTROL, "qmgr", ControlRequest::Queue(QueueCommand::Stats)).await;
+        let queue_size = [
+            QueueState::Incoming,
+            QueueState::Active,
+            QueueState::Deferred,
+            QueueState::Hold,
+        ]
+        .into_iter()
+        .filter_map(|state| self.queue.list(state).ok())
+        .map(|listing| listing.ids.len())
+        .sum();
+        let dns = self
+            .route(
+                protocol::SMTP_OUT_CONTROL,
+                "smtp-out",
+                ControlRequest::Dns(DnsCommand::ListCache),
+            )
+            .await;
+        let stats = self
+            .route(
+                protocol::QMGR_CONTROL,
+                "qmgr",
+                ControlRequest::Queue(QueueCommand::Stats),
+            )
+            .await;
         ControlResponse::Status(SystemStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
@@ -183,8 +229,30 @@ impl Control {
     }
 }
 
+/// Connects to a daemon's socket, waiting a little for a daemon that is
+/// starting or being restarted by the supervisor.
+async fn connect_when_up(path: &std::path::Path) -> std::io::Result<UnixStream> {
+    let deadline = Instant::now() + DAEMON_START_WAIT;
+    loop {
+        match ipc::connect(path, Duration::from_secs(2)).await {
+            Err(e)
+                if matches!(
+                    e.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+                ) && Instant::now() < deadline =>
+            {
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            result => return result,
+        }
+    }
+}
+
 fn group_id(name: &str) -> Option<u32> {
-    nix::unistd::Group::from_name(name).ok().flatten().map(|g| g.gid.as_raw())
+    nix::unistd::Group::from_name(name)
+        .ok()
+        .flatten()
+        .map(|g| g.gid.as_raw())
 }
 
 /// One audit line per command: who, what, and how it ended.
@@ -193,6 +261,8 @@ fn audit(caller: &Caller, command: &str, response: &ControlResponse) {
         ControlResponse::Error(error) => {
             tracing::warn!(user = %caller.user, uid = caller.uid, %command, result = "error", %error, "Control command");
         }
-        _ => tracing::info!(user = %caller.user, uid = caller.uid, %command, result = "ok", "Control command"),
+        _ => {
+            tracing::info!(user = %caller.user, uid = caller.uid, %command, result = "ok", "Control command")
+        }
     }
 }

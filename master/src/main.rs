@@ -1,7 +1,11 @@
 //! `empath`, the master process: validates the config, prepares the queue,
 //! binds the listeners and supervises the daemons.
 
+mod control;
+mod control_socket;
+mod http;
 mod listeners;
+mod privileges;
 mod spawn;
 mod supervisor;
 
@@ -72,13 +76,32 @@ struct Failure {
 }
 
 fn run(config: Config, log_format: LogFormat) -> Result<(), Failure> {
+    let run_as = privileges::resolve(&config).map_err(|message| Failure {
+        message: format!("{}: {message}", config.path.display()),
+        status: EX_CONFIG,
+    })?;
     let queue = Queue::new(config.spool.path.clone());
     prepare_queue(&queue)?;
     let _lock = listeners::lock_spool(&queue).map_err(|message| Failure {
         message,
         status: EX_CANTCREAT,
     })?;
-    let daemons = spawn::DaemonDir::locate(&config).map_err(|message| Failure {
+    if let Some(run_as) = run_as {
+        privileges::chown_spool(queue.root(), run_as).map_err(|message| Failure {
+            message,
+            status: EX_CANTCREAT,
+        })?;
+        privileges::check_config_readable(&config.path, run_as).map_err(|message| Failure {
+            message,
+            status: EX_CONFIG,
+        })?;
+        tracing::info!(
+            uid = run_as.uid,
+            gid = run_as.gid,
+            "the daemons run unprivileged"
+        );
+    }
+    let dir = spawn::DaemonDir::locate(&config).map_err(|message| Failure {
         message,
         status: EX_OSERR,
     })?;
@@ -94,8 +117,13 @@ fn run(config: Config, log_format: LogFormat) -> Result<(), Failure> {
             message: format!("cannot start runtime: {e}"),
             status: EX_OSERR,
         })?;
+    let settings = supervisor::Settings {
+        dir,
+        log_format,
+        run_as,
+    };
     runtime
-        .block_on(supervisor::run(config, queue, daemons, bound, log_format))
+        .block_on(supervisor::run(config, queue, settings, bound))
         .map_err(|message| Failure {
             message,
             status: EX_OSERR,

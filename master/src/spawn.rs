@@ -1,17 +1,22 @@
-//! Starting one daemon process: its executable, its arguments, and the
-//! listening sockets it inherits as fds 3, 4, ... (`EMPATH_LISTEN_FDS`).
+//! Starting one daemon process: its executable, its arguments, the
+//! listening sockets it inherits as fds 3, 4, ... (`EMPATH_LISTEN_FDS`),
+//! the status pipe right after them (`EMPATH_STATUS_FD`), and the
+//! unprivileged identity it runs as.
 
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 use std::path::PathBuf;
 
 use empath_common::config::Config;
+use empath_common::daemon::STATUS_FD_ENV;
 use empath_common::logging::LogFormat;
 use tokio::process::{Child, Command};
 
+use crate::privileges::RunAs;
+
 /// The first fd a daemon finds its inherited listeners at.
 const FIRST_LISTEN_FD: RawFd = 3;
-/// Listeners are first moved above this, so that placing them at 3, 4, ...
-/// cannot overwrite one that is still to be moved.
+/// Inherited fds are first moved above this, so that placing them at 3,
+/// 4, ... cannot overwrite one that is still to be moved.
 const SCRATCH_FD_BASE: RawFd = 100;
 
 /// The directory holding the daemon executables.
@@ -19,15 +24,27 @@ const SCRATCH_FD_BASE: RawFd = 100;
 pub struct DaemonDir(PathBuf);
 
 impl DaemonDir {
-    /// `daemon_directory` from the config, or the directory of `empath` itself.
+    /// `daemon_directory` from the config; else the directory of `empath`
+    /// itself (a build tree), or `../libexec/empath` next to it (an
+    /// installed tree: `sbin/empath`, `libexec/empath/empath-*`).
     pub fn locate(config: &Config) -> Result<Self, String> {
         let dir = match &config.daemon_directory {
             Some(dir) => dir.clone(),
-            None => std::env::current_exe()
-                .map_err(|e| format!("cannot find the empath executable: {e}"))?
-                .parent()
-                .map(PathBuf::from)
-                .ok_or("the empath executable has no parent directory")?,
+            None => {
+                let beside = std::env::current_exe()
+                    .map_err(|e| format!("cannot find the empath executable: {e}"))?
+                    .parent()
+                    .map(PathBuf::from)
+                    .ok_or("the empath executable has no parent directory")?;
+                let installed = beside.join("../libexec/empath");
+                if !beside.join(crate::supervisor::SMTPD).is_file()
+                    && installed.join(crate::supervisor::SMTPD).is_file()
+                {
+                    installed
+                } else {
+                    beside
+                }
+            }
         };
         let found = Self(dir);
         for name in crate::supervisor::DAEMONS {
@@ -47,6 +64,13 @@ impl DaemonDir {
     }
 }
 
+/// A started daemon and the read end of its status pipe, which becomes
+/// readable when the daemon has served its first request.
+pub struct Started {
+    pub child: Child,
+    pub status: OwnedFd,
+}
+
 /// Starts one daemon. `listen_fds` are passed as fds 3.. in order.
 pub fn start(
     dir: &DaemonDir,
@@ -54,7 +78,12 @@ pub fn start(
     config: &Config,
     log_format: LogFormat,
     listen_fds: &[RawFd],
-) -> std::io::Result<Child> {
+    run_as: Option<RunAs>,
+) -> std::io::Result<Started> {
+    let (status_read, status_write) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC)?;
+    let status_target = FIRST_LISTEN_FD
+        + RawFd::try_from(listen_fds.len())
+            .map_err(|_| std::io::Error::other("too many listeners"))?;
     let mut command = Command::new(dir.executable(name));
     command
         .arg("--config")
@@ -62,13 +91,17 @@ pub fn start(
         .arg("--log-format")
         .arg(log_format.as_arg())
         .env("EMPATH_LISTEN_FDS", listen_fds.len().to_string())
+        .env(STATUS_FD_ENV, status_target.to_string())
         .kill_on_drop(false);
-    let fds = listen_fds.to_vec();
+    // Listeners first, the status pipe last: fds 3.., then 3 + n.
+    let mut fds = listen_fds.to_vec();
+    fds.push(status_write.as_raw_fd());
     // Preallocated so that the closure, which runs between fork and exec,
     // does not allocate.
     let mut scratch = vec![-1; fds.len()];
     // SAFETY: the closure only calls async-signal-safe functions (fcntl,
-    // dup2, close, prctl) and does not allocate.
+    // dup2, close, prctl, setgroups, setresgid, setresuid) and does not
+    // allocate.
     unsafe {
         command.pre_exec(move || {
             for (index, fd) in fds.iter().enumerate() {
@@ -87,14 +120,30 @@ pub fn start(
                 }
                 libc::close(*moved);
             }
+            if let Some(run_as) = run_as {
+                // Groups first: after setresuid we could no longer change them.
+                if libc::setgroups(0, std::ptr::null()) < 0
+                    || libc::setresgid(run_as.gid, run_as.gid, run_as.gid) < 0
+                    || libc::setresuid(run_as.uid, run_as.uid, run_as.uid) < 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+            }
             // If the master dies without cleaning up, its daemons follow it.
+            // (After setresuid, which would clear it.)
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
         });
     }
-    command.spawn()
+    let child = command.spawn()?;
+    // Only the child may hold the write end, so that its death closes it.
+    drop(status_write);
+    Ok(Started {
+        child,
+        status: status_read,
+    })
 }
 
 /// The raw fds of the bound listeners.

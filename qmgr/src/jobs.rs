@@ -137,6 +137,7 @@ mod tests {
                 result(2, Outcome::Failed, 550),
                 result(9, Outcome::Failed, 550),
             ],
+            destination_failed: false,
         };
         apply(&mut env, &report, 5);
         assert!(matches!(

@@ -3,15 +3,23 @@
 //! runs on others and reports back as [`Event`]s.
 
 use std::collections::{BTreeSet, HashMap, HashSet, VecDeque};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use empath_common::config::{Delivery, Dsn};
-use empath_common::protocol::{BounceKind, BounceReply, DeliveryJob, DeliveryReport};
+use empath_common::control::{ControlResponse, QueueCommand};
+use empath_common::protocol::{
+    BounceKind, BounceReply, DeliveryJob, DeliveryReport, Outcome, RecipientResult,
+};
 use empath_common::queue::{Envelope, Queue, QueueId, QueueState, ReadError};
 use empath_common::time::unix_now;
-use tokio::sync::mpsc;
+use empath_modules::Modules;
+use tokio::sync::{mpsc, oneshot};
 
+mod control;
+
+use crate::destinations::{Decision, Destinations};
 use crate::dispatch;
+use crate::events;
 use crate::jobs;
 use crate::retry::{self, GiveUp};
 
@@ -33,6 +41,16 @@ pub enum Event {
         kind: BounceKind,
         result: Result<BounceReply, String>,
     },
+    /// An operator asked to stop starting deliveries.
+    Freeze,
+    Unfreeze,
+    /// An operator asked for every deferred message to be tried now.
+    ProcessNow,
+    /// An operator's queue command, answered on `reply`.
+    Control {
+        command: QueueCommand,
+        reply: oneshot::Sender<ControlResponse>,
+    },
 }
 
 /// How long to wait before re-sending a job whose agent was unreachable
@@ -46,6 +64,8 @@ struct ActiveMessage {
     running_jobs: usize,
     /// Whether any job was sent during this activation (counts an attempt).
     attempted: bool,
+    /// An operator deleted it while its delivery was running.
+    cancelled: bool,
 }
 
 pub struct Scheduler {
@@ -65,6 +85,14 @@ pub struct Scheduler {
     /// Alternates the source of the next activation, so that a flood of new
     /// mail cannot starve deferred mail or the reverse.
     prefer_deferred: bool,
+    /// Per-domain concurrency, rate limit and circuit breaker.
+    destinations: Destinations,
+    /// No delivery starts while frozen.
+    frozen: bool,
+    /// When a job held back by a rate limit may go.
+    wake_at: Option<Instant>,
+    /// Plugin modules that want delivery events.
+    modules: Modules,
 }
 
 impl Scheduler {
@@ -73,7 +101,9 @@ impl Scheduler {
         policy: Delivery,
         dsn: Dsn,
         events: mpsc::UnboundedSender<Event>,
+        modules: Modules,
     ) -> Self {
+        let destinations = Destinations::new(policy.clone());
         Self {
             queue,
             policy,
@@ -86,6 +116,10 @@ impl Scheduler {
             ready: VecDeque::new(),
             running: 0,
             prefer_deferred: false,
+            destinations,
+            frozen: false,
+            wake_at: None,
+            modules,
         }
     }
 
@@ -97,7 +131,7 @@ impl Scheduler {
                 for id in listing.ids {
                     if let Err(error) =
                         self.queue
-                            .move_to(id, QueueState::Active, QueueState::Incoming)
+                            .move_unsynced(id, QueueState::Active, QueueState::Incoming)
                     {
                         tracing::error!(message_id = %id, %error, "cannot requeue active message");
                     }
@@ -120,8 +154,36 @@ impl Scheduler {
             }
             Err(error) => tracing::error!(%error, "cannot list deferred/"),
         }
-        tracing::info!(deferred = self.deferred.len(), "queue recovered");
+        self.frozen = self.frozen_on_disk();
+        tracing::info!(
+            deferred = self.deferred.len(),
+            frozen = self.frozen,
+            "queue recovered"
+        );
         self.scan_incoming();
+    }
+
+    /// Picks up envelopes in `deferred/` that the index does not know:
+    /// put back by an operator or by another tool. Directory scans are the
+    /// source of truth; the index is only a cache of them.
+    pub fn scan_deferred(&mut self) {
+        let listing = match self.queue.list(QueueState::Deferred) {
+            Ok(listing) => listing,
+            Err(error) => return tracing::error!(%error, "cannot list deferred/"),
+        };
+        let known: HashSet<QueueId> = self.deferred.iter().map(|(_, id)| *id).collect();
+        for id in listing.ids {
+            if known.contains(&id) || self.active.contains_key(&id) {
+                continue;
+            }
+            match self.queue.read(QueueState::Deferred, id) {
+                Ok(envelope) => {
+                    self.deferred.insert((envelope.next_retry.unwrap_or(0), id));
+                }
+                Err(error) => self.quarantine(QueueState::Deferred, id, &error),
+            }
+        }
+        self.quarantine_strays(QueueState::Deferred, &listing.strays);
     }
 
     /// Picks up everything in `incoming/` (the source of truth; notifications
@@ -165,19 +227,96 @@ impl Scheduler {
                     tracing::warn!(message_id = %id, %error, "delay warning not sent");
                 }
             }
+            Event::Freeze => self.set_frozen(true),
+            Event::Unfreeze => self.set_frozen(false),
+            Event::ProcessNow => self.process_now(),
+            Event::Control { command, reply } => {
+                let _ = reply.send(self.control(command));
+            }
         }
+    }
+
+    /// When `run` should be called again for a job held back by a rate
+    /// limit, if one is.
+    pub fn wake_at(&self) -> Option<Instant> {
+        self.wake_at
+    }
+
+    /// Every deferred message becomes due, and `incoming/` is rescanned.
+    pub fn process_now(&mut self) {
+        let due = std::mem::take(&mut self.deferred);
+        tracing::info!(deferred = due.len(), "processing the queue now");
+        self.deferred = due.into_iter().map(|(_, id)| (0, id)).collect();
+        self.scan_incoming();
+    }
+
+    /// Deliveries in flight: a graceful stop waits for them.
+    pub fn running(&self) -> usize {
+        self.running
     }
 
     /// Fills the active set and starts as many jobs as there are slots.
     pub fn run(&mut self) {
-        self.fill_active();
-        while self.running < self.policy.max_concurrent_deliveries {
-            let Some(job) = self.ready.pop_front() else {
-                break;
-            };
-            self.running += 1;
-            dispatch::deliver(&self.queue, job, self.events.clone());
+        self.wake_at = None;
+        if self.frozen {
+            return;
         }
+        self.fill_active();
+        let now = Instant::now();
+        let mut waiting = VecDeque::with_capacity(self.ready.len());
+        while let Some(job) = self.ready.pop_front() {
+            if self.running >= self.policy.max_concurrent_deliveries {
+                waiting.push_back(job);
+                waiting.append(&mut self.ready);
+                break;
+            }
+            match self
+                .destinations
+                .decide(&job.domain, &job.id.to_string(), now)
+            {
+                Decision::Dispatch => {
+                    self.running += 1;
+                    dispatch::deliver(&self.queue, job, self.events.clone());
+                }
+                Decision::Wait(at) => {
+                    if let Some(at) = at {
+                        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
+                    }
+                    waiting.push_back(job);
+                }
+                Decision::Defer { until } => self.defer_for_breaker(job, until, now),
+            }
+        }
+        self.ready = waiting;
+    }
+
+    /// The destination's circuit breaker is open: the job is deferred
+    /// without contacting it.
+    fn defer_for_breaker(&mut self, job: DeliveryJob, until: Instant, now: Instant) {
+        let reply = empath_common::smtp::Reply::new(
+            451,
+            "4.4.1",
+            format!(
+                "circuit breaker open for {} after repeated failures; not contacting it for {}s",
+                job.domain,
+                until.saturating_duration_since(now).as_secs().max(1)
+            ),
+        );
+        tracing::info!(message_id = %job.id, domain = %job.domain, "delivery deferred: circuit breaker open");
+        let report = DeliveryReport {
+            results: job
+                .recipients
+                .iter()
+                .map(|r| RecipientResult {
+                    index: r.index,
+                    outcome: Outcome::Deferred,
+                    remote: None,
+                    reply: reply.clone(),
+                })
+                .collect(),
+            destination_failed: false,
+        };
+        self.record_report(&job, &report);
     }
 
     fn fill_active(&mut self) {
@@ -202,7 +341,10 @@ impl Scheduler {
     }
 
     fn activate(&mut self, id: QueueId, from: QueueState) {
-        if let Err(error) = self.queue.move_to(id, from, QueueState::Active) {
+        // Unsynced: after a crash the envelope is in `from` or in active/,
+        // and recover() handles both. (From deferred/, a lost rename just
+        // means the message is tried again at its next retry.)
+        if let Err(error) = self.queue.move_unsynced(id, from, QueueState::Active) {
             // Gone already (deleted, or a stale scan entry): nothing to do.
             if error.kind() != std::io::ErrorKind::NotFound {
                 tracing::error!(message_id = %id, %error, "cannot activate message");
@@ -221,6 +363,7 @@ impl Scheduler {
                 envelope,
                 running_jobs: planned.len(),
                 attempted,
+                cancelled: false,
             },
         );
         self.ready.extend(planned);
@@ -231,6 +374,9 @@ impl Scheduler {
 
     fn job_done(&mut self, job: DeliveryJob, result: Result<DeliveryReport, String>) {
         self.running = self.running.saturating_sub(1);
+        let failed = result.as_ref().ok().map(|r| r.destination_failed);
+        self.destinations
+            .finished(&job.domain, failed, Instant::now());
         let report = match result {
             Ok(report) => report,
             Err(error) => {
@@ -243,10 +389,19 @@ impl Scheduler {
                 return;
             }
         };
+        self.record_report(&job, &report);
+    }
+
+    fn record_report(&mut self, job: &DeliveryJob, report: &DeliveryReport) {
         let Some(message) = self.active.get_mut(&job.id) else {
             return;
         };
-        jobs::apply(&mut message.envelope, &report, unix_now());
+        for result in &report.results {
+            empath_common::metrics::get()
+                .delivery_attempt(metric_status(result.outcome), &job.domain);
+        }
+        jobs::apply(&mut message.envelope, report, unix_now());
+        events::report(&self.modules, &message.envelope, report);
         message.running_jobs = message.running_jobs.saturating_sub(1);
         if message.running_jobs == 0 {
             self.finish(job.id);
@@ -258,21 +413,35 @@ impl Scheduler {
         let Some(mut message) = self.active.remove(&id) else {
             return;
         };
+        if message.cancelled {
+            tracing::info!(message_id = %id, "message deleted by an operator");
+            return self.remove(id);
+        }
         let now = unix_now();
         let envelope = &mut message.envelope;
         if message.attempted {
             envelope.attempts += 1;
         }
+        if envelope.undelivered().next().is_none() {
+            let age = now.saturating_sub(envelope.arrival) as f64;
+            empath_common::metrics::get()
+                .delivery_queue_age_seconds
+                .observe(age);
+        }
         if envelope.undelivered().next().is_some() {
-            match retry::should_give_up(&self.policy, envelope.attempts, envelope.arrival, now) {
-                None => return self.defer(message.envelope, now),
-                Some(GiveUp::TooManyAttempts) => {
-                    jobs::fail_open_recipients(envelope, now, "too many delivery attempts")
-                }
-                Some(GiveUp::Expired) => {
-                    jobs::fail_open_recipients(envelope, now, "message expired in queue")
-                }
-            }
+            let reason =
+                match retry::should_give_up(&self.policy, envelope.attempts, envelope.arrival, now)
+                {
+                    None => return self.defer(message.envelope, now),
+                    Some(GiveUp::TooManyAttempts) => "too many delivery attempts",
+                    Some(GiveUp::Expired) => "message expired in queue",
+                };
+            let giving_up: Vec<String> = envelope
+                .undelivered()
+                .map(|(_, r)| r.address.clone())
+                .collect();
+            jobs::fail_open_recipients(envelope, now, reason);
+            events::failed(&self.modules, envelope, giving_up);
         }
         let failed = envelope.recipients.iter().any(|r| {
             matches!(
@@ -305,6 +474,7 @@ impl Scheduler {
     }
 
     fn defer(&mut self, mut envelope: Envelope, now: u64) {
+        empath_common::metrics::get().delivery_retries_total.inc();
         let delay = retry::delay_secs(&self.policy, envelope.attempts, &mut rand::rng());
         let due = now + delay;
         envelope.next_retry = Some(due);
@@ -422,5 +592,15 @@ impl Scheduler {
             Ok(removed) => tracing::info!(removed, "removed orphan content files"),
             Err(error) => tracing::warn!(%error, "cannot sweep orphan content"),
         }
+    }
+}
+
+/// The `status` label of `empath_delivery_attempts_total`.
+fn metric_status(outcome: Outcome) -> &'static str {
+    use empath_common::metrics::status;
+    match outcome {
+        Outcome::Delivered => status::DELIVERED,
+        Outcome::Deferred => status::DEFERRED,
+        Outcome::Failed => status::FAILED,
     }
 }

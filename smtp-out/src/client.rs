@@ -1,12 +1,22 @@
 //! The outbound SMTP client: one transaction to one host, with a timeout on
 //! every phase, and one result per recipient.
 
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use empath_common::config::ClientTimeouts;
 use empath_common::smtp::Reply;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader};
+use rustls::pki_types::ServerName;
+use tokio::io::{
+    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
+use tokio_rustls::client::TlsStream;
 
 /// Replies longer than this many lines, or lines longer than this many
 /// bytes, mean the server is broken.
@@ -24,6 +34,79 @@ pub enum SessionError {
     Io { phase: &'static str, detail: String },
     #[error("protocol error during {phase}: {detail}")]
     Protocol { phase: &'static str, detail: String },
+    #[error("TLS with {host} failed: {detail}")]
+    Tls { host: String, detail: String },
+    #[error("TLS is required for this domain, but {host} does not offer STARTTLS")]
+    TlsRequired { host: String },
+}
+
+impl SessionError {
+    /// The reply every recipient gets when this ends the last attempt.
+    pub fn reply(&self) -> Reply {
+        let enhanced = match self {
+            Self::Tls { .. } => "4.7.5",
+            Self::TlsRequired { .. } => "4.7.4",
+            Self::Protocol { .. } => "4.5.0",
+            _ => "4.4.1",
+        };
+        Reply::new(451, enhanced, self.to_string())
+    }
+
+    /// The phase it happened in, when it is about one.
+    pub fn phase(&self) -> Option<&'static str> {
+        match self {
+            Self::Timeout { phase, .. } | Self::Io { phase, .. } | Self::Protocol { phase, .. } => {
+                Some(phase)
+            }
+            _ => None,
+        }
+    }
+}
+
+/// A TCP connection before or after STARTTLS.
+pub enum Stream {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl AsyncRead for Stream {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for Stream {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }
 
 /// An open SMTP connection, after the greeting.
@@ -31,16 +114,17 @@ pub struct Connection<S> {
     stream: BufReader<S>,
     timeouts: ClientTimeouts,
     pub extensions: Vec<String>,
+    /// The TLS version and cipher suite, once STARTTLS succeeded.
+    pub tls: Option<String>,
 }
 
 pub async fn connect(
-    host: &str,
-    port: u16,
+    addr: SocketAddr,
     timeouts: &ClientTimeouts,
-) -> Result<Connection<TcpStream>, SessionError> {
-    let target = format!("{host}:{port}");
+) -> Result<Connection<Stream>, SessionError> {
+    let target = addr.to_string();
     let secs = timeouts.connect_secs;
-    let stream = tokio::time::timeout(Duration::from_secs(secs), TcpStream::connect((host, port)))
+    let stream = tokio::time::timeout(Duration::from_secs(secs), TcpStream::connect(addr))
         .await
         .map_err(|_| SessionError::Timeout {
             phase: "connect",
@@ -52,13 +136,75 @@ pub async fn connect(
         })?;
     let _ = stream.set_nodelay(true);
     Ok(Connection {
-        stream: BufReader::new(stream),
+        stream: BufReader::new(Stream::Plain(stream)),
         timeouts: timeouts.clone(),
         extensions: Vec::new(),
+        tls: None,
     })
 }
 
+impl Connection<Stream> {
+    /// STARTTLS (RFC 3207) after a positive `220`: the handshake, checking
+    /// the certificate against `server_name` as `config` says. The caller
+    /// says EHLO again afterwards.
+    pub async fn start_tls(
+        self,
+        config: Arc<rustls::ClientConfig>,
+        server_name: &str,
+    ) -> Result<Self, SessionError> {
+        let secs = self.timeouts.starttls_secs;
+        let fail = |detail: String| SessionError::Tls {
+            host: server_name.to_owned(),
+            detail,
+        };
+        // Bytes after the 220 would be a plaintext injection (CVE-2011-0411).
+        if !self.stream.buffer().is_empty() {
+            return Err(fail("server sent data after its STARTTLS reply".into()));
+        }
+        let name = ServerName::try_from(server_name.to_owned())
+            .map_err(|e| fail(format!("invalid server name: {e}")))?;
+        let Stream::Plain(tcp) = self.stream.into_inner() else {
+            return Err(fail("TLS is already active".into()));
+        };
+        let handshake = TlsConnector::from(config).connect(name, tcp);
+        let tls = tokio::time::timeout(Duration::from_secs(secs), handshake)
+            .await
+            .map_err(|_| fail(format!("handshake timed out after {secs}s")))?
+            .map_err(|e| fail(e.to_string()))?;
+        let (_, session) = tls.get_ref();
+        let description = format!(
+            "{} {}",
+            session
+                .protocol_version()
+                .and_then(|v| v.as_str())
+                .unwrap_or("TLS"),
+            session
+                .negotiated_cipher_suite()
+                .and_then(|c| c.suite().as_str())
+                .unwrap_or("")
+        );
+        Ok(Self {
+            stream: BufReader::new(Stream::Tls(Box::new(tls))),
+            timeouts: self.timeouts,
+            extensions: Vec::new(),
+            tls: Some(description.trim().to_owned()),
+        })
+    }
+}
+
 impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
+    /// A connection over any stream, after the greeting and EHLO, for
+    /// tests of the transaction logic.
+    #[cfg(test)]
+    pub fn over(stream: S, extensions: &[&str]) -> Self {
+        Self {
+            stream: BufReader::new(stream),
+            timeouts: ClientTimeouts::default(),
+            extensions: extensions.iter().map(|e| (*e).to_owned()).collect(),
+            tls: None,
+        }
+    }
+
     /// Reads one reply, with the phase's timeout.
     pub async fn read_reply(
         &mut self,
@@ -259,6 +405,7 @@ mod tests {
             stream: BufReader::new(client),
             timeouts: ClientTimeouts::default(),
             extensions: Vec::new(),
+            tls: None,
         };
         server
             .write_all(
@@ -282,6 +429,7 @@ mod tests {
             stream: BufReader::new(client),
             timeouts: ClientTimeouts::default(),
             extensions: Vec::new(),
+            tls: None,
         };
         let error = connection.read_reply("greeting", 1).await.unwrap_err();
         assert_eq!(

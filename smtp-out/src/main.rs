@@ -1,12 +1,18 @@
 //! `empath-smtp-out`: delivers the jobs qmgr sends, over SMTP, and answers
 //! with one result per recipient.
 
+mod cache;
 mod client;
+mod control;
+mod dns;
+mod pool;
 mod route;
+mod tls;
 mod transaction;
 
 use std::io;
 use std::sync::Arc;
+use std::time::Duration;
 
 use empath_common::config::Config;
 use empath_common::daemon;
@@ -16,21 +22,48 @@ use empath_common::queue::Queue;
 use empath_common::smtp::Reply;
 use tokio::net::UnixStream;
 
-use client::SessionError;
+use client::{Connection, SessionError, Stream};
+use dns::MxResolver;
+use pool::Pool;
+use route::{NoRoute, Target};
+use tls::TlsConfigs;
 
 struct SmtpOut {
     config: Config,
     queue: Queue,
     hostname: String,
+    resolver: MxResolver,
+    tls: TlsConfigs,
+    pool: Pool,
+}
+
+/// The TLS policy for one destination domain.
+#[derive(Debug, Clone, Copy)]
+struct TlsPolicy {
+    accept_invalid_certs: bool,
+    require_tls: bool,
 }
 
 #[tokio::main]
 async fn main() {
     let started = daemon::start("smtp-out");
+    let resolver = MxResolver::new(&started.config.dns).unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot set up DNS");
+        std::process::exit(1);
+    });
+    let tls = TlsConfigs::new().unwrap_or_else(|error| {
+        tracing::error!(%error, "cannot set up TLS");
+        std::process::exit(1);
+    });
     let agent = Arc::new(SmtpOut {
         hostname: started.config.hostname(),
+        pool: Pool::new(Duration::from_secs(
+            started.config.delivery.connection_idle_secs,
+        )),
         config: started.config,
         queue: started.queue,
+        resolver,
+        tls,
     });
     let path = agent.queue.private_socket(protocol::SMTP_OUT);
     let listener = match daemon::bind_socket(&path) {
@@ -40,7 +73,20 @@ async fn main() {
             std::process::exit(1);
         }
     };
-    tracing::info!(socket = %path.display(), "smtp-out ready");
+    tokio::spawn(close_idle_connections(Arc::clone(&agent)));
+    let control_path = agent.queue.private_socket(protocol::SMTP_OUT_CONTROL);
+    match daemon::bind_socket(&control_path) {
+        Ok(control) => {
+            let agent = Arc::clone(&agent);
+            tokio::spawn(daemon::serve(control, "smtp-out-control", move |stream| {
+                control::serve(Arc::clone(&agent), stream)
+            }));
+        }
+        Err(error) => {
+            tracing::warn!(%error, socket = %control_path.display(), "no DNS control socket")
+        }
+    }
+    tracing::info!(socket = %path.display(), nameservers = ?agent.config.dns.nameservers, "smtp-out ready");
     tokio::select! {
         result = daemon::serve(listener, "smtp-out", move |stream| Arc::clone(&agent).connection(stream)) => {
             if let Err(error) = result {
@@ -48,6 +94,17 @@ async fn main() {
             }
         }
         () = daemon::stop_requested() => tracing::info!("smtp-out stopping"),
+    }
+}
+
+/// Says QUIT on connections that were idle too long.
+async fn close_idle_connections(agent: Arc<SmtpOut>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    loop {
+        tick.tick().await;
+        for mut connection in agent.pool.expired() {
+            tokio::spawn(async move { connection.quit().await });
+        }
     }
 }
 
@@ -60,47 +117,99 @@ impl SmtpOut {
         Ok(())
     }
 
+    fn tls_policy(&self, domain: &str) -> TlsPolicy {
+        let delivery = &self.config.delivery;
+        let policy = delivery.domains.get(domain);
+        TlsPolicy {
+            accept_invalid_certs: policy
+                .and_then(|p| p.accept_invalid_certs)
+                .unwrap_or(delivery.accept_invalid_certs),
+            require_tls: policy.is_some_and(|p| p.require_tls),
+        }
+    }
+
     async fn deliver(&self, job: &DeliveryJob) -> DeliveryReport {
-        let hosts = match route::destinations(&self.config, &job.domain) {
-            Ok(hosts) => hosts,
-            Err(reply) => return everyone(job, Outcome::Deferred, None, &reply),
+        let targets = match route::targets(&self.config, &self.resolver, &job.domain).await {
+            Ok(targets) => targets,
+            Err(NoRoute::Permanent(reply)) => {
+                return everyone(job, Outcome::Failed, None, &reply, false);
+            }
+            Err(NoRoute::Temporary(reply)) => {
+                return everyone(job, Outcome::Deferred, None, &reply, true);
+            }
         };
+        let policy = self.tls_policy(&job.domain);
         let mut last_error = None;
-        for host in &hosts {
-            let remote = host.to_string();
-            match self.attempt(&host.host, host.port, job, &remote).await {
+        for target in &targets {
+            let remote = target.describe();
+            match self.attempt(target, policy, job, &remote).await {
                 Ok(results) => {
                     log_results(job, &results);
-                    return DeliveryReport { results };
+                    return DeliveryReport {
+                        results,
+                        destination_failed: false,
+                    };
                 }
                 Err(error) => {
-                    tracing::warn!(message_id = %job.id, server = %remote, %error, "delivery attempt failed; trying the next MX server");
+                    tracing::warn!(message_id = %job.id, domain = %job.domain, server = %remote, %error, "delivery attempt failed; trying the next MX server");
                     last_error = Some((remote, error));
                 }
             }
         }
-        let (remote, error) = last_error.unwrap_or_else(|| {
-            (
-                String::new(),
-                SessionError::Connect {
-                    host: job.domain.clone(),
-                    detail: "no hosts".into(),
-                },
-            )
-        });
-        let reply = Reply::new(451, "4.4.1", error.to_string());
-        everyone(
-            job,
-            Outcome::Deferred,
-            (!remote.is_empty()).then_some(remote),
-            &reply,
-        )
+        let (remote, reply) = match last_error {
+            Some((remote, error)) => (Some(remote), error.reply()),
+            None => (
+                None,
+                Reply::new(451, "4.4.3", format!("no server to try for {}", job.domain)),
+            ),
+        };
+        everyone(job, Outcome::Deferred, remote, &reply, true)
     }
 
+    /// Delivers on a kept connection to `target` if there is one, else on
+    /// a new one; keeps the connection afterwards for the next message.
     async fn attempt(
         &self,
-        host: &str,
-        port: u16,
+        target: &Target,
+        policy: TlsPolicy,
+        job: &DeliveryJob,
+        remote: &str,
+    ) -> Result<Vec<RecipientResult>, SessionError> {
+        let key = pool::Key {
+            addr: target.addr,
+            name: target.name.clone(),
+            accept_invalid_certs: policy.accept_invalid_certs,
+            require_tls: policy.require_tls,
+        };
+        if let Some(mut connection) = self.pool.take(&key) {
+            match self.transaction(&mut connection, job, remote).await {
+                Ok(results) => {
+                    self.keep(key, connection).await;
+                    return Ok(results);
+                }
+                // The server closed the idle connection before MAIL was
+                // answered: nothing was sent yet, so a new one is safe.
+                Err(error) if error.phase() == Some("MAIL FROM") => {
+                    tracing::debug!(server = %remote, %error, "kept connection was closed; opening a new one");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let mut connection = self.open(target, policy, &job.domain).await?;
+        let results = self.transaction(&mut connection, job, remote).await?;
+        self.keep(key, connection).await;
+        Ok(results)
+    }
+
+    async fn keep(&self, key: pool::Key, connection: Connection<Stream>) {
+        if let Some(mut connection) = self.pool.put(key, connection) {
+            connection.quit().await;
+        }
+    }
+
+    async fn transaction(
+        &self,
+        connection: &mut Connection<Stream>,
         job: &DeliveryJob,
         remote: &str,
     ) -> Result<Vec<RecipientResult>, SessionError> {
@@ -110,8 +219,18 @@ impl SmtpOut {
                 phase: "opening queued content",
                 detail: e.to_string(),
             })?;
+        transaction::run(connection, job, &mut content, remote).await
+    }
+
+    /// Connects, greets, and negotiates TLS as the policy says.
+    async fn open(
+        &self,
+        target: &Target,
+        policy: TlsPolicy,
+        domain: &str,
+    ) -> Result<Connection<Stream>, SessionError> {
         let mut connection =
-            client::connect(host, port, &self.config.delivery.smtp_timeouts).await?;
+            client::connect(target.addr, &self.config.delivery.smtp_timeouts).await?;
         let greeting = connection.greeting().await?;
         if !greeting.is_positive() {
             return Err(SessionError::Protocol {
@@ -119,16 +238,51 @@ impl SmtpOut {
                 detail: greeting.to_string(),
             });
         }
+        self.hello(&mut connection).await?;
+        if !connection.offers("STARTTLS") {
+            if policy.require_tls {
+                return Err(SessionError::TlsRequired {
+                    host: target.describe(),
+                });
+            }
+            return Ok(connection);
+        }
+        let secs = connection.timeouts().starttls_secs;
+        let reply = connection.command("STARTTLS", secs, "STARTTLS").await?;
+        if reply.code != 220 {
+            if policy.require_tls {
+                return Err(SessionError::Tls {
+                    host: target.describe(),
+                    detail: format!("STARTTLS refused: {reply}"),
+                });
+            }
+            tracing::info!(domain, server = %target.describe(), %reply, "STARTTLS refused; continuing without TLS");
+            return Ok(connection);
+        }
+        if policy.accept_invalid_certs {
+            tracing::warn!(
+                domain,
+                server = %target.describe(),
+                "SECURITY WARNING: TLS certificate validation is disabled for this connection"
+            );
+        }
+        let config = self.tls.get(policy.accept_invalid_certs);
+        let mut connection = connection.start_tls(config, &target.name).await?;
+        tracing::debug!(domain, server = %target.describe(), tls = connection.tls.as_deref().unwrap_or(""), "TLS established");
+        self.hello(&mut connection).await?;
+        Ok(connection)
+    }
+
+    async fn hello(&self, connection: &mut Connection<Stream>) -> Result<(), SessionError> {
         let hello = connection.hello(&self.hostname).await?;
-        if !hello.is_positive() {
-            return Err(SessionError::Protocol {
+        if hello.is_positive() {
+            Ok(())
+        } else {
+            Err(SessionError::Protocol {
                 phase: "HELO",
                 detail: hello.to_string(),
-            });
+            })
         }
-        let results = transaction::run(&mut connection, job, &mut content, remote).await?;
-        connection.quit().await;
-        Ok(results)
     }
 }
 
@@ -138,8 +292,9 @@ fn everyone(
     outcome: Outcome,
     remote: Option<String>,
     reply: &Reply,
+    destination_failed: bool,
 ) -> DeliveryReport {
-    tracing::info!(message_id = %job.id, domain = %job.domain, smtp_code = reply.code, %reply, "delivery not possible now");
+    tracing::info!(message_id = %job.id, domain = %job.domain, smtp_code = reply.code, outcome = ?outcome, %reply, "delivery not possible");
     DeliveryReport {
         results: job
             .recipients
@@ -151,6 +306,7 @@ fn everyone(
                 reply: reply.clone(),
             })
             .collect(),
+        destination_failed,
     }
 }
 

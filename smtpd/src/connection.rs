@@ -1,27 +1,38 @@
 //! One client connection: reads command lines and message data, drives the
 //! [`Session`] state machine, streams messages to cleanup, writes replies,
-//! and enforces the timeouts. Generic over the stream, so that tests run
-//! it over in-memory pipes and STARTTLS can later hand it a TLS stream.
+//! and enforces the timeouts. It runs the STARTTLS handshake and the AUTH
+//! exchange that the session asks for. Generic over the stream, so that
+//! tests run it over in-memory pipes; after STARTTLS the same code runs
+//! over the TLS stream.
 
 use std::fmt;
 use std::future::Future;
 use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use empath_common::protocol::{CleanupReply, Submission};
-use empath_common::queue::{ClientInfo, DsnParams, Recipient};
+use empath_common::queue::ClientInfo;
 use empath_common::smtp::Reply;
-use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::time::Instant;
 
-use crate::cleanup_client::CleanupClient;
+use crate::auth::{self, Mechanism};
+use crate::cleanup_client::{CHUNK_SIZE, CleanupClient};
 use crate::data_decoder::DataDecoder;
 use crate::lines::{self, Line, MAX_COMMAND_LINE};
 use crate::parser::parse_command;
 use crate::reply;
 use crate::session::{Action, Session};
 use crate::settings::Settings;
+
+/// A client stream: TCP, a TLS stream over it, or a test pipe.
+pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Stream for T {}
+type BoxedStream = Box<dyn Stream>;
 
 /// Size of the input buffer. It also bounds how many pipelined commands
 /// are answered in one write.
@@ -37,6 +48,9 @@ pub enum End {
     ClientClosed,
     Timeout,
     TooManyErrors,
+    TooManyAuthFailures,
+    /// The TLS handshake failed; nothing more can be said in clear.
+    TlsFailed(String),
     Io(io::Error),
 }
 
@@ -47,6 +61,8 @@ impl fmt::Display for End {
             Self::ClientClosed => f.write_str("client closed the connection"),
             Self::Timeout => f.write_str("timeout"),
             Self::TooManyErrors => f.write_str("too many errors"),
+            Self::TooManyAuthFailures => f.write_str("too many authentication failures"),
+            Self::TlsFailed(error) => write!(f, "TLS handshake failed: {error}"),
             Self::Io(error) => write!(f, "I/O error: {error}"),
         }
     }
@@ -55,7 +71,7 @@ impl fmt::Display for End {
 /// Serves one client until it quits, fails or times out.
 pub async fn serve<S>(stream: S, peer: String, settings: Arc<Settings>) -> End
 where
-    S: AsyncRead + AsyncWrite + Unpin,
+    S: Stream + 'static,
 {
     tracing::info!(client = %peer, "connect");
     let mut connection = Connection::new(stream, peer, settings);
@@ -65,14 +81,16 @@ where
         client = %connection.peer,
         reason = %end,
         messages = connection.messages,
+        tls = connection.tls.is_some(),
+        user = connection.session.authenticated_as().unwrap_or(""),
         "disconnect"
     );
     end
 }
 
-struct Connection<S> {
+struct Connection {
     /// Reads are buffered; writes go straight through to the stream.
-    io: BufReader<S>,
+    io: BufReader<BoxedStream>,
     /// Replies not written yet: pipelined commands are answered in one
     /// write (RFC 2920), made before we wait for more input.
     out: Vec<u8>,
@@ -83,18 +101,40 @@ struct Connection<S> {
     deadline: Instant,
     /// Messages queued in this session, for the log.
     messages: u64,
+    client_ip: Option<IpAddr>,
+    /// The TLS version and cipher, once STARTTLS succeeded.
+    tls: Option<String>,
+    /// The message of a BDAT transaction, between chunks.
+    chunks: Option<Chunks>,
 }
 
-impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
-    fn new(stream: S, peer: String, settings: Arc<Settings>) -> Self {
+/// A message arriving in BDAT chunks (RFC 3030).
+struct Chunks {
+    /// `None` once the submission failed (cleanup gone or message too
+    /// big); the remaining chunks are read and dropped.
+    sink: Option<CleanupClient>,
+    size: u64,
+    too_big: bool,
+}
+
+impl Connection {
+    fn new<S: Stream + 'static>(stream: S, peer: String, settings: Arc<Settings>) -> Self {
+        let client_ip = peer
+            .parse::<SocketAddr>()
+            .ok()
+            .map(|a| a.ip().to_canonical());
+        let boxed: BoxedStream = Box::new(stream);
         Self {
-            io: BufReader::with_capacity(READ_BUFFER, stream),
+            io: BufReader::with_capacity(READ_BUFFER, boxed),
             out: Vec::new(),
-            session: Session::new(Arc::clone(&settings)),
+            session: Session::new(Arc::clone(&settings), client_ip),
             deadline: Instant::now() + settings.timeouts.connection,
             settings,
             peer,
             messages: 0,
+            client_ip,
+            tls: None,
+            chunks: None,
         }
     }
 
@@ -124,14 +164,257 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     if let Err(end) = self.receive_data().await {
                         return end;
                     }
+                    // Stopping: this message is done, take no new one.
+                    if empath_common::daemon::draining() {
+                        self.send(&reply::shutting_down(&self.settings.hostname));
+                        return End::Quit;
+                    }
                 }
+                Action::StartTls => {
+                    if let Err(end) = self.start_tls().await {
+                        return end;
+                    }
+                }
+                Action::Auth { mechanism, initial } => {
+                    if let Err(end) = self.authenticate(mechanism, initial).await {
+                        return end;
+                    }
+                }
+                Action::ReceiveChunk { size, last } => {
+                    if let Err(end) = self.receive_chunk(size, last).await {
+                        return end;
+                    }
+                }
+                Action::DiscardChunk { size, reply } => {
+                    if let Err(end) = self.read_chunk(size, None).await {
+                        return end;
+                    }
+                    self.send(&reply);
+                }
+            }
+            // RSET, EHLO, ... end a BDAT transaction; so does its last chunk.
+            if self.session.transaction().is_none() {
+                self.chunks = None;
             }
         }
     }
 
+    /// STARTTLS: says 220, and runs the handshake over the same socket.
+    async fn start_tls(&mut self) -> Result<(), End> {
+        let Some(acceptor) = self.settings.tls.as_ref().and_then(|t| t.acceptor()) else {
+            self.send(&reply::tls_unavailable());
+            return Ok(());
+        };
+        self.send(&reply::tls_ready());
+        self.flush().await?;
+        // Commands pipelined after STARTTLS came in clear text and could
+        // be an attacker's (CVE-2011-0411): they go with the buffer,
+        // never read as if they came over TLS.
+        if !self.io.buffer().is_empty() {
+            tracing::warn!(client = %self.peer, "dropped clear-text input after STARTTLS");
+        }
+        let closed: BoxedStream = Box::new(Closed);
+        let plain = std::mem::replace(&mut self.io, BufReader::new(closed));
+        let handshake = acceptor.accept(plain.into_inner());
+        let limit = self
+            .deadline
+            .min(Instant::now() + self.settings.timeouts.command);
+        let stream = match tokio::time::timeout_at(limit, handshake).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => return Err(End::TlsFailed(error.to_string())),
+            Err(_) => return Err(End::TlsFailed("timeout".to_owned())),
+        };
+        let (_, state) = stream.get_ref();
+        let version = state
+            .protocol_version()
+            .and_then(|v| v.as_str())
+            .unwrap_or("TLS");
+        let cipher = state
+            .negotiated_cipher_suite()
+            .and_then(|c| c.suite().as_str())
+            .unwrap_or("unknown");
+        // "TLSv1_3" as people write it: "TLSv1.3".
+        let version = version.replace('_', ".");
+        let description = format!("using {version} with cipher {cipher}");
+        tracing::info!(client = %self.peer, tls = %description, "STARTTLS");
+        self.tls = Some(description);
+        let secure: BoxedStream = Box::new(stream);
+        self.io = BufReader::with_capacity(READ_BUFFER, secure);
+        self.session.tls_started();
+        Ok(())
+    }
+
+    /// AUTH PLAIN or LOGIN: reads the responses, checks the password, and
+    /// counts failures per client address.
+    async fn authenticate(
+        &mut self,
+        mechanism: Mechanism,
+        initial: Option<String>,
+    ) -> Result<(), End> {
+        let Some(state) = self.settings.auth.clone() else {
+            self.send(&reply::not_implemented("AUTH"));
+            return Ok(());
+        };
+        if state.blocked(self.client_ip) {
+            tracing::warn!(client = %self.peer, "AUTH refused: too many failures");
+            self.send(&reply::too_many_auth_failures(&self.settings.hostname));
+            return Err(End::TooManyAuthFailures);
+        }
+        // None: cancelled; Some(None): undecodable; Some(Some(..)): given.
+        let credentials = match mechanism {
+            Mechanism::Plain => {
+                let response = match initial {
+                    Some(response) => Some(response),
+                    None => self.sasl_response("").await?,
+                };
+                response.map(|r| auth::decode_plain(&r))
+            }
+            Mechanism::Login => {
+                let user = match initial {
+                    Some(response) => Some(response),
+                    None => self.sasl_response(&auth::encode("Username:")).await?,
+                };
+                match user {
+                    None => None,
+                    Some(user) => self
+                        .sasl_response(&auth::encode("Password:"))
+                        .await?
+                        .map(|password| auth::decode_text(&user).zip(auth::decode_text(&password))),
+                }
+            }
+        };
+        let reply = match credentials {
+            None => self.session.auth_failed(reply::auth_aborted()),
+            Some(None) => self.session.auth_failed(reply::auth_bad_response()),
+            Some(Some((user, password))) => {
+                if state.verify(&user, &password).await {
+                    tracing::info!(client = %self.peer, %user, ?mechanism, "authenticated");
+                    self.session.authenticated(user);
+                    reply::auth_ok()
+                } else {
+                    state.record_failure(self.client_ip);
+                    tracing::warn!(client = %self.peer, %user, ?mechanism, "authentication failed");
+                    self.session.auth_failed(reply::auth_failed())
+                }
+            }
+        };
+        self.send(&reply);
+        Ok(())
+    }
+
+    /// Sends a 334 challenge and reads the client's response; `None` when
+    /// the client cancels with `*` (or sends an overlong line).
+    async fn sasl_response(&mut self, challenge: &str) -> Result<Option<String>, End> {
+        self.send(&reply::auth_challenge(challenge));
+        match self.read_command().await? {
+            Line::Complete(bytes) => {
+                let text = String::from_utf8(bytes).unwrap_or_default();
+                Ok((text.trim() != "*").then_some(text))
+            }
+            Line::TooLong => Ok(None),
+            Line::Eof => Err(End::ClientClosed),
+        }
+    }
+
+    /// One BDAT chunk of the transaction: streamed to cleanup, and the
+    /// message committed after the last one.
+    async fn receive_chunk(&mut self, size: u64, last: bool) -> Result<(), End> {
+        let mut chunks = match self.chunks.take() {
+            Some(chunks) => chunks,
+            None => Chunks {
+                sink: self.open_submission().await,
+                size: 0,
+                too_big: false,
+            },
+        };
+        chunks.size = chunks.size.saturating_add(size);
+        if !chunks.too_big
+            && self
+                .settings
+                .size_limit
+                .is_some_and(|limit| chunks.size > limit)
+        {
+            chunks.too_big = true;
+            if let Some(sink) = chunks.sink.take() {
+                sink.abort().await;
+            }
+        }
+        self.read_chunk(size, Some(&mut chunks.sink)).await?;
+        if chunks.too_big {
+            tracing::info!(client = %self.peer, size = chunks.size, "message rejected: too big");
+            self.session.finish_transaction();
+            self.send(&reply::message_too_big());
+            return Ok(());
+        }
+        let Some(sink) = chunks.sink.take() else {
+            self.session.finish_transaction();
+            self.send(&reply::queue_error());
+            return Ok(());
+        };
+        if !last {
+            chunks.sink = Some(sink);
+            self.chunks = Some(chunks);
+            self.send(&reply::chunk_ok(size));
+            return Ok(());
+        }
+        let reply = self.commit(sink, chunks.size).await;
+        self.session.finish_transaction();
+        self.send(&reply);
+        Ok(())
+    }
+
+    /// Opens the submission of the current transaction to cleanup.
+    async fn open_submission(&mut self) -> Option<CleanupClient> {
+        let submission = self.submission()?;
+        let timeout = self.settings.timeouts.data_termination;
+        match CleanupClient::begin(&self.settings.cleanup_socket, submission, timeout).await {
+            Ok(sink) => Some(sink),
+            Err(error) => {
+                tracing::warn!(client = %self.peer, %error, "cannot reach cleanup");
+                None
+            }
+        }
+    }
+
+    /// Reads exactly `size` octets of BDAT data, streaming them to the
+    /// sink if there is one (a sink that fails is dropped). Memory stays
+    /// bounded by the read buffer, whatever the chunk size.
+    async fn read_chunk(
+        &mut self,
+        size: u64,
+        mut sink: Option<&mut Option<CleanupClient>>,
+    ) -> Result<(), End> {
+        let mut remaining = size;
+        let mut piece = Vec::with_capacity(CHUNK_SIZE.min(READ_BUFFER));
+        let data_block = self.settings.timeouts.data_block;
+        let mut block = Block::new(data_block);
+        while remaining > 0 {
+            let input = within(self.deadline, block.left(), self.io.fill_buf()).await?;
+            if input.is_empty() {
+                return Err(End::ClientClosed);
+            }
+            let take = input
+                .len()
+                .min(usize::try_from(remaining).unwrap_or(usize::MAX));
+            piece.clear();
+            piece.extend_from_slice(&input[..take]);
+            block.progress(&piece, data_block);
+            self.io.consume(take);
+            remaining -= take as u64;
+            if let Some(slot) = sink.as_deref_mut()
+                && let Some(open) = slot
+                && let Err(error) = open.write(&piece).await
+            {
+                tracing::warn!(client = %self.peer, %error, "lost cleanup while receiving a message");
+                *slot = None;
+            }
+        }
+        Ok(())
+    }
+
     /// Says goodbye where there is something to say, and closes.
     async fn close(&mut self, end: &End) {
-        if matches!(end, End::Io(_)) {
+        if matches!(end, End::Io(_) | End::TlsFailed(_)) {
             return;
         }
         if matches!(end, End::Timeout) {
@@ -186,8 +469,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             self.send(&reply::bad_sequence("need MAIL command"));
             return Ok(());
         };
-        let sender = submission.sender.clone();
-        let recipients = submission.recipients.len();
         let timeout = self.settings.timeouts.data_termination;
         let sink =
             match CleanupClient::begin(&self.settings.cleanup_socket, submission, timeout).await {
@@ -210,40 +491,53 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                 reply::message_too_big()
             }
             Received::QueueFailed => reply::queue_error(),
-            // Bounded by data_termination alone, not by the session
-            // deadline: once cleanup has `End` it may queue the message,
-            // and the client must hear the outcome rather than a 421.
-            Received::Complete { sink, size } => match sink.commit().await {
-                Ok(CleanupReply::Queued { id }) => {
-                    self.messages += 1;
-                    tracing::info!(
-                        queue_id = %id,
-                        from = %sender,
-                        nrcpt = recipients,
-                        size,
-                        client = %self.peer,
-                        "queued"
-                    );
-                    reply::queued(id)
-                }
-                // 250 only ever follows `Queued`, whatever cleanup says.
-                Ok(CleanupReply::Rejected(rejection)) if !rejection.is_positive() => {
-                    tracing::info!(client = %self.peer, reply = %rejection, "message rejected by cleanup");
-                    rejection
-                }
-                Ok(CleanupReply::Rejected(odd)) => {
-                    tracing::warn!(client = %self.peer, reply = %odd, "cleanup rejected with a positive reply");
-                    reply::queue_error()
-                }
-                Err(error) => {
-                    tracing::warn!(client = %self.peer, %error, "cleanup failed to queue the message");
-                    reply::queue_error()
-                }
-            },
+            Received::Complete { sink, size } => self.commit(sink, size).await,
         };
         self.session.finish_transaction();
         self.send(&reply);
         Ok(())
+    }
+
+    /// Ends the submission and turns cleanup's answer into the reply.
+    /// Bounded by data_termination alone, not by the session deadline:
+    /// once cleanup has `End` it may queue the message, and the client
+    /// must hear the outcome rather than a 421.
+    async fn commit(&mut self, sink: CleanupClient, size: u64) -> Reply {
+        let (sender, recipients) = self
+            .session
+            .transaction()
+            .map(|t| (t.sender.clone(), t.recipients.len()))
+            .unwrap_or_default();
+        match sink.commit().await {
+            Ok(CleanupReply::Queued { id }) => {
+                self.messages += 1;
+                empath_common::metrics::get()
+                    .smtp_messages_received_total
+                    .inc();
+                tracing::info!(
+                    queue_id = %id,
+                    from = %sender,
+                    nrcpt = recipients,
+                    size,
+                    client = %self.peer,
+                    "queued"
+                );
+                reply::queued(id)
+            }
+            // 250 only ever follows `Queued`, whatever cleanup says.
+            Ok(CleanupReply::Rejected(rejection)) if !rejection.is_positive() => {
+                tracing::info!(client = %self.peer, reply = %rejection, "message rejected by cleanup");
+                rejection
+            }
+            Ok(CleanupReply::Rejected(odd)) => {
+                tracing::warn!(client = %self.peer, reply = %odd, "cleanup rejected with a positive reply");
+                reply::queue_error()
+            }
+            Err(error) => {
+                tracing::warn!(client = %self.peer, %error, "cleanup failed to queue the message");
+                reply::queue_error()
+            }
+        }
     }
 
     /// Reads the message up to the end marker, decoding it into `sink`.
@@ -257,16 +551,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let mut decoder = DataDecoder::new();
         let mut content = Vec::with_capacity(2 * READ_BUFFER);
         let mut size: u64 = 0;
-        let mut phase = timeouts.data_init;
+        let mut block = Block::new(timeouts.data_init);
         loop {
-            let input = within(self.deadline, phase, self.io.fill_buf()).await?;
+            let input = within(self.deadline, block.left(), self.io.fill_buf()).await?;
             if input.is_empty() {
                 // Dropping `sink` makes cleanup discard the submission.
                 return Err(End::ClientClosed);
             }
             let decoded = decoder.feed(input, &mut content);
+            block.progress(&input[..decoded.consumed], timeouts.data_block);
             self.io.consume(decoded.consumed);
-            phase = timeouts.data_block;
             size = size.saturating_add(content.len() as u64);
             if !too_big && size_limit.is_some_and(|limit| size > limit) {
                 too_big = true;
@@ -297,23 +591,56 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let greeting = self.session.greeting()?;
         Some(Submission {
             sender: transaction.sender.clone(),
-            recipients: transaction
-                .recipients
-                .iter()
-                .map(|address| Recipient::new(address.as_str()))
-                .collect(),
+            recipients: transaction.recipients.clone(),
             client: ClientInfo {
                 addr: self.peer.clone(),
                 helo: greeting.name.clone(),
                 name: None,
-                protocol: if greeting.extended { "ESMTP" } else { "SMTP" }.to_owned(),
-                tls: None,
-                authenticated_as: None,
+                protocol: self.session.protocol(),
+                tls: self.tls.clone(),
+                authenticated_as: self.session.authenticated_as().map(str::to_owned),
             },
-            dsn: DsnParams::default(),
+            dsn: transaction.dsn(),
             metadata: self.settings.metadata.clone(),
-            smtputf8: false,
+            smtputf8: transaction.params.smtputf8,
         })
+    }
+}
+
+/// The data_block timeout bounds a block of message data, not each read:
+/// the clock restarts only when a line ends or a good amount of data has
+/// come, so a client that drips a byte at a time cannot hold a session
+/// open (Postfix's per-record deadline).
+struct Block {
+    deadline: Instant,
+    since_restart: usize,
+    /// Data has come: the first wait (data_init) is over.
+    started: bool,
+}
+
+impl Block {
+    /// Bytes that count as progress even without a line end.
+    const BULK: usize = 1024;
+
+    fn new(first: Duration) -> Self {
+        Self {
+            deadline: Instant::now() + first,
+            since_restart: 0,
+            started: false,
+        }
+    }
+
+    fn left(&self) -> Duration {
+        self.deadline.saturating_duration_since(Instant::now())
+    }
+
+    fn progress(&mut self, data: &[u8], data_block: Duration) {
+        self.since_restart = self.since_restart.saturating_add(data.len());
+        if !self.started || data.contains(&b'\n') || self.since_restart >= Self::BULK {
+            self.started = true;
+            self.deadline = Instant::now() + data_block;
+            self.since_restart = 0;
+        }
     }
 }
 
@@ -336,6 +663,31 @@ async fn within<T>(
         Ok(Ok(value)) => Ok(value),
         Ok(Err(error)) => Err(End::Io(error)),
         Err(_) => Err(End::Timeout),
+    }
+}
+
+/// The stand-in for the stream while STARTTLS moves it into TLS.
+struct Closed;
+
+impl AsyncRead for Closed {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        _: &mut Context<'_>,
+        _: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl AsyncWrite for Closed {
+    fn poll_write(self: Pin<&mut Self>, _: &mut Context<'_>, _: &[u8]) -> Poll<io::Result<usize>> {
+        Poll::Ready(Err(io::ErrorKind::NotConnected.into()))
+    }
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
     }
 }
 

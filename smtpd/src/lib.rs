@@ -3,6 +3,11 @@
 //! cleanup, answering 250 only once cleanup has made it durable.
 //!
 //! - [`parser`]: command lines to [`parser::Command`]s (pure);
+//! - [`params`]: the ESMTP parameters of MAIL and RCPT, typed (pure);
+//! - [`relay`]: who may send to which domains (pure);
+//! - [`auth`]: AUTH users, passwords and the failure limit;
+//! - [`tls`]: the STARTTLS certificates, reloadable;
+//! - [`limits`]: connection limits, total and per client;
 //! - [`data_decoder`]: the DATA stream, dot-unstuffed (pure);
 //! - [`session`]: the SMTP state machine (pure);
 //! - [`reply`]: every reply we send;
@@ -12,12 +17,17 @@
 //! - [`settings`]: per-listener settings from the config;
 //! - [`listeners`]: the inherited sockets and the accept loop.
 
+pub mod auth;
 pub mod cleanup_client;
 pub mod connection;
 pub mod data_decoder;
+pub mod limits;
 pub mod lines;
 pub mod listeners;
+pub mod params;
 pub mod parser;
+pub mod relay;
 pub mod reply;
 pub mod session;
 pub mod settings;
+pub mod tls;

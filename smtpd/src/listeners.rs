@@ -12,6 +12,8 @@ use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::TcpListener;
 
 use crate::connection;
+use crate::limits::{ConnectionLimits, Refused};
+use crate::reply;
 use crate::settings::Settings;
 
 /// The environment variable that holds the number of inherited listeners.
@@ -76,17 +78,39 @@ fn take_listener(fd: RawFd) -> Result<std::net::TcpListener, String> {
     Ok(listener)
 }
 
-/// Accepts connections forever, one session task each.
-pub async fn accept_loop(listener: TcpListener, settings: Arc<Settings>) {
+/// How long we try to tell a refused client why.
+const REFUSAL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Accepts connections forever, one session task each, within the
+/// connection limits.
+pub async fn accept_loop(
+    listener: TcpListener,
+    settings: Arc<Settings>,
+    limits: Arc<ConnectionLimits>,
+) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
+                let slot = match limits.acquire(peer.ip().to_canonical()) {
+                    Ok(slot) => slot,
+                    Err(refused) => {
+                        refuse(stream, client_address(peer), refused, &settings.hostname);
+                        continue;
+                    }
+                };
                 // Replies are already batched per pipelined group, so Nagle
                 // would only add latency.
                 let _ = stream.set_nodelay(true);
                 let settings = Arc::clone(&settings);
+                // Tells the master this smtpd works (no crash loop), once.
+                empath_common::daemon::mark_serving();
+                let metrics = empath_common::metrics::get();
+                metrics.smtp_connections_total.inc();
                 tokio::spawn(async move {
+                    metrics.smtp_connections_active.inc();
                     connection::serve(stream, client_address(peer), settings).await;
+                    metrics.smtp_connections_active.dec();
+                    drop(slot);
                 });
             }
             Err(error) => {
@@ -95,6 +119,26 @@ pub async fn accept_loop(listener: TcpListener, settings: Arc<Settings>) {
             }
         }
     }
+}
+
+/// Answers `421 4.7.0` to a connection over a limit, and closes it.
+fn refuse(mut stream: tokio::net::TcpStream, peer: String, refused: Refused, hostname: &str) {
+    use tokio::io::AsyncWriteExt;
+    let (reply, limit) = match refused {
+        Refused::Total => (reply::too_many_connections(hostname), "max_connections"),
+        Refused::PerIp => (
+            reply::too_many_connections_from_you(hostname),
+            "max_connections_per_ip",
+        ),
+    };
+    tracing::warn!(client = %peer, limit, "connection refused: over the limit");
+    tokio::spawn(async move {
+        let goodbye = async {
+            stream.write_all(reply.to_wire().as_bytes()).await?;
+            stream.shutdown().await
+        };
+        let _ = tokio::time::timeout(REFUSAL_TIMEOUT, goodbye).await;
+    });
 }
 
 /// `ip:port`, with IPv4 clients of a dual-stack socket shown as IPv4.

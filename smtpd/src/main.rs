@@ -6,8 +6,12 @@ use std::sync::Arc;
 
 use empath_common::daemon;
 use empath_common::protocol::CLEANUP;
+use empath_smtpd::auth::AuthState;
+use empath_smtpd::limits::ConnectionLimits;
 use empath_smtpd::listeners;
+use empath_smtpd::relay::RelayPolicy;
 use empath_smtpd::settings::Settings;
+use empath_smtpd::tls::TlsSlot;
 
 fn main() -> ExitCode {
     let empath_common::daemon::Daemon { config, queue } = daemon::start("smtpd");
@@ -23,9 +27,21 @@ fn main() -> ExitCode {
         Ok(runtime) => runtime,
         Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
     };
+    raise_fd_limit();
     let hostname = config.hostname();
     let cleanup_socket = queue.private_socket(CLEANUP);
+    let relay = Arc::new(RelayPolicy::new(&hostname, &config.smtpd));
+    let limits = ConnectionLimits::new(
+        config.smtpd.max_connections,
+        config.smtpd.max_connections_per_ip,
+    );
     let result: Result<(), String> = runtime.block_on(async {
+        // Registered before anything else, so that a SIGHUP from the
+        // master never finds the default action (which would kill us).
+        let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
+            .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        let auth = AuthState::new(&config.smtpd.auth);
+        let mut tls_slots = Vec::new();
         let mut accepting = tokio::task::JoinSet::new();
         for (socket, listener) in inherited.into_iter().zip(configured) {
             let socket = tokio::net::TcpListener::from_std(socket)
@@ -35,20 +51,74 @@ fn main() -> ExitCode {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| listener.socket.0.to_string());
             tracing::info!(%address, "listening");
-            let settings =
-                Settings::for_listener(hostname.clone(), listener, cleanup_socket.clone());
-            accepting.spawn(listeners::accept_loop(socket, Arc::new(settings)));
+            let settings = Settings::for_listener(
+                hostname.clone(),
+                listener,
+                &config.smtpd,
+                cleanup_socket.clone(),
+                Arc::clone(&relay),
+                auth.clone(),
+            );
+            tls_slots.extend(settings.tls.clone());
+            accepting.spawn(listeners::accept_loop(
+                socket,
+                Arc::new(settings),
+                Arc::clone(&limits),
+            ));
         }
+        accepting.spawn(reload_on_hangup(hangups, tls_slots, auth));
         daemon::stop_requested().await;
-        // Stop accepting. Sessions still running end with the process.
+        // Stop accepting, then let the sessions in progress finish, for at
+        // most shutdown_timeout_secs (the master kills us after that).
         tracing::info!("stopping");
         accepting.abort_all();
+        daemon::begin_draining();
+        let active = &empath_common::metrics::get().smtp_connections_active;
+        let deadline = std::time::Instant::now()
+            + std::time::Duration::from_secs(config.shutdown_timeout_secs);
+        while active.get() > 0 && std::time::Instant::now() < deadline {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         Ok(())
     });
     runtime.shutdown_background();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),
+    }
+}
+
+/// SIGHUP: loads the TLS certificates and the AUTH users again. What fails
+/// to load is logged, and the old one stays in use.
+async fn reload_on_hangup(
+    mut hangups: tokio::signal::unix::Signal,
+    tls: Vec<Arc<TlsSlot>>,
+    auth: Option<Arc<AuthState>>,
+) {
+    while hangups.recv().await.is_some() {
+        tracing::info!("SIGHUP: reloading TLS certificates and AUTH users");
+        for slot in &tls {
+            slot.reload();
+        }
+        if let Some(auth) = &auth {
+            auth.reload();
+        }
+    }
+}
+
+/// Every connection takes a file descriptor, and the default soft limit
+/// (often 1024) would cap the connection count below `max_connections`:
+/// raise it to the hard limit.
+fn raise_fd_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) if soft < hard => {
+            if let Err(error) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                tracing::warn!(%error, soft, hard, "cannot raise the open file limit");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot read the open file limit"),
     }
 }
 

@@ -14,14 +14,35 @@ pub fn greeting(hostname: &str) -> Reply {
     Reply::new(220, "", format!("{hostname} ESMTP Empath"))
 }
 
+/// What EHLO advertises besides the fixed extensions.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Offer {
+    pub size_limit: Option<u64>,
+    pub starttls: bool,
+    pub auth: bool,
+}
+
 /// The EHLO answer: the greeting line, then one keyword per line.
-pub fn ehlo(hostname: &str, size_limit: Option<u64>) -> Reply {
+pub fn ehlo(hostname: &str, offer: Offer) -> Reply {
     let mut lines = vec![hostname.to_owned(), "PIPELINING".to_owned()];
-    if let Some(limit) = size_limit {
+    if let Some(limit) = offer.size_limit {
         lines.push(format!("SIZE {limit}"));
     }
-    lines.push("8BITMIME".to_owned());
-    lines.push("ENHANCEDSTATUSCODES".to_owned());
+    for keyword in [
+        "8BITMIME",
+        "ENHANCEDSTATUSCODES",
+        "SMTPUTF8",
+        "DSN",
+        "CHUNKING",
+    ] {
+        lines.push(keyword.to_owned());
+    }
+    if offer.starttls {
+        lines.push("STARTTLS".to_owned());
+    }
+    if offer.auth {
+        lines.push("AUTH PLAIN LOGIN".to_owned());
+    }
     Reply::new(250, "", lines.join("\n"))
 }
 
@@ -53,16 +74,105 @@ pub fn bye() -> Reply {
     Reply::new(221, "2.0.0", "Bye")
 }
 
-pub fn cannot_vrfy() -> Reply {
-    Reply::new(252, "2.5.2", "Cannot VRFY user")
+/// VRFY or EXPN, as configured: 252 (we do not say, but will try) or 502.
+pub fn verify_refused(command: &str, code: u16) -> Reply {
+    if code == 252 {
+        Reply::new(
+            252,
+            "2.5.2",
+            format!("Cannot {command} user, but will accept message and attempt delivery"),
+        )
+    } else {
+        Reply::new(
+            502,
+            "5.5.1",
+            format!("Error: {command} command is disabled"),
+        )
+    }
 }
 
 pub fn help() -> Reply {
     Reply::new(
         214,
         "2.0.0",
-        "Commands: EHLO HELO MAIL RCPT DATA RSET NOOP QUIT VRFY HELP",
+        "Commands: EHLO HELO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY EXPN HELP STARTTLS AUTH",
     )
+}
+
+pub fn relay_denied() -> Reply {
+    Reply::new(554, "5.7.1", "Relay access denied")
+}
+
+pub fn utf8_not_declared() -> Reply {
+    Reply::new(553, "5.6.7", "Non-ASCII address without SMTPUTF8")
+}
+
+pub fn tls_ready() -> Reply {
+    Reply::new(220, "2.0.0", "Ready to start TLS")
+}
+
+pub fn tls_unavailable() -> Reply {
+    Reply::new(454, "4.7.0", "TLS not available due to temporary reason")
+}
+
+pub fn encryption_required() -> Reply {
+    Reply::new(
+        538,
+        "5.7.11",
+        "Encryption required for requested authentication mechanism",
+    )
+}
+
+pub fn unknown_mechanism() -> Reply {
+    Reply::new(504, "5.5.4", "Unrecognized authentication type")
+}
+
+pub fn auth_challenge(text: &str) -> Reply {
+    Reply::new(334, "", text)
+}
+
+pub fn auth_ok() -> Reply {
+    Reply::new(235, "2.7.0", "Authentication successful")
+}
+
+pub fn auth_failed() -> Reply {
+    Reply::new(535, "5.7.8", "Authentication credentials invalid")
+}
+
+pub fn auth_aborted() -> Reply {
+    Reply::new(501, "5.0.0", "Authentication aborted")
+}
+
+pub fn auth_bad_response() -> Reply {
+    Reply::new(501, "5.5.2", "Cannot decode the response")
+}
+
+pub fn too_many_auth_failures(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{hostname} Error: too many authentication failures"),
+    )
+}
+
+pub fn too_many_connections(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{hostname} Error: too many connections"),
+    )
+}
+
+pub fn too_many_connections_from_you(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.7.0",
+        format!("{hostname} Error: too many connections from your address"),
+    )
+}
+
+pub fn chunk_ok(size: u64) -> Reply {
+    Reply::new(250, "2.0.0", format!("Ok: {size} octets received"))
 }
 
 pub fn parse_error(error: ParseError) -> Reply {
@@ -111,6 +221,15 @@ pub fn timeout(hostname: &str) -> Reply {
     Reply::new(421, "4.4.2", format!("{hostname} Error: timeout exceeded"))
 }
 
+/// Sent after a message when smtpd is stopping (SIGTERM).
+pub fn shutting_down(hostname: &str) -> Reply {
+    Reply::new(
+        421,
+        "4.3.2",
+        format!("{hostname} Service shutting down, try again later"),
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,11 +237,21 @@ mod tests {
     #[test]
     fn ehlo_lists_size_only_when_configured() {
         assert_eq!(
-            ehlo("mx.example", Some(1000)).to_wire(),
+            ehlo(
+                "mx.example",
+                Offer {
+                    size_limit: Some(1000),
+                    starttls: true,
+                    auth: true
+                }
+            )
+            .to_wire(),
             "250-mx.example\r\n250-PIPELINING\r\n250-SIZE 1000\r\n\
-             250-8BITMIME\r\n250 ENHANCEDSTATUSCODES\r\n"
+             250-8BITMIME\r\n250-ENHANCEDSTATUSCODES\r\n250-SMTPUTF8\r\n\
+             250-DSN\r\n250-CHUNKING\r\n250-STARTTLS\r\n250 AUTH PLAIN LOGIN\r\n"
         );
-        assert!(!ehlo("mx.example", None).to_wire().contains("SIZE"));
+        let plain = ehlo("mx.example", Offer::default()).to_wire();
+        assert!(!plain.contains("SIZE") && !plain.contains("STARTTLS") && !plain.contains("AUTH"));
     }
 
     #[test]

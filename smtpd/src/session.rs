@@ -1,13 +1,18 @@
 //! The SMTP session state machine: which commands are allowed when, what
 //! the transaction holds, and what to answer. Pure and synchronous; the
-//! connection module does all I/O and drives it.
+//! connection module does all I/O (the TLS handshake, the AUTH exchange,
+//! message data) and drives it.
 
+use std::net::IpAddr;
 use std::sync::Arc;
 
+use empath_common::queue::{DsnParams, Recipient};
 use empath_common::smtp::Reply;
 
+use crate::auth::Mechanism;
+use crate::params::{self, MailParams};
 use crate::parser::{Command, ForwardPath, Param, ParseError};
-use crate::reply;
+use crate::reply::{self, Offer};
 use crate::settings::Settings;
 
 /// What the connection must do after a command.
@@ -20,6 +25,18 @@ pub enum Action {
     /// DATA is in order: open the queue, send 354 and receive the message,
     /// then call [`Session::finish_transaction`].
     ReceiveData,
+    /// Send 220, run the TLS handshake, then call [`Session::tls_started`].
+    StartTls,
+    /// Run the SASL exchange, then call [`Session::authenticated`] or
+    /// [`Session::auth_failed`].
+    Auth {
+        mechanism: Mechanism,
+        initial: Option<String>,
+    },
+    /// A BDAT chunk for the transaction: read exactly `size` octets.
+    ReceiveChunk { size: u64, last: bool },
+    /// A BDAT chunk refused: read and drop `size` octets, then reply.
+    DiscardChunk { size: u64, reply: Reply },
 }
 
 /// The client's EHLO/HELO.
@@ -31,29 +48,47 @@ pub struct Greeting {
 }
 
 /// One mail transaction: from MAIL to the end of DATA (or RSET).
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq)]
 pub struct Transaction {
     /// The reverse-path; empty for the null sender.
     pub sender: String,
-    pub sender_params: Vec<Param>,
-    pub recipients: Vec<String>,
+    pub params: MailParams,
+    /// With their DSN parameters (NOTIFY, ORCPT).
+    pub recipients: Vec<Recipient>,
+    /// BDAT has been used: DATA is no longer allowed (RFC 3030).
+    pub chunking: bool,
+}
+
+impl Transaction {
+    pub fn dsn(&self) -> DsnParams {
+        DsnParams {
+            ret: self.params.ret,
+            envid: self.params.envid.clone(),
+        }
+    }
 }
 
 #[derive(Debug)]
 pub struct Session {
     settings: Arc<Settings>,
+    client_ip: Option<IpAddr>,
     greeting: Option<Greeting>,
     transaction: Option<Transaction>,
     errors: u32,
+    tls: bool,
+    authenticated: Option<String>,
 }
 
 impl Session {
-    pub fn new(settings: Arc<Settings>) -> Self {
+    pub fn new(settings: Arc<Settings>, client_ip: Option<IpAddr>) -> Self {
         Self {
             settings,
+            client_ip,
             greeting: None,
             transaction: None,
             errors: 0,
+            tls: false,
+            authenticated: None,
         }
     }
 
@@ -63,6 +98,29 @@ impl Session {
 
     pub fn transaction(&self) -> Option<&Transaction> {
         self.transaction.as_ref()
+    }
+
+    pub fn authenticated_as(&self) -> Option<&str> {
+        self.authenticated.as_deref()
+    }
+
+    /// The protocol name for the Received header (RFC 3848, RFC 6531).
+    pub fn protocol(&self) -> String {
+        let Some(greeting) = &self.greeting else {
+            return "SMTP".to_owned();
+        };
+        if !greeting.extended {
+            return "SMTP".to_owned();
+        }
+        let utf8 = self.transaction.as_ref().is_some_and(|t| t.params.smtputf8);
+        let mut name = if utf8 { "UTF8SMTP" } else { "ESMTP" }.to_owned();
+        if self.tls {
+            name.push('S');
+        }
+        if self.authenticated.is_some() {
+            name.push('A');
+        }
+        name
     }
 
     /// True once the client made so many protocol errors that the session
@@ -82,6 +140,37 @@ impl Session {
         self.error(reply::line_too_long())
     }
 
+    /// The TLS handshake succeeded: everything known before it is
+    /// forgotten, and the client must greet again (RFC 3207 section 4.2).
+    pub fn tls_started(&mut self) {
+        self.tls = true;
+        self.greeting = None;
+        self.transaction = None;
+        self.authenticated = None;
+    }
+
+    pub fn authenticated(&mut self, user: String) {
+        self.authenticated = Some(user);
+    }
+
+    /// A failed or aborted AUTH counts as a protocol error.
+    pub fn auth_failed(&mut self, reply: Reply) -> Reply {
+        self.error(reply)
+    }
+
+    fn starttls_offered(&self) -> bool {
+        !self.tls && self.settings.tls.as_ref().is_some_and(|t| t.available())
+    }
+
+    fn auth_offered(&self) -> bool {
+        self.authenticated.is_none()
+            && self
+                .settings
+                .auth
+                .as_ref()
+                .is_some_and(|auth| self.tls || auth.allow_insecure())
+    }
+
     pub fn handle(&mut self, parsed: Result<Command, ParseError>) -> Action {
         let command = match parsed {
             Ok(command) => command,
@@ -94,7 +183,12 @@ impl Session {
         let reply = match command {
             Command::Ehlo(name) => {
                 self.greet(name, true);
-                reply::ehlo(hostname, settings.size_limit)
+                let offer = Offer {
+                    size_limit: settings.size_limit,
+                    starttls: self.starttls_offered(),
+                    auth: self.auth_offered(),
+                };
+                reply::ehlo(hostname, offer)
             }
             Command::Helo(name) => {
                 self.greet(name, false);
@@ -107,15 +201,20 @@ impl Session {
                 Some(t) if t.recipients.is_empty() => {
                     self.error(reply::bad_sequence("need RCPT command"))
                 }
+                Some(t) if t.chunking => self.error(reply::bad_sequence("DATA after BDAT")),
                 Some(_) => return Action::ReceiveData,
             },
+            Command::Bdat { size, last } => return self.bdat(size, last),
+            Command::StartTls => return self.starttls(),
+            Command::Auth { mechanism, initial } => return self.auth(&mechanism, initial),
             Command::Rset => {
                 self.transaction = None;
                 reply::ok()
             }
             Command::Noop => reply::ok(),
             Command::Quit => return Action::Close(reply::bye()),
-            Command::Vrfy(_) => reply::cannot_vrfy(),
+            Command::Vrfy(_) => reply::verify_refused("VRFY", settings.vrfy_code),
+            Command::Expn(_) => reply::verify_refused("EXPN", settings.expn_code),
             Command::Help(_) => reply::help(),
             Command::NotImplemented(name) => self.error(reply::not_implemented(name)),
         };
@@ -129,6 +228,55 @@ impl Session {
         self.greeting = Some(Greeting { name, extended });
     }
 
+    fn starttls(&mut self) -> Action {
+        let reply = if self.tls {
+            self.error(reply::bad_sequence("TLS already active"))
+        } else if self.settings.tls.is_none() {
+            self.error(reply::not_implemented("STARTTLS"))
+        } else if !self.starttls_offered() {
+            reply::tls_unavailable()
+        } else if self.greeting.is_none() {
+            self.error(reply::bad_sequence("send HELO/EHLO first"))
+        } else if self.transaction.is_some() {
+            self.error(reply::bad_sequence("mail transaction in progress"))
+        } else {
+            return Action::StartTls;
+        };
+        Action::Reply(reply)
+    }
+
+    fn auth(&mut self, mechanism: &str, initial: Option<String>) -> Action {
+        let reply = if self.settings.auth.is_none() {
+            self.error(reply::not_implemented("AUTH"))
+        } else if self.greeting.as_ref().is_none_or(|g| !g.extended) {
+            self.error(reply::bad_sequence("send EHLO first"))
+        } else if self.authenticated.is_some() {
+            self.error(reply::bad_sequence("already authenticated"))
+        } else if self.transaction.is_some() {
+            self.error(reply::bad_sequence("mail transaction in progress"))
+        } else if !self.auth_offered() {
+            reply::encryption_required()
+        } else if let Some(mechanism) = Mechanism::parse(mechanism) {
+            return Action::Auth { mechanism, initial };
+        } else {
+            self.error(reply::unknown_mechanism())
+        };
+        Action::Reply(reply)
+    }
+
+    fn bdat(&mut self, size: u64, last: bool) -> Action {
+        let refusal = match &mut self.transaction {
+            None => reply::bad_sequence("need MAIL command"),
+            Some(t) if t.recipients.is_empty() => reply::bad_sequence("need RCPT command"),
+            Some(t) => {
+                t.chunking = true;
+                return Action::ReceiveChunk { size, last };
+            }
+        };
+        let reply = self.error(refusal);
+        Action::DiscardChunk { size, reply }
+    }
+
     fn mail(&mut self, sender: String, params: Vec<Param>) -> Reply {
         if self.greeting.is_none() {
             return self.error(reply::bad_sequence("send HELO/EHLO first"));
@@ -136,44 +284,67 @@ impl Session {
         if self.transaction.is_some() {
             return self.error(reply::bad_sequence("nested MAIL command"));
         }
-        // Other parameters (BODY, RET, ENVID, ...) are accepted and ignored
-        // until the extensions they belong to are implemented.
-        if let Some(size) = params.iter().find(|p| p.keyword == "SIZE") {
-            let Some(declared) = size.value.as_deref().and_then(|v| v.parse::<u64>().ok()) else {
-                return self.error(reply::bad_size_param());
-            };
-            // Not counted as a protocol error: the client did nothing wrong.
-            if self
-                .settings
-                .size_limit
-                .is_some_and(|limit| declared > limit)
-            {
-                return reply::message_too_big();
-            }
+        let params = match params::mail_params(&params) {
+            Ok(params) => params,
+            Err(reply) => return self.error(reply),
+        };
+        if !sender.is_ascii() && !params.smtputf8 {
+            return self.error(reply::utf8_not_declared());
+        }
+        // Not counted as a protocol error: the client did nothing wrong.
+        if let (Some(declared), Some(limit)) = (params.size, self.settings.size_limit)
+            && declared > limit
+        {
+            return reply::message_too_big();
         }
         self.transaction = Some(Transaction {
             sender,
-            sender_params: params,
+            params,
             recipients: Vec::new(),
+            chunking: false,
         });
         reply::sender_ok()
     }
 
-    fn rcpt(&mut self, to: ForwardPath, _params: Vec<Param>) -> Reply {
-        let max_recipients = self.settings.max_recipients;
-        let address = match to {
-            ForwardPath::Mailbox(address) => address,
-            ForwardPath::Postmaster => format!("postmaster@{}", self.settings.hostname),
+    fn rcpt(&mut self, to: ForwardPath, params: Vec<Param>) -> Reply {
+        let settings = Arc::clone(&self.settings);
+        let (address, postmaster) = match to {
+            ForwardPath::Mailbox(address) => (address, false),
+            ForwardPath::Postmaster => (format!("postmaster@{}", settings.hostname), true),
         };
-        let Some(transaction) = &mut self.transaction else {
+        let Some(transaction) = &self.transaction else {
             return self.error(reply::bad_sequence("need MAIL command"));
         };
-        if transaction.recipients.len() >= max_recipients {
+        if transaction.recipients.len() >= settings.max_recipients {
             // Not a protocol error: RFC 5321 section 4.5.3.1.10 has the
             // client send the rest in a later transaction.
             return reply::too_many_recipients();
         }
-        transaction.recipients.push(address);
+        if !address.is_ascii() && !transaction.params.smtputf8 {
+            return self.error(reply::utf8_not_declared());
+        }
+        let params = match params::rcpt_params(&params) {
+            Ok(params) => params,
+            Err(reply) => return self.error(reply),
+        };
+        let allowed = postmaster
+            || settings
+                .relay
+                .allows(&address, self.client_ip, self.authenticated.is_some());
+        if !allowed {
+            tracing::info!(
+                client = ?self.client_ip,
+                recipient = %address,
+                "relay access denied"
+            );
+            return self.error(reply::relay_denied());
+        }
+        let mut recipient = Recipient::new(address.as_str());
+        recipient.notify = params.notify;
+        recipient.orcpt = params.orcpt;
+        if let Some(transaction) = &mut self.transaction {
+            transaction.recipients.push(recipient);
+        }
         reply::recipient_ok()
     }
 
@@ -193,33 +364,51 @@ mod tests {
 
     fn settings(size_limit: Option<u64>) -> Arc<Settings> {
         let second = Duration::from_secs(1);
-        Arc::new(Settings {
-            hostname: "mx.example".into(),
-            size_limit,
-            max_recipients: 3,
-            max_errors: 20,
-            timeouts: Timeouts {
-                command: second,
-                data_init: second,
-                data_block: second,
-                data_termination: second,
-                connection: second,
-            },
-            metadata: Default::default(),
-            cleanup_socket: "/nonexistent".into(),
-        })
+        let timeouts = Timeouts {
+            command: second,
+            data_init: second,
+            data_block: second,
+            data_termination: second,
+            connection: second,
+        };
+        let mut settings = Settings::for_tests("mx.example", "/nonexistent".into(), timeouts);
+        settings.size_limit = size_limit;
+        settings.max_recipients = 3;
+        Arc::new(settings)
+    }
+
+    /// A session from 192.0.2.1, which is outside `mynetworks`.
+    fn stranger() -> Session {
+        let mut settings = (*settings(None)).clone();
+        let mynetworks: Vec<_> = ["10.0.0.0/8"]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        settings.relay = Arc::new(crate::relay::RelayPolicy::with(
+            &["ours.example"],
+            &mynetworks,
+        ));
+        Session::new(Arc::new(settings), "192.0.2.1".parse().ok())
+    }
+
+    fn new_session(size_limit: Option<u64>) -> Session {
+        Session::new(settings(size_limit), "192.0.2.1".parse().ok())
     }
 
     fn code(session: &mut Session, line: &str) -> u16 {
         match session.handle(parse_command(line.as_bytes())) {
             Action::Reply(reply) | Action::Close(reply) => reply.code,
             Action::ReceiveData => 354,
+            Action::StartTls => 220,
+            Action::Auth { .. } => 334,
+            Action::ReceiveChunk { .. } => 250,
+            Action::DiscardChunk { reply, .. } => reply.code,
         }
     }
 
     #[test]
     fn a_transaction_in_order() {
-        let mut session = Session::new(settings(None));
+        let mut session = new_session(None);
         assert_eq!(code(&mut session, "EHLO client.example"), 250);
         assert_eq!(code(&mut session, "MAIL FROM:<a@b.example>"), 250);
         assert_eq!(code(&mut session, "RCPT TO:<c@d.example>"), 250);
@@ -227,10 +416,12 @@ mod tests {
         assert_eq!(code(&mut session, "DATA"), 354);
         let transaction = session.transaction().cloned().unwrap_or_default();
         assert_eq!(transaction.sender, "a@b.example");
-        assert_eq!(
-            transaction.recipients,
-            ["c@d.example", "postmaster@mx.example"]
-        );
+        let addresses: Vec<&str> = transaction
+            .recipients
+            .iter()
+            .map(|r| r.address.as_str())
+            .collect();
+        assert_eq!(addresses, ["c@d.example", "postmaster@mx.example"]);
         session.finish_transaction();
         assert_eq!(code(&mut session, "MAIL FROM:<>"), 250);
         assert_eq!(code(&mut session, "QUIT"), 221);
@@ -238,7 +429,7 @@ mod tests {
 
     #[test]
     fn out_of_order_commands_get_503() {
-        let mut session = Session::new(settings(None));
+        let mut session = new_session(None);
         assert_eq!(code(&mut session, "MAIL FROM:<a@b.example>"), 503);
         assert_eq!(code(&mut session, "HELO client"), 250);
         assert_eq!(code(&mut session, "RCPT TO:<c@d.example>"), 503);
@@ -252,7 +443,7 @@ mod tests {
 
     #[test]
     fn size_parameter_is_checked() {
-        let mut session = Session::new(settings(Some(100)));
+        let mut session = new_session(Some(100));
         code(&mut session, "EHLO client");
         assert_eq!(code(&mut session, "MAIL FROM:<a@b.example> SIZE=101"), 552);
         assert_eq!(code(&mut session, "MAIL FROM:<a@b.example> SIZE=x"), 501);
@@ -261,7 +452,7 @@ mod tests {
 
     #[test]
     fn recipient_limit() {
-        let mut session = Session::new(settings(None));
+        let mut session = new_session(None);
         code(&mut session, "EHLO client");
         code(&mut session, "MAIL FROM:<a@b.example>");
         for _ in 0..3 {
@@ -273,7 +464,7 @@ mod tests {
 
     #[test]
     fn errors_are_counted_up_to_the_limit() {
-        let mut session = Session::new(settings(None));
+        let mut session = new_session(None);
         for _ in 0..19 {
             assert_eq!(code(&mut session, "BOGUS"), 500);
         }
@@ -284,11 +475,114 @@ mod tests {
 
     #[test]
     fn ehlo_resets_the_transaction() {
-        let mut session = Session::new(settings(None));
+        let mut session = new_session(None);
         code(&mut session, "EHLO client");
         code(&mut session, "MAIL FROM:<a@b.example>");
         assert_eq!(code(&mut session, "EHLO client"), 250);
         assert!(session.transaction().is_none());
         assert_eq!(session.greeting().map(|g| g.extended), Some(true));
+    }
+
+    #[test]
+    fn open_relay_is_refused() {
+        let mut session = stranger();
+        code(&mut session, "EHLO client");
+        code(&mut session, "MAIL FROM:<a@b.example>");
+        assert_eq!(code(&mut session, "RCPT TO:<victim@foreign.example>"), 554);
+        assert_eq!(code(&mut session, "RCPT TO:<bob@ours.example>"), 250);
+        assert_eq!(code(&mut session, "RCPT TO:<postmaster>"), 250);
+        session.authenticated("bob".into());
+        assert_eq!(code(&mut session, "RCPT TO:<victim@foreign.example>"), 250);
+        assert_eq!(session.protocol(), "ESMTPA");
+    }
+
+    #[test]
+    fn dsn_parameters_are_kept() {
+        let mut session = new_session(None);
+        code(&mut session, "EHLO client");
+        assert_eq!(
+            code(
+                &mut session,
+                "MAIL FROM:<a@b.example> RET=HDRS ENVID=id+2B1"
+            ),
+            250
+        );
+        assert_eq!(
+            code(
+                &mut session,
+                "RCPT TO:<c@d.example> NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;c+40d.example"
+            ),
+            250
+        );
+        assert_eq!(
+            code(&mut session, "RCPT TO:<e@d.example> NOTIFY=BOGUS"),
+            501
+        );
+        let transaction = session.transaction().cloned().unwrap_or_default();
+        assert_eq!(transaction.dsn().envid.as_deref(), Some("id+1"));
+        assert_eq!(
+            transaction.dsn().ret,
+            Some(empath_common::queue::Ret::Headers)
+        );
+        let recipient = &transaction.recipients[0];
+        assert!(recipient.notify.explicit && recipient.notify.success && !recipient.notify.delay);
+        assert_eq!(recipient.orcpt.as_deref(), Some("rfc822;c@d.example"));
+    }
+
+    #[test]
+    fn utf8_addresses_need_smtputf8() {
+        let mut session = new_session(None);
+        code(&mut session, "EHLO client");
+        assert_eq!(code(&mut session, "MAIL FROM:<j\u{f6}rg@b.example>"), 553);
+        assert_eq!(code(&mut session, "MAIL FROM:<a@b.example>"), 250);
+        assert_eq!(code(&mut session, "RCPT TO:<j\u{f6}rg@d.example>"), 553);
+        code(&mut session, "RSET");
+        assert_eq!(
+            code(&mut session, "MAIL FROM:<j\u{f6}rg@b.example> SMTPUTF8"),
+            250
+        );
+        assert_eq!(code(&mut session, "RCPT TO:<j\u{f6}rg@d.example>"), 250);
+        assert_eq!(session.protocol(), "UTF8SMTP");
+    }
+
+    #[test]
+    fn bdat_rules() {
+        let mut session = new_session(None);
+        code(&mut session, "EHLO client");
+        let discard = session.handle(parse_command(b"BDAT 10 LAST"));
+        assert!(matches!(discard, Action::DiscardChunk { size: 10, reply } if reply.code == 503));
+        code(&mut session, "MAIL FROM:<a@b.example>");
+        code(&mut session, "RCPT TO:<c@d.example>");
+        let chunk = session.handle(parse_command(b"BDAT 10"));
+        assert_eq!(
+            chunk,
+            Action::ReceiveChunk {
+                size: 10,
+                last: false
+            }
+        );
+        assert_eq!(code(&mut session, "DATA"), 503);
+    }
+
+    #[test]
+    fn starttls_and_auth_when_not_configured() {
+        let mut session = new_session(None);
+        code(&mut session, "EHLO client");
+        assert_eq!(code(&mut session, "STARTTLS"), 502);
+        assert_eq!(code(&mut session, "AUTH PLAIN"), 502);
+        let ehlo = session.handle(parse_command(b"EHLO client"));
+        let Action::Reply(ehlo) = ehlo else {
+            panic!("EHLO gets a reply");
+        };
+        assert!(!ehlo.text.contains("STARTTLS") && !ehlo.text.contains("AUTH"));
+        assert!(ehlo.text.contains("CHUNKING") && ehlo.text.contains("DSN"));
+    }
+
+    #[test]
+    fn vrfy_and_expn_as_configured() {
+        let mut session = new_session(None);
+        assert_eq!(code(&mut session, "VRFY bob"), 252);
+        assert_eq!(code(&mut session, "EXPN staff"), 502);
+        assert!(!session.too_many_errors());
     }
 }

@@ -2,23 +2,22 @@
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
-use empath_common::config::{Extension, ListenerFields, ServerTimeouts};
+use empath_common::config::{Extension, ListenerFields, ServerTimeouts, Smtpd};
 
-/// Most recipients accepted for one message (RFC 5321 section 4.5.3.1.8
-/// asks for at least 100).
-pub const MAX_RECIPIENTS: usize = 1000;
-/// Protocol errors after which the session is closed.
-pub const MAX_ERRORS: u32 = 20;
+use crate::auth::AuthState;
+use crate::relay::RelayPolicy;
+use crate::tls::TlsSlot;
 
 /// The settings of the sessions of one listener.
 #[derive(Debug, Clone)]
 pub struct Settings {
     /// Our name in the greeting, EHLO answer and 421 replies.
     pub hostname: String,
-    /// The `SIZE` limit in bytes; `None` when the listener sets none, in
-    /// which case only cleanup's own limit applies.
+    /// The `SIZE` limit in bytes: the listener's `size` extension, else
+    /// `smtpd.max_message_size`. `None` leaves only cleanup's own limit.
     pub size_limit: Option<u64>,
     pub max_recipients: usize,
     pub max_errors: u32,
@@ -27,16 +26,26 @@ pub struct Settings {
     pub metadata: BTreeMap<String, String>,
     /// cleanup's socket in `private/`.
     pub cleanup_socket: PathBuf,
+    /// Who may send to which domains.
+    pub relay: Arc<RelayPolicy>,
+    /// STARTTLS, where the listener configures it.
+    pub tls: Option<Arc<TlsSlot>>,
+    /// AUTH, where users are configured.
+    pub auth: Option<Arc<AuthState>>,
+    /// The reply codes of VRFY and EXPN: 252 or 502.
+    pub vrfy_code: u16,
+    pub expn_code: u16,
 }
 
 /// Server timeouts (RFC 5321 section 4.5.3.2) as durations.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Timeouts {
-    /// Waiting for a command line; also bounds each write to the client.
+    /// Waiting for a command line; also bounds each write to the client
+    /// and the TLS handshake.
     pub command: Duration,
     /// Waiting for the first data after the 354.
     pub data_init: Duration,
-    /// Waiting for more data while the message comes in.
+    /// Waiting for more data while the message comes in (DATA or BDAT).
     pub data_block: Duration,
     /// Waiting for cleanup: connecting, streaming, and its final answer.
     pub data_termination: Duration,
@@ -60,21 +69,57 @@ impl Settings {
     pub fn for_listener(
         hostname: String,
         listener: &ListenerFields,
+        smtpd: &Smtpd,
         cleanup_socket: PathBuf,
+        relay: Arc<RelayPolicy>,
+        auth: Option<Arc<AuthState>>,
     ) -> Self {
-        // STARTTLS is configured but not offered yet: TLS comes later.
-        let size_limit = listener.extensions.iter().find_map(|e| match e {
-            Extension::Size(limit) => Some(*limit),
-            Extension::StartTls { .. } => None,
-        });
+        let mut size_limit = Some(smtpd.max_message_size);
+        let mut tls = None;
+        for extension in &listener.extensions {
+            match extension {
+                Extension::Size(limit) => size_limit = Some(*limit),
+                Extension::StartTls { key, certificate } => {
+                    tls = Some(TlsSlot::new(key, certificate));
+                }
+            }
+        }
         Self {
             hostname,
             size_limit,
-            max_recipients: MAX_RECIPIENTS,
-            max_errors: MAX_ERRORS,
+            max_recipients: smtpd.max_recipients,
+            max_errors: smtpd.max_errors,
             timeouts: Timeouts::from(&listener.timeouts),
             metadata: listener.context.clone(),
             cleanup_socket,
+            relay,
+            tls,
+            auth,
+            vrfy_code: smtpd.vrfy_code,
+            expn_code: smtpd.expn_code,
+        }
+    }
+
+    /// Settings for tests: generous limits, an open relay from anywhere,
+    /// no TLS and no AUTH.
+    pub fn for_tests(hostname: &str, cleanup_socket: PathBuf, timeouts: Timeouts) -> Self {
+        let everyone: Vec<_> = ["0.0.0.0/0", "::/0"]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        Self {
+            hostname: hostname.to_owned(),
+            size_limit: None,
+            max_recipients: 1000,
+            max_errors: 20,
+            timeouts,
+            metadata: BTreeMap::new(),
+            cleanup_socket,
+            relay: Arc::new(RelayPolicy::with(&[hostname], &everyone)),
+            tls: None,
+            auth: None,
+            vrfy_code: 252,
+            expn_code: 502,
         }
     }
 }

@@ -16,6 +16,8 @@ pub const CONFIG_FILE: &str = "empath.config.ron";
 pub struct TestConfig {
     hostname: String,
     listeners: Vec<String>,
+    /// More RON fields of every listener (`timeouts`, `extensions`, ...).
+    listener_fields: Vec<String>,
     /// `delivery` keys other than `domains`.
     delivery: BTreeMap<String, String>,
     /// Domain -> (key -> RON value).
@@ -43,9 +45,17 @@ impl Default for TestConfig {
         Self {
             hostname: "mx.empath.test".to_owned(),
             listeners: vec!["127.0.0.1:0".to_owned()],
+            listener_fields: Vec::new(),
             delivery: to_map(&delivery),
             domains: BTreeMap::new(),
-            sections: to_map(&[("health", "(enabled: false)")]),
+            // The tests run as root in CI: let the daemons stay root
+            // unless a test names a `user` (see tests/tests/master_*.rs).
+            // A short graceful stop keeps within the harness's 10 s.
+            sections: to_map(&[
+                ("health", "(enabled: false)"),
+                ("allow_root", "true"),
+                ("shutdown_timeout_secs", "5"),
+            ]),
             raw: Vec::new(),
         }
     }
@@ -111,6 +121,13 @@ impl TestConfig {
         self
     }
 
+    /// Adds RON fields to every listener, e.g.
+    /// `("timeouts", "(data_block_secs: 2)")`.
+    pub fn listener_field(mut self, key: &str, ron_value: &str) -> Self {
+        self.listener_fields.push(format!("{key}: {ron_value}"));
+        self
+    }
+
     /// How many listeners the config declares.
     pub fn listener_count(&self) -> usize {
         self.listeners.len()
@@ -123,7 +140,11 @@ impl TestConfig {
         let listeners: Vec<String> = self
             .listeners
             .iter()
-            .map(|socket| format!("{{ socket: {} }}", ron_string(socket)))
+            .map(|socket| {
+                let mut fields = vec![format!("socket: {}", ron_string(socket))];
+                fields.extend(self.listener_fields.iter().cloned());
+                format!("{{ {} }}", fields.join(", "))
+            })
             .collect();
         let _ = writeln!(
             out,

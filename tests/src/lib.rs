@@ -13,13 +13,20 @@
 //! empath.wait_queue_empty(std::time::Duration::from_secs(60));
 //! ```
 
+pub mod bounce;
 pub mod client;
 pub mod config;
 pub mod deliveries;
+pub mod dns;
+pub mod dsn;
 pub mod mail;
+pub mod master;
+pub mod mx;
 pub mod procfs;
+pub mod reliability;
 pub mod run;
 pub mod sink;
+pub mod smtpd;
 
 use std::fs::File;
 use std::net::SocketAddr;

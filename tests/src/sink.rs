@@ -13,8 +13,10 @@ use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufRead, AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
-use tokio::net::tcp::OwnedWriteHalf;
+use tokio::io::{
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    ReadHalf, WriteHalf,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
@@ -73,6 +75,8 @@ pub struct SinkPolicy {
     rcpt_replies: HashMap<String, Reply>,
     data_failures: Option<DataFailures>,
     hold_after: Option<usize>,
+    /// Offer STARTTLS with this server config.
+    tls: Option<Arc<rustls::ServerConfig>>,
 }
 
 impl SinkPolicy {
@@ -115,6 +119,12 @@ impl SinkPolicy {
         self.hold_after = Some(count);
         self
     }
+
+    /// Offers STARTTLS (RFC 3207) with `config` (see `empath_tests::mx::self_signed_tls`).
+    pub fn starttls(mut self, config: Arc<rustls::ServerConfig>) -> Self {
+        self.tls = Some(config);
+        self
+    }
 }
 
 /// One accepted transaction.
@@ -141,6 +151,10 @@ struct State {
     ends_of_data: usize,
     /// Transactions waiting for [`Sink::release`].
     held: usize,
+    /// Completed TLS handshakes.
+    tls_handshakes: usize,
+    /// When each of `messages` was accepted.
+    arrivals: Vec<Instant>,
 }
 
 /// State shared between the test thread and the server tasks.
@@ -180,9 +194,16 @@ impl Sink {
     }
 
     pub fn with_policy(policy: SinkPolicy) -> Self {
+        Self::bind(SocketAddr::from(([127, 0, 0, 1], 0)), policy)
+            .unwrap_or_else(|e| panic!("bind the sink: {e}"))
+    }
+
+    /// A sink on a chosen address, e.g. `127.0.0.3` with the port of
+    /// another sink (MX hosts share one port).
+    pub fn bind(addr: SocketAddr, policy: SinkPolicy) -> io::Result<Self> {
         // Bind here, not on the server thread, so the address is known (and
         // a bind failure is reported) before this returns.
-        let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind the sink");
+        let listener = std::net::TcpListener::bind(addr)?;
         listener
             .set_nonblocking(true)
             .expect("make the sink socket non-blocking");
@@ -201,12 +222,12 @@ impl Sink {
             .name(format!("smtp-sink-{}", addr.port()))
             .spawn(move || run_server(listener, server_shared, shutdown_rx))
             .expect("start the sink thread");
-        Self {
+        Ok(Self {
             addr,
             shared,
             shutdown: Some(shutdown),
             thread: Some(thread),
-        }
+        })
     }
 
     pub fn addr(&self) -> SocketAddr {
@@ -238,6 +259,16 @@ impl Sink {
 
     pub fn connections(&self) -> usize {
         self.shared.lock().connections
+    }
+
+    /// When each accepted message arrived, in order.
+    pub fn arrival_times(&self) -> Vec<Instant> {
+        self.shared.lock().arrivals.clone()
+    }
+
+    /// STARTTLS handshakes that completed.
+    pub fn tls_handshakes(&self) -> usize {
+        self.shared.lock().tls_handshakes
     }
 
     /// DATA commands seen with at least one accepted recipient, whether
@@ -390,10 +421,15 @@ async fn read_line<R: AsyncBufRead + Unpin>(reader: &mut R) -> io::Result<Line> 
     })
 }
 
+/// A session's byte stream, before or after STARTTLS.
+trait Io: AsyncRead + AsyncWrite + Send + Unpin {}
+impl<T: AsyncRead + AsyncWrite + Send + Unpin> Io for T {}
+
 /// The state of one SMTP session.
 struct Session {
-    reader: BufReader<tokio::net::tcp::OwnedReadHalf>,
-    writer: OwnedWriteHalf,
+    reader: BufReader<ReadHalf<Box<dyn Io>>>,
+    writer: WriteHalf<Box<dyn Io>>,
+    tls_active: bool,
     shared: Arc<Shared>,
     helo: Option<String>,
     mail_from: Option<String>,
@@ -408,10 +444,12 @@ enum Next {
 
 impl Session {
     fn new(stream: TcpStream, shared: Arc<Shared>) -> Self {
-        let (read, writer) = stream.into_split();
+        let boxed: Box<dyn Io> = Box::new(stream);
+        let (read, writer) = tokio::io::split(boxed);
         Self {
             reader: BufReader::new(read),
             writer,
+            tls_active: false,
             shared,
             helo: None,
             mail_from: None,
@@ -461,6 +499,7 @@ impl Session {
                 self.reply("250 2.0.0 OK\r\n").await?;
             }
             "NOOP" => self.reply("250 2.0.0 OK\r\n").await?,
+            "STARTTLS" => return self.start_tls().await,
             "VRFY" => self.reply("252 2.1.5 Cannot VRFY\r\n").await?,
             "QUIT" => {
                 self.reply(&format!("221 2.0.0 {SINK_HOSTNAME} closing\r\n"))
@@ -479,15 +518,46 @@ impl Session {
         }
         self.helo = Some(name.to_owned());
         self.reset();
+        let offer_tls = !self.tls_active && self.shared.lock().policy.tls.is_some();
         if extended {
+            let starttls = if offer_tls { "250-STARTTLS\r\n" } else { "" };
             self.reply(&format!(
-                "250-{SINK_HOSTNAME} greets {name}\r\n250-PIPELINING\r\n250 8BITMIME\r\n"
+                "250-{SINK_HOSTNAME} greets {name}\r\n{starttls}250-PIPELINING\r\n250 8BITMIME\r\n"
             ))
             .await
         } else {
             self.reply(&format!("250 {SINK_HOSTNAME} greets {name}\r\n"))
                 .await
         }
+    }
+
+    /// STARTTLS: `220`, then the handshake on the same connection; the
+    /// session starts over (RFC 3207 section 4.2). A failed handshake
+    /// ends the session.
+    async fn start_tls(&mut self) -> io::Result<Next> {
+        let config = self.shared.lock().policy.tls.clone();
+        let Some(config) = config.filter(|_| !self.tls_active) else {
+            self.reply("454 4.7.0 TLS not available\r\n").await?;
+            return Ok(Next::Continue);
+        };
+        self.reply("220 2.0.0 Ready to start TLS\r\n").await?;
+        let placeholder: Box<dyn Io> = Box::new(tokio::io::duplex(1).0);
+        let (dummy_read, dummy_write) = tokio::io::split(placeholder);
+        let reader = std::mem::replace(&mut self.reader, BufReader::new(dummy_read));
+        let writer = std::mem::replace(&mut self.writer, dummy_write);
+        let plain = reader.into_inner().unsplit(writer);
+        let tls = tokio_rustls::TlsAcceptor::from(config)
+            .accept(plain)
+            .await?;
+        self.shared.update(|state| state.tls_handshakes += 1);
+        let boxed: Box<dyn Io> = Box::new(tls);
+        let (read, write) = tokio::io::split(boxed);
+        self.reader = BufReader::new(read);
+        self.writer = write;
+        self.tls_active = true;
+        self.helo = None;
+        self.reset();
+        Ok(Next::Continue)
     }
 
     async fn mail(&mut self, argument: &str) -> io::Result<()> {
@@ -586,6 +656,7 @@ impl Session {
         };
         let number = self.shared.update(|state| {
             state.messages.push(message);
+            state.arrivals.push(Instant::now());
             state.messages.len()
         });
         self.reply(&format!("250 2.0.0 OK queued as sink-{number}\r\n"))

@@ -4,6 +4,9 @@
 //! with their line and column. Checks that span several keys run after
 //! parsing and name the key and the line where it is written.
 
+mod dns;
+mod dsn;
+mod master;
 mod model;
 mod smtpd;
 mod values;
@@ -11,8 +14,11 @@ mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use dns::{Dns, Nameserver};
+pub use dsn::{DEFAULT_MAX_RETURN_SIZE, Dsn};
+pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
-pub use smtpd::Smtpd;
+pub use smtpd::{Auth as SmtpdAuth, Network, Smtpd, is_bcrypt_hash};
 pub use values::{Extension, HostPort, ListenAddr, Listener};
 
 /// The default location of the config file.
@@ -184,6 +190,8 @@ fn validate(config: &Empath) -> Result<(), Invalid> {
         "must not be empty",
     )?;
     validate_delivery(&config.delivery)?;
+    dns::validate(&config.dns)?;
+    master::validate(config)?;
     for hash in &config.control_auth.token_hashes {
         let is_sha256_hex = hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit());
         check(
@@ -192,13 +200,8 @@ fn validate(config: &Empath) -> Result<(), Invalid> {
             format!("{hash:?} is not a SHA-256 hex digest (64 hex digits)"),
         )?;
     }
-    if let Some(postmaster) = &config.dsn.postmaster {
-        check(
-            postmaster.contains('@'),
-            "dsn.postmaster",
-            format!("{postmaster:?} is not a mail address"),
-        )?;
-    }
+    dsn::validate(&config.dsn)?;
+    smtpd::validate(&config.smtpd)?;
     Ok(())
 }
 
@@ -304,11 +307,37 @@ fn validate_delivery(delivery: &Delivery) -> Result<(), Invalid> {
             "must be at least 1",
         )?;
     }
-    for domain in delivery.domains.keys() {
+    check(
+        delivery.max_concurrency_per_domain > 0,
+        "delivery.max_concurrency_per_domain",
+        "must be at least 1",
+    )?;
+    check(
+        delivery.smtp_port > 0,
+        "delivery.smtp_port",
+        "must be a port number from 1 to 65535",
+    )?;
+    let breaker = &delivery.circuit_breaker;
+    check(
+        breaker.failure_threshold > 0,
+        "delivery.circuit_breaker.failure_threshold",
+        "must be at least 1",
+    )?;
+    check(
+        breaker.open_secs > 0,
+        "delivery.circuit_breaker.open_secs",
+        "must be greater than 0",
+    )?;
+    for (domain, policy) in &delivery.domains {
         check(
             !domain.trim().is_empty(),
             "delivery.domains",
             "a domain name must not be empty",
+        )?;
+        check(
+            policy.max_concurrency != Some(0),
+            "delivery.domains.max_concurrency",
+            format!("must be at least 1 (domain {domain:?})"),
         )?;
     }
     Ok(())

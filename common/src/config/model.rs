@@ -12,6 +12,9 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::dns::Dns;
+use super::dsn::Dsn;
+use super::master::Supervisor;
 use super::smtpd::Smtpd;
 use super::values::{Extension, HostPort, ListenAddr, Listener};
 
@@ -32,6 +35,9 @@ pub struct Empath {
     pub spool: Spool,
     #[serde(default)]
     pub delivery: Delivery,
+    /// How smtp-out resolves MX and address records.
+    #[serde(default)]
+    pub dns: Dns,
     #[serde(default)]
     pub control_socket: Option<PathBuf>,
     /// Members of this group may use the control socket (besides root and
@@ -50,6 +56,23 @@ pub struct Empath {
     /// directory that holds the `empath` executable itself.
     #[serde(default)]
     pub daemon_directory: Option<PathBuf>,
+    /// The user the daemons run as when the master starts as root
+    /// (default `empath`).
+    #[serde(default)]
+    pub user: Option<String>,
+    /// The daemons' group (default: the user's login group).
+    #[serde(default)]
+    pub group: Option<String>,
+    /// Let the daemons run as root. Off: a root master refuses to.
+    #[serde(default)]
+    pub allow_root: bool,
+    /// How long a graceful stop (SIGTERM) may take before the daemons
+    /// still running are killed.
+    #[serde(default = "super::master::default_shutdown_timeout_secs")]
+    pub shutdown_timeout_secs: u64,
+    /// How dead daemons are restarted and crash loops throttled.
+    #[serde(default)]
+    pub supervisor: Supervisor,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -151,6 +174,15 @@ pub struct Delivery {
     pub max_active_messages: usize,
     /// Upper bound on simultaneous outbound SMTP transactions.
     pub max_concurrent_deliveries: usize,
+    /// Upper bound on simultaneous transactions to one domain, unless the
+    /// domain's `max_concurrency` says otherwise.
+    pub max_concurrency_per_domain: usize,
+    /// The port of MX hosts (25; tests point it elsewhere).
+    pub smtp_port: u16,
+    /// How long an idle outbound connection is kept for the next message
+    /// to the same host; 0 closes it after each transaction.
+    pub connection_idle_secs: u64,
+    pub circuit_breaker: CircuitBreaker,
 }
 
 impl Default for Delivery {
@@ -169,6 +201,10 @@ impl Default for Delivery {
             rate_limit: RateLimit::default(),
             max_active_messages: 1000,
             max_concurrent_deliveries: 20,
+            max_concurrency_per_domain: 10,
+            smtp_port: 25,
+            connection_idle_secs: 5,
+            circuit_breaker: CircuitBreaker::default(),
         }
     }
 }
@@ -207,6 +243,32 @@ pub struct DomainPolicy {
     pub mx_override: Option<HostPort>,
     /// Overrides `delivery.accept_invalid_certs` for this domain.
     pub accept_invalid_certs: Option<bool>,
+    /// Defer rather than deliver without STARTTLS.
+    pub require_tls: bool,
+    /// Overrides `delivery.max_concurrency_per_domain` for this domain.
+    pub max_concurrency: Option<usize>,
+}
+
+/// Per-domain circuit breaker: after `failure_threshold` consecutive
+/// failed attempts (connection errors, temporary failures of the whole
+/// transaction) the domain is not contacted for `open_secs`; then one
+/// attempt is let through, and its success closes the breaker again.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct CircuitBreaker {
+    pub enabled: bool,
+    pub failure_threshold: u32,
+    pub open_secs: u64,
+}
+
+impl Default for CircuitBreaker {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            failure_threshold: 5,
+            open_secs: 300,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -280,28 +342,6 @@ impl Default for Health {
             enabled: true,
             listen_address: ListenAddr::any(8080),
             max_queue_size: 10_000,
-        }
-    }
-}
-
-#[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields, default)]
-pub struct Dsn {
-    pub enabled: bool,
-    pub reporting_mta: Option<String>,
-    pub postmaster: Option<String>,
-    /// Warn the sender once a message has waited this long (when its
-    /// NOTIFY allows delay notices). `None` sends no warnings.
-    pub delay_warning_secs: Option<u64>,
-}
-
-impl Default for Dsn {
-    fn default() -> Self {
-        Self {
-            enabled: true,
-            reporting_mta: None,
-            postmaster: None,
-            delay_warning_secs: None,
         }
     }
 }

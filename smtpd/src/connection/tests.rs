@@ -23,21 +23,16 @@ const PEER: &str = "192.0.2.1:40000";
 
 fn settings(cleanup_socket: PathBuf) -> Settings {
     let long = Duration::from_secs(30);
-    Settings {
-        hostname: "mx.example".into(),
-        size_limit: None,
-        max_recipients: 1000,
-        max_errors: 20,
-        timeouts: Timeouts {
-            command: long,
-            data_init: long,
-            data_block: long,
-            data_termination: long,
-            connection: long,
-        },
-        metadata: [("listener".to_owned(), "test".to_owned())].into(),
-        cleanup_socket,
-    }
+    let timeouts = Timeouts {
+        command: long,
+        data_init: long,
+        data_block: long,
+        data_termination: long,
+        connection: long,
+    };
+    let mut settings = Settings::for_tests("mx.example", cleanup_socket, timeouts);
+    settings.metadata = [("listener".to_owned(), "test".to_owned())].into();
+    settings
 }
 
 /// The client side of a session.
@@ -337,7 +332,8 @@ async fn pipelined_commands_are_all_answered_in_order() {
     let ehlo = client.reply().await;
     assert_eq!(
         ehlo,
-        "250-mx.example\n250-PIPELINING\n250-8BITMIME\n250 ENHANCEDSTATUSCODES"
+        "250-mx.example\n250-PIPELINING\n250-8BITMIME\n250-ENHANCEDSTATUSCODES\n\
+         250-SMTPUTF8\n250-DSN\n250 CHUNKING"
     );
     assert!(client.reply().await.starts_with("250 2.1.0"));
     assert!(client.reply().await.starts_with("250 2.1.5"));
@@ -585,5 +581,126 @@ async fn client_disconnect_mid_message_abandons_the_submission() {
     client.send(b"Subject: cut\r\n").await;
     let _ = client.writer.shutdown().await;
     assert!(matches!(client.end().await, End::ClientClosed));
+    assert!(!cleanup.next().await.ended);
+}
+
+#[tokio::test]
+async fn bdat_chunks_are_taken_verbatim_and_pipelined() {
+    let mut cleanup = FakeCleanup::start(Behaviour::Queue);
+    let mut client = Client::connect(settings(cleanup.socket.clone())).await;
+    client.expect("EHLO client.example", "250-mx.example").await;
+    // The whole transaction pipelined; the chunk data is binary-exact,
+    // with a line "." that DATA would take as the end.
+    client
+        .send(
+            b"MAIL FROM:<alice@a.example> BODY=8BITMIME RET=FULL ENVID=e+2B1\r\n\
+              RCPT TO:<bob@b.example> NOTIFY=SUCCESS ORCPT=rfc822;bob@b.example\r\n\
+              BDAT 11\r\n.\r\nabc\r\n..\r\
+              BDAT 3 LAST\r\n\nz\nNOOP\r\n",
+        )
+        .await;
+    assert!(client.reply().await.starts_with("250 2.1.0"));
+    assert!(client.reply().await.starts_with("250 2.1.5"));
+    assert_eq!(client.reply().await, "250 2.0.0 Ok: 11 octets received");
+    assert!(client.reply().await.starts_with("250 2.0.0 Ok: queued as"));
+    assert!(client.reply().await.starts_with("250 2.0.0"), "NOOP");
+    let recorded = cleanup.next().await;
+    assert_eq!(recorded.content, b".\r\nabc\r\n..\r\nz\n");
+    let submission = recorded.submission.unwrap_or_else(|| panic!("no Begin"));
+    assert_eq!(submission.dsn.envid.as_deref(), Some("e+1"));
+    assert_eq!(submission.dsn.ret, Some(empath_common::queue::Ret::Full));
+    assert!(submission.recipients[0].notify.success);
+    assert_eq!(
+        submission.recipients[0].orcpt.as_deref(),
+        Some("rfc822;bob@b.example")
+    );
+    assert_eq!(
+        submission.metadata.get("listener").map(String::as_str),
+        Some("test")
+    );
+    client.expect("DATA", "503").await;
+    client.expect("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn bdat_over_the_size_limit_gets_552_and_its_data_is_skipped() {
+    let mut cleanup = FakeCleanup::start(Behaviour::Queue);
+    let mut settings = settings(cleanup.socket.clone());
+    settings.size_limit = Some(5);
+    let mut client = Client::connect(settings).await;
+    client.expect("EHLO client.example", "250-mx.example").await;
+    client.expect("MAIL FROM:<alice@a.example>", "250").await;
+    client.expect("RCPT TO:<bob@b.example>", "250").await;
+    client.send(b"BDAT 8 LAST\r\nQUIT\r\nxx").await;
+    assert!(client.reply().await.starts_with("552 5.3.4"));
+    assert!(cleanup.next().await.aborted);
+    // The 8 octets were data, not a QUIT.
+    client.send(b"BDAT 2 LAST\r\nab").await;
+    assert!(client.reply().await.starts_with("503"));
+    client.expect("NOOP", "250").await;
+}
+
+#[tokio::test]
+async fn auth_plain_and_login_when_allowed_without_tls() {
+    let cleanup = FakeCleanup::start(Behaviour::Queue);
+    let mut settings = settings(cleanup.socket.clone());
+    let hash = bcrypt::hash("secret", 4).unwrap_or_default();
+    let config = empath_common::config::SmtpdAuth {
+        users: [("bob".to_owned(), hash)].into(),
+        allow_insecure: true,
+        max_failures: 3,
+        ..Default::default()
+    };
+    settings.auth = crate::auth::AuthState::new(&config);
+    let mut client = Client::connect(settings.clone()).await;
+    let ehlo = client.command("EHLO client.example").await;
+    assert!(ehlo.contains("AUTH PLAIN LOGIN"), "{ehlo}");
+    let wrong = crate::auth::encode("\0bob\0wrong");
+    client
+        .expect(&format!("AUTH PLAIN {wrong}"), "535 5.7.8")
+        .await;
+    client.expect("AUTH LOGIN", "334 VXNlcm5hbWU6").await;
+    client
+        .expect(&crate::auth::encode("bob"), "334 UGFzc3dvcmQ6")
+        .await;
+    client
+        .expect(&crate::auth::encode("secret"), "235 2.7.0")
+        .await;
+    client.expect("AUTH LOGIN", "503").await;
+    client.expect("QUIT", "221").await;
+
+    // Three failures from this address: the next AUTH is refused.
+    let mut client = Client::connect(settings).await;
+    client.expect("EHLO client.example", "250").await;
+    client.expect("AUTH PLAIN", "334").await;
+    client.expect("*", "501 5.0.0").await;
+    client.expect("AUTH PLAIN", "334").await;
+    client.expect(&wrong, "535").await;
+    client.expect(&format!("AUTH PLAIN {wrong}"), "535").await;
+    client.expect("AUTH PLAIN", "421 4.7.0").await;
+    client.expect_closed().await;
+}
+
+#[tokio::test]
+async fn a_client_dripping_data_is_cut_off_at_data_block() {
+    let mut cleanup = FakeCleanup::start(Behaviour::Queue);
+    let mut settings = settings(cleanup.socket.clone());
+    settings.timeouts.data_block = Duration::from_millis(500);
+    let mut client = Client::connect(settings).await;
+    client.start_message().await;
+    // One byte every 200 ms: each read comes well within data_block, but
+    // no line ever ends.
+    for byte in b"Subject: slow" {
+        client.send(&[*byte]).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        if client.server.is_finished() {
+            break;
+        }
+    }
+    assert_eq!(
+        client.reply().await,
+        "421 4.4.2 mx.example Error: timeout exceeded"
+    );
+    assert!(matches!(client.end().await, End::Timeout));
     assert!(!cleanup.next().await.ended);
 }

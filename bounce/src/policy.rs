@@ -1,0 +1,178 @@
+//! Whom to tell about a message, if anyone. Pure; the loop-safety rules
+//! live here and nowhere else:
+//!
+//! - Nothing is ever sent to the null sender `<>`.
+//! - A DSN that Empath generated (metadata `empath.dsn` = `failure` or
+//!   `delay`) and that failed is reported once to the postmaster, as a
+//!   double bounce (`empath.dsn` = `double-bounce`).
+//! - A double bounce that fails is only logged.
+//! - A null-sender message from elsewhere (someone else's bounce) that
+//!   fails is only logged: telling the postmaster about every forged
+//!   bounce that passes through would turn backscatter into mail for them.
+
+use empath_common::protocol::{
+    BounceKind, DSN_DELAY, DSN_DOUBLE_BOUNCE, DSN_FAILURE, DSN_METADATA,
+};
+use empath_common::queue::Envelope;
+
+/// What kind of notice to build.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoticeKind {
+    /// Recipients failed: tell the sender.
+    Failure,
+    /// Recipients are still waiting: warn the sender.
+    Delay,
+    /// Our own DSN could not be delivered: tell the postmaster.
+    DoubleBounce,
+}
+
+impl NoticeKind {
+    /// The value of the `empath.dsn` metadata of the notice.
+    pub fn metadata(self) -> &'static str {
+        match self {
+            Self::Failure => DSN_FAILURE,
+            Self::Delay => DSN_DELAY,
+            Self::DoubleBounce => DSN_DOUBLE_BOUNCE,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Send {
+        kind: NoticeKind,
+        to: String,
+    },
+    /// Nobody is told; the reason is logged.
+    Nothing(&'static str),
+}
+
+/// Decides whom to tell about `envelope` for a request of `kind`.
+pub fn decide(envelope: &Envelope, kind: BounceKind, enabled: bool, postmaster: &str) -> Decision {
+    if !enabled {
+        return Decision::Nothing("DSNs are disabled");
+    }
+    if !envelope.is_null_sender() {
+        let kind = match kind {
+            BounceKind::Failure => NoticeKind::Failure,
+            BounceKind::Delay => NoticeKind::Delay,
+        };
+        return Decision::Send {
+            kind,
+            to: envelope.sender.clone(),
+        };
+    }
+    if kind == BounceKind::Delay {
+        return Decision::Nothing("no delay warnings for the null sender");
+    }
+    match envelope.metadata.get(DSN_METADATA).map(String::as_str) {
+        Some(DSN_FAILURE | DSN_DELAY) => Decision::Send {
+            kind: NoticeKind::DoubleBounce,
+            to: postmaster.to_owned(),
+        },
+        Some(DSN_DOUBLE_BOUNCE) => Decision::Nothing("a double bounce failed; nobody is told"),
+        _ => Decision::Nothing("a message from the null sender failed; it is never bounced"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use empath_common::queue::{ClientInfo, DsnParams, QueueId};
+
+    const POSTMASTER: &str = "postmaster@mx.example.org";
+
+    fn envelope(sender: &str, dsn: Option<&str>) -> Envelope {
+        Envelope {
+            id: QueueId::generate(),
+            sender: sender.into(),
+            recipients: Vec::new(),
+            arrival: 0,
+            attempts: 0,
+            next_retry: None,
+            last_error: None,
+            client: ClientInfo::default(),
+            dsn: DsnParams::default(),
+            metadata: dsn
+                .map(|v| (DSN_METADATA.to_owned(), v.to_owned()))
+                .into_iter()
+                .collect(),
+            content_size: 0,
+            smtputf8: false,
+            delay_warned: false,
+        }
+    }
+
+    #[test]
+    fn a_sender_gets_failures_and_delay_warnings() {
+        let env = envelope("alice@example.org", None);
+        assert_eq!(
+            decide(&env, BounceKind::Failure, true, POSTMASTER),
+            Decision::Send {
+                kind: NoticeKind::Failure,
+                to: "alice@example.org".into()
+            }
+        );
+        assert_eq!(
+            decide(&env, BounceKind::Delay, true, POSTMASTER),
+            Decision::Send {
+                kind: NoticeKind::Delay,
+                to: "alice@example.org".into()
+            }
+        );
+    }
+
+    #[test]
+    fn our_failed_dsn_goes_to_the_postmaster_once() {
+        for marker in [DSN_FAILURE, DSN_DELAY] {
+            let env = envelope("", Some(marker));
+            assert_eq!(
+                decide(&env, BounceKind::Failure, true, POSTMASTER),
+                Decision::Send {
+                    kind: NoticeKind::DoubleBounce,
+                    to: POSTMASTER.into()
+                }
+            );
+        }
+        let failed_double = envelope("", Some(DSN_DOUBLE_BOUNCE));
+        assert!(matches!(
+            decide(&failed_double, BounceKind::Failure, true, POSTMASTER),
+            Decision::Nothing(_)
+        ));
+    }
+
+    #[test]
+    fn nothing_is_ever_sent_for_a_foreign_null_sender_message() {
+        for marker in [None, Some("something-else")] {
+            let env = envelope("", marker);
+            for kind in [BounceKind::Failure, BounceKind::Delay] {
+                assert!(matches!(
+                    decide(&env, kind, true, POSTMASTER),
+                    Decision::Nothing(_)
+                ));
+            }
+        }
+    }
+
+    #[test]
+    fn a_metadata_marker_does_not_matter_when_there_is_a_sender() {
+        // Only the null sender makes a message a bounce.
+        let env = envelope("alice@example.org", Some(DSN_DOUBLE_BOUNCE));
+        assert!(matches!(
+            decide(&env, BounceKind::Failure, true, POSTMASTER),
+            Decision::Send {
+                kind: NoticeKind::Failure,
+                ..
+            }
+        ));
+    }
+
+    #[test]
+    fn disabled_means_silence() {
+        let env = envelope("alice@example.org", None);
+        assert!(matches!(
+            decide(&env, BounceKind::Failure, false, POSTMASTER),
+            Decision::Nothing(_)
+        ));
+    }
+}

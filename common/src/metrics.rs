@@ -1,0 +1,434 @@
+//! Every metric of the system, defined once, under the names the alert
+//! rules and runbooks use (`etc/prometheus-alerts.yml`).
+//!
+//! Each daemon updates its own values in this process-wide registry with
+//! one-line calls (`metrics::get().smtp_messages_received_total.inc()`).
+//! The master serves `/metrics` for the whole system: it asks every
+//! daemon for a [`Snapshot`] of its values over a Unix socket in
+//! `private/metrics/` ([`exporter`]), adds them up (several smtpd
+//! processes are summed) and renders the Prometheus text format
+//! ([`snapshot::render`]).
+//!
+//! Domain labels are capped: past `metrics.max_domain_cardinality`
+//! distinct domains, new ones are counted under `other`, except the
+//! `metrics.high_priority_domains`, which always keep their own label.
+
+pub mod exporter;
+pub mod snapshot;
+
+use std::collections::HashSet;
+use std::sync::{LazyLock, Mutex, OnceLock};
+
+use prometheus::{
+    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+};
+
+pub use snapshot::{Family, Kind, Sample, Snapshot, Value};
+
+/// The label value that domains past the cardinality cap share.
+pub const OTHER_DOMAIN: &str = "other";
+
+/// The `status` label of `empath_delivery_attempts_total`.
+pub mod status {
+    pub const DELIVERED: &str = "delivered";
+    pub const DEFERRED: &str = "deferred";
+    pub const FAILED: &str = "failed";
+}
+
+/// A circuit breaker's state, as `empath_delivery_circuit_breaker_state`
+/// shows it: the value (0 closed, 1 open, 2 half-open) and the `state`
+/// label name it, so that both `== 1` and `{state="Open"}` find open ones.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BreakerState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+impl BreakerState {
+    const ALL: [Self; 3] = [Self::Closed, Self::Open, Self::HalfOpen];
+
+    fn label(self) -> &'static str {
+        match self {
+            Self::Closed => "Closed",
+            Self::Open => "Open",
+            Self::HalfOpen => "HalfOpen",
+        }
+    }
+
+    fn value(self) -> i64 {
+        match self {
+            Self::Closed => 0,
+            Self::Open => 1,
+            Self::HalfOpen => 2,
+        }
+    }
+}
+
+/// The metrics a daemon may update. Each daemon only touches its own.
+pub struct Metrics {
+    registry: Registry,
+    /// Every family, so that a snapshot names the labelled ones too
+    /// before their first sample (the registry leaves those out).
+    declared: Vec<(String, String, Kind)>,
+    // smtpd
+    pub smtp_connections_total: IntCounter,
+    pub smtp_connections_active: IntGauge,
+    pub smtp_connection_errors_total: IntCounter,
+    pub smtp_messages_received_total: IntCounter,
+    // smtp-out
+    delivery_attempts_total: IntCounterVec,
+    pub dns_cache_hits_total: IntCounter,
+    pub dns_cache_misses_total: IntCounter,
+    pub dns_cache_evictions_total: IntCounter,
+    pub dns_lookup_duration_seconds: Histogram,
+    // qmgr
+    delivery_rate_limited_total: IntCounterVec,
+    pub delivery_rate_limit_delay_seconds: Histogram,
+    delivery_circuit_breaker_state: IntGaugeVec,
+    delivery_circuit_breaker_trips_total: IntCounterVec,
+    pub delivery_queue_age_seconds: Histogram,
+    pub delivery_retries_total: IntCounter,
+    // master (about the daemons it supervises)
+    process_up: IntGaugeVec,
+    process_restarts_total: IntCounterVec,
+    process_throttled: IntGaugeVec,
+}
+
+/// Buckets for the age of a message when it leaves the queue: from a
+/// second to five days.
+const QUEUE_AGE_BUCKETS: [f64; 12] = [
+    1.0, 5.0, 15.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 14_400.0, 43_200.0, 86_400.0, 432_000.0,
+];
+/// Buckets for one DNS lookup.
+const DNS_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+/// Buckets for how long a rate limit holds a delivery back.
+const DELAY_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0];
+
+impl Metrics {
+    fn new() -> Result<Self, prometheus::Error> {
+        let registry = Registry::new();
+        let declared = std::cell::RefCell::new(Vec::new());
+        let declare = |name: &str, help: &str, kind: Kind| {
+            declared
+                .borrow_mut()
+                .push((name.to_owned(), help.to_owned(), kind));
+        };
+        let counter = |name: &str, help: &str| -> Result<IntCounter, prometheus::Error> {
+            declare(name, help, Kind::Counter);
+            let metric = IntCounter::new(name, help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let gauge = |name: &str, help: &str| -> Result<IntGauge, prometheus::Error> {
+            declare(name, help, Kind::Gauge);
+            let metric = IntGauge::new(name, help)?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
+        let counters =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntCounterVec, prometheus::Error> {
+                declare(name, help, Kind::Counter);
+                let metric = IntCounterVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let gauges =
+            |name: &str, help: &str, labels: &[&str]| -> Result<IntGaugeVec, prometheus::Error> {
+                declare(name, help, Kind::Gauge);
+                let metric = IntGaugeVec::new(Opts::new(name, help), labels)?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let histogram =
+            |name: &str, help: &str, buckets: &[f64]| -> Result<Histogram, prometheus::Error> {
+                declare(name, help, Kind::Histogram);
+                let metric =
+                    Histogram::with_opts(HistogramOpts::new(name, help).buckets(buckets.to_vec()))?;
+                registry.register(Box::new(metric.clone()))?;
+                Ok(metric)
+            };
+        let mut metrics = Self {
+            declared: Vec::new(),
+            smtp_connections_total: counter(
+                "empath_smtp_connections_total",
+                "SMTP connections accepted.",
+            )?,
+            smtp_connections_active: gauge(
+                "empath_smtp_connections_active",
+                "SMTP sessions in progress.",
+            )?,
+            smtp_connection_errors_total: counter(
+                "empath_smtp_connection_errors_total",
+                "SMTP sessions that ended with an I/O error or a timeout.",
+            )?,
+            smtp_messages_received_total: counter(
+                "empath_smtp_messages_received_total",
+                "Messages accepted with 250 after a durable queue write.",
+            )?,
+            delivery_attempts_total: counters(
+                "empath_delivery_attempts_total",
+                "Delivery attempts per recipient, by outcome (delivered, deferred, failed) and domain.",
+                &["status", "domain"],
+            )?,
+            dns_cache_hits_total: counter(
+                "empath_dns_cache_hits_total",
+                "DNS lookups answered from the cache.",
+            )?,
+            dns_cache_misses_total: counter(
+                "empath_dns_cache_misses_total",
+                "DNS lookups that had to ask a name server.",
+            )?,
+            dns_cache_evictions_total: counter(
+                "empath_dns_cache_evictions_total",
+                "DNS cache entries dropped to make room.",
+            )?,
+            dns_lookup_duration_seconds: histogram(
+                "empath_dns_lookup_duration_seconds",
+                "Time spent asking name servers, per lookup.",
+                &DNS_BUCKETS,
+            )?,
+            delivery_rate_limited_total: counters(
+                "empath_delivery_rate_limited_total",
+                "Deliveries held back by a rate limit, by domain.",
+                &["domain"],
+            )?,
+            delivery_rate_limit_delay_seconds: histogram(
+                "empath_delivery_rate_limit_delay_seconds",
+                "How long a rate limit held a delivery back.",
+                &DELAY_BUCKETS,
+            )?,
+            delivery_circuit_breaker_state: gauges(
+                "empath_delivery_circuit_breaker_state",
+                "Circuit breaker per domain: 0 closed, 1 open, 2 half-open (also in the state label).",
+                &["domain", "state"],
+            )?,
+            delivery_circuit_breaker_trips_total: counters(
+                "empath_delivery_circuit_breaker_trips_total",
+                "Times a domain's circuit breaker opened.",
+                &["domain"],
+            )?,
+            delivery_queue_age_seconds: histogram(
+                "empath_delivery_queue_age_seconds",
+                "Time from arrival until a message left the queue (delivered or bounced).",
+                &QUEUE_AGE_BUCKETS,
+            )?,
+            delivery_retries_total: counter(
+                "empath_delivery_retries_total",
+                "Messages deferred for another attempt.",
+            )?,
+            process_up: gauges(
+                "empath_process_up",
+                "Daemon processes running, by daemon.",
+                &["daemon"],
+            )?,
+            process_restarts_total: counters(
+                "empath_process_restarts_total",
+                "Times the master restarted a daemon that died.",
+                &["daemon"],
+            )?,
+            process_throttled: gauges(
+                "empath_process_throttled",
+                "1 while a daemon is throttled after crashing before serving.",
+                &["daemon"],
+            )?,
+            registry,
+        };
+        metrics.declared = declared.take();
+        Ok(metrics)
+    }
+
+    /// Counts one delivery attempt for one recipient.
+    pub fn delivery_attempt(&self, status: &str, domain: &str) {
+        self.delivery_attempts_total
+            .with_label_values(&[status, &domain_label(domain)])
+            .inc();
+    }
+
+    /// Counts a delivery that a rate limit held back for `delay_secs`.
+    pub fn rate_limited(&self, domain: &str, delay_secs: f64) {
+        self.delivery_rate_limited_total
+            .with_label_values(&[&domain_label(domain)])
+            .inc();
+        self.delivery_rate_limit_delay_seconds.observe(delay_secs);
+    }
+
+    /// Records a domain's circuit breaker state; opening counts a trip.
+    pub fn circuit_breaker(&self, domain: &str, state: BreakerState) {
+        let domain = domain_label(domain);
+        for other in BreakerState::ALL {
+            if other != state {
+                let _ = self
+                    .delivery_circuit_breaker_state
+                    .remove_label_values(&[&domain, other.label()]);
+            }
+        }
+        self.delivery_circuit_breaker_state
+            .with_label_values(&[&domain, state.label()])
+            .set(state.value());
+        if state == BreakerState::Open {
+            self.delivery_circuit_breaker_trips_total
+                .with_label_values(&[&domain])
+                .inc();
+        }
+    }
+
+    /// Exports the master's series for `daemon` at zero, so that they
+    /// exist before the first restart.
+    pub fn daemon_declared(&self, daemon: &str) {
+        self.process_up.with_label_values(&[daemon]).set(0);
+        self.process_restarts_total
+            .with_label_values(&[daemon])
+            .inc_by(0);
+        self.process_throttled.with_label_values(&[daemon]).set(0);
+    }
+
+    /// The master's view of one daemon: processes up, restarts, throttled.
+    pub fn daemon_up(&self, daemon: &str, running: i64) {
+        self.process_up.with_label_values(&[daemon]).set(running);
+    }
+
+    pub fn daemon_restarted(&self, daemon: &str) {
+        self.process_restarts_total
+            .with_label_values(&[daemon])
+            .inc();
+    }
+
+    pub fn daemon_throttled(&self, daemon: &str, throttled: bool) {
+        self.process_throttled
+            .with_label_values(&[daemon])
+            .set(i64::from(throttled));
+    }
+
+    /// This process's current values.
+    pub fn snapshot(&self) -> Snapshot {
+        let mut snapshot = Snapshot::from_families(&self.registry.gather());
+        for (name, help, kind) in &self.declared {
+            if !snapshot.families.iter().any(|f| &f.name == name) {
+                snapshot.families.push(Family {
+                    name: name.clone(),
+                    help: help.clone(),
+                    kind: *kind,
+                    samples: Vec::new(),
+                });
+            }
+        }
+        snapshot
+    }
+}
+
+/// The definitions are constants, so building the registry only fails on
+/// a programming error (a duplicate or malformed name), which the unit
+/// tests rule out.
+static METRICS: LazyLock<Metrics> = LazyLock::new(|| match Metrics::new() {
+    Ok(metrics) => metrics,
+    Err(error) => {
+        eprintln!("empath: invalid metric definitions: {error}");
+        std::process::abort()
+    }
+});
+
+/// The process-wide metrics.
+pub fn get() -> &'static Metrics {
+    &METRICS
+}
+
+/// Which domains keep their own label.
+struct DomainLabels {
+    max: usize,
+    high_priority: HashSet<String>,
+    seen: Mutex<HashSet<String>>,
+}
+
+static DOMAIN_LABELS: OnceLock<DomainLabels> = OnceLock::new();
+
+/// Applies the `metrics` config section (domain cardinality). Called once
+/// at daemon start; later calls are ignored.
+pub fn configure(config: &crate::config::Metrics) {
+    let _ = DOMAIN_LABELS.set(DomainLabels {
+        max: config.max_domain_cardinality,
+        high_priority: config
+            .high_priority_domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect(),
+        seen: Mutex::new(HashSet::new()),
+    });
+}
+
+/// The label for `domain`: itself, or [`OTHER_DOMAIN`] once the cap is
+/// reached by other domains.
+pub fn domain_label(domain: &str) -> String {
+    let domain = domain.to_ascii_lowercase();
+    let Some(labels) = DOMAIN_LABELS.get() else {
+        return domain;
+    };
+    if labels.high_priority.contains(&domain) {
+        return domain;
+    }
+    let Ok(mut seen) = labels.seen.lock() else {
+        return OTHER_DOMAIN.to_owned();
+    };
+    if seen.contains(&domain) {
+        return domain;
+    }
+    if seen.len() < labels.max {
+        seen.insert(domain.clone());
+        return domain;
+    }
+    OTHER_DOMAIN.to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_metric_registers_under_a_distinct_name() {
+        let metrics = Metrics::new().expect("valid metric definitions");
+        metrics.smtp_connections_total.inc();
+        metrics.delivery_attempt(status::DELIVERED, "a.example");
+        metrics.circuit_breaker("b.example", BreakerState::Open);
+        metrics.circuit_breaker("b.example", BreakerState::HalfOpen);
+        let snapshot = metrics.snapshot();
+        let family = |name: &str| {
+            snapshot
+                .families
+                .iter()
+                .find(|f| f.name == name)
+                .unwrap_or_else(|| panic!("{name} missing"))
+        };
+        assert_eq!(
+            family("empath_smtp_connections_total").samples[0].value,
+            Value::Scalar(1.0)
+        );
+        let breaker = family("empath_delivery_circuit_breaker_state");
+        assert_eq!(
+            breaker.samples.len(),
+            1,
+            "one series per domain: {breaker:?}"
+        );
+        assert_eq!(breaker.samples[0].value, Value::Scalar(2.0));
+        assert!(
+            breaker.samples[0]
+                .labels
+                .contains(&("state".into(), "HalfOpen".into()))
+        );
+        let trips = family("empath_delivery_circuit_breaker_trips_total");
+        assert_eq!(trips.samples[0].value, Value::Scalar(1.0));
+    }
+
+    #[test]
+    fn domains_past_the_cap_are_labelled_other_except_high_priority() {
+        configure(&crate::config::Metrics {
+            max_domain_cardinality: 2,
+            high_priority_domains: vec!["vip.example".into()],
+            ..crate::config::Metrics::default()
+        });
+        assert_eq!(domain_label("one.example"), "one.example");
+        assert_eq!(domain_label("TWO.example"), "two.example");
+        assert_eq!(domain_label("three.example"), OTHER_DOMAIN);
+        assert_eq!(domain_label("one.example"), "one.example");
+        assert_eq!(domain_label("vip.example"), "vip.example");
+    }
+}

@@ -1,0 +1,102 @@
+//! The relay policy: which recipients a client may send to. Mail for our
+//! own domains (`relay_domains` and the host name) is accepted from anyone;
+//! mail for any other domain only from `mynetworks` or an authenticated
+//! client. Anything else would make us an open relay.
+
+use std::net::IpAddr;
+
+use empath_common::config::{Network, Smtpd};
+
+#[derive(Debug, Clone, Default)]
+pub struct RelayPolicy {
+    /// Lower-cased; an entry `.example.com` matches its subdomains.
+    local_domains: Vec<String>,
+    mynetworks: Vec<Network>,
+}
+
+impl RelayPolicy {
+    pub fn new(hostname: &str, config: &Smtpd) -> Self {
+        let mut local_domains: Vec<String> = config
+            .relay_domains
+            .iter()
+            .map(|d| d.to_ascii_lowercase())
+            .collect();
+        local_domains.push(hostname.to_ascii_lowercase());
+        Self {
+            local_domains,
+            mynetworks: config.mynetworks.clone(),
+        }
+    }
+
+    /// A policy that trusts these networks and accepts these domains.
+    pub fn with(domains: &[&str], mynetworks: &[Network]) -> Self {
+        Self {
+            local_domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
+            mynetworks: mynetworks.to_vec(),
+        }
+    }
+
+    /// Whether the client's address is in `mynetworks`.
+    pub fn trusts(&self, client: Option<IpAddr>) -> bool {
+        client.is_some_and(|ip| self.mynetworks.iter().any(|n| n.contains(ip)))
+    }
+
+    /// Whether `address` (local@domain) is in one of our domains.
+    pub fn is_local(&self, address: &str) -> bool {
+        let Some((_, domain)) = address.rsplit_once('@') else {
+            return false;
+        };
+        let domain = domain.trim_end_matches('.').to_lowercase();
+        self.local_domains
+            .iter()
+            .any(|local| match local.strip_prefix('.') {
+                Some(parent) => domain
+                    .strip_suffix(parent)
+                    .is_some_and(|head| head.ends_with('.')),
+                None => *local == domain,
+            })
+    }
+
+    /// Whether a client may send to `address`.
+    pub fn allows(&self, address: &str, client: Option<IpAddr>, authenticated: bool) -> bool {
+        authenticated || self.is_local(address) || self.trusts(client)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy() -> RelayPolicy {
+        let nets: Vec<Network> = ["10.0.0.0/8"]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        RelayPolicy::with(&["mx.example", "Ours.example", ".sub.example"], &nets)
+    }
+
+    fn ip(text: &str) -> Option<IpAddr> {
+        text.parse().ok()
+    }
+
+    #[test]
+    fn local_domains_are_open_to_anyone() {
+        let policy = policy();
+        let stranger = ip("192.0.2.1");
+        assert!(policy.allows("bob@ours.EXAMPLE", stranger, false));
+        assert!(policy.allows("bob@mx.example.", stranger, false));
+        assert!(policy.allows("bob@a.sub.example", stranger, false));
+        assert!(!policy.allows("bob@sub.example", stranger, false));
+        assert!(!policy.allows("bob@notours.example", stranger, false));
+        assert!(!policy.allows("bob@xours.example", stranger, false));
+    }
+
+    #[test]
+    fn foreign_domains_need_mynetworks_or_auth() {
+        let policy = policy();
+        assert!(!policy.allows("bob@foreign.example", ip("192.0.2.1"), false));
+        assert!(!policy.allows("bob@foreign.example", None, false));
+        assert!(policy.allows("bob@foreign.example", ip("10.1.2.3"), false));
+        assert!(policy.allows("bob@foreign.example", ip("192.0.2.1"), true));
+    }
+}
