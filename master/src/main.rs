@@ -5,6 +5,7 @@ mod control;
 mod control_socket;
 mod http;
 mod listeners;
+mod modules;
 mod privileges;
 mod spawn;
 mod supervisor;
@@ -52,6 +53,10 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
+    if let Err(message) = modules::check(&config) {
+        eprintln!("empath: {message}");
+        return ExitCode::from(EX_CONFIG);
+    }
     if let Some(Command::CheckConfig) = args.command {
         println!("{}: config OK", config.path.display());
         return ExitCode::SUCCESS;

@@ -23,6 +23,16 @@
  * same module sees it again in the delivery events, possibly days later and
  * in another process.
  *
+ * Threads: smtpd serves many sessions at once, so callbacks may run on
+ * several threads at the same time, each call with its own context. A
+ * module that keeps mutable state of its own must lock it. A callback that
+ * crashes takes down the daemon that ran it (smtpd or qmgr); the master
+ * restarts it, and the client of that session sees the connection drop.
+ *
+ * Metadata set by validation callbacks up to RcptTo is stored with the
+ * message; metadata set in on_data is seen by later modules in the same
+ * call only, since the envelope is written before the data arrives.
+ *
  * The accessor functions are static inline: they call through the table in
  * the context, so a module needs no symbols from the host executable.
  */

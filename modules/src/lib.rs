@@ -94,9 +94,17 @@ pub struct Rejection {
 }
 
 /// One loaded module. The library stays loaded for as long as this lives.
+///
+/// Only the callback tables of the declaration are kept, not its `name`
+/// pointer (copied into `name` at load): the tables hold nothing but
+/// function pointers, so `Module` and [`Modules`] are `Send + Sync` without
+/// any `unsafe impl`, and one set of modules can serve every session task
+/// of a multi-threaded daemon. The C side of that contract is in empath.h:
+/// callbacks may run on several threads at once, each with its own context.
 pub struct Module {
     name: String,
-    declaration: Declaration,
+    validation: ValidationListener,
+    events: EventListener,
     _library: libloading::Library,
 }
 
@@ -155,7 +163,8 @@ impl Module {
         tracing::info!(module = %name, path = %path.display(), "module loaded");
         Ok(Self {
             name,
-            declaration,
+            validation: declaration.validation,
+            events: declaration.events,
             _library: library,
         })
     }
@@ -165,7 +174,7 @@ impl Module {
     }
 
     fn validator(&self, point: Validation) -> ValidateFn {
-        let listener = &self.declaration.validation;
+        let listener = &self.validation;
         match point {
             Validation::Connect => listener.on_connect,
             Validation::MailFrom => listener.on_mail_from,
@@ -176,7 +185,7 @@ impl Module {
     }
 
     fn handler(&self, event: Event) -> EventFn {
-        let listener = &self.declaration.events;
+        let listener = &self.events;
         match event {
             Event::ConnectionOpened => listener.on_connection_opened,
             Event::ConnectionClosed => listener.on_connection_closed,
@@ -190,6 +199,12 @@ impl Module {
 #[derive(Default)]
 pub struct Modules {
     modules: Vec<Module>,
+}
+
+impl std::fmt::Debug for Modules {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.names()).finish()
+    }
 }
 
 impl Modules {
@@ -206,6 +221,22 @@ impl Modules {
 
     pub fn is_empty(&self) -> bool {
         self.modules.is_empty()
+    }
+
+    /// True if some module has a callback for `point`: lets the host skip
+    /// work (such as keeping a copy of the message for Data) nobody needs.
+    pub fn wants(&self, point: Validation) -> bool {
+        self.modules.iter().any(|m| m.validator(point).is_some())
+    }
+
+    /// True if some module has a handler for `event`.
+    pub fn wants_event(&self, event: Event) -> bool {
+        self.modules.iter().any(|m| m.handler(event).is_some())
+    }
+
+    /// The names of the loaded modules, in config order.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        self.modules.iter().map(Module::name)
     }
 
     /// Runs the validation callbacks in order; the first that returns
@@ -253,3 +284,10 @@ impl Modules {
         }
     }
 }
+
+/// One `Modules` serves every session task of smtpd's multi-threaded
+/// runtime: it must stay shareable.
+const _: () = {
+    const fn shareable<T: Send + Sync>() {}
+    shareable::<Modules>();
+};

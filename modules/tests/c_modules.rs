@@ -139,3 +139,18 @@ fn nul_bytes_from_a_module_are_removed() {
         (554, "5.7.1 beforeafter")
     );
 }
+
+#[test]
+fn crash_on_rcpt_builds_and_wants_only_rcpt_to() {
+    let dir = tempfile::tempdir().unwrap();
+    let library = build("crash_on_rcpt", dir.path());
+    let modules = Modules::load([(library.as_path(), &[][..])]).unwrap();
+    assert!(modules.wants(Validation::RcptTo));
+    assert!(!modules.wants(Validation::Data) && !modules.wants(Validation::MailFrom));
+    // Other recipients pass; crash@sink.test would abort this test process.
+    assert!(
+        modules
+            .validate(Validation::RcptTo, &mut context("a@client.test"))
+            .is_ok()
+    );
+}

@@ -213,12 +213,18 @@ impl SmtpOut {
         job: &DeliveryJob,
         remote: &str,
     ) -> Result<Vec<RecipientResult>, SessionError> {
-        let mut content = tokio::fs::File::open(self.queue.content_path(job.id))
+        let queue = self.queue.clone();
+        let id = job.id;
+        let opened = tokio::task::spawn_blocking(move || queue.open_content_with_len(id))
             .await
-            .map_err(|e| SessionError::Io {
-                phase: "opening queued content",
-                detail: e.to_string(),
-            })?;
+            .map_err(std::io::Error::other)
+            .and_then(|opened| opened);
+        let (file, len) = opened.map_err(|e| SessionError::Io {
+            phase: "opening queued content",
+            detail: e.to_string(),
+        })?;
+        // The content file may end with the sealed envelope: send only the content.
+        let mut content = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
         transaction::run(connection, job, &mut content, remote).await
     }
 

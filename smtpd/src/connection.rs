@@ -24,7 +24,8 @@ use crate::auth::{self, Mechanism};
 use crate::cleanup_client::{CHUNK_SIZE, CleanupClient};
 use crate::data_decoder::DataDecoder;
 use crate::lines::{self, Line, MAX_COMMAND_LINE};
-use crate::parser::parse_command;
+use crate::module_hooks::ModuleHooks;
+use crate::parser::{Command, parse_command};
 use crate::reply;
 use crate::session::{Action, Session};
 use crate::settings::Settings;
@@ -49,6 +50,8 @@ pub enum End {
     Timeout,
     TooManyErrors,
     TooManyAuthFailures,
+    /// A plugin module refused the connection (at Connect or StartTls).
+    RejectedByModule,
     /// The TLS handshake failed; nothing more can be said in clear.
     TlsFailed(String),
     Io(io::Error),
@@ -62,6 +65,7 @@ impl fmt::Display for End {
             Self::Timeout => f.write_str("timeout"),
             Self::TooManyErrors => f.write_str("too many errors"),
             Self::TooManyAuthFailures => f.write_str("too many authentication failures"),
+            Self::RejectedByModule => f.write_str("rejected by a module"),
             Self::TlsFailed(error) => write!(f, "TLS handshake failed: {error}"),
             Self::Io(error) => write!(f, "I/O error: {error}"),
         }
@@ -73,10 +77,16 @@ pub async fn serve<S>(stream: S, peer: String, settings: Arc<Settings>) -> End
 where
     S: Stream + 'static,
 {
-    tracing::info!(client = %peer, "connect");
     let mut connection = Connection::new(stream, peer, settings);
+    tracing::info!(
+        client = %connection.peer,
+        session = %connection.hooks.session_id(),
+        "connect"
+    );
+    connection.hooks.opened();
     let end = connection.run().await;
     connection.close(&end).await;
+    connection.hooks.closed();
     tracing::info!(
         client = %connection.peer,
         reason = %end,
@@ -106,6 +116,18 @@ struct Connection {
     tls: Option<String>,
     /// The message of a BDAT transaction, between chunks.
     chunks: Option<Chunks>,
+    /// The plugin modules' view of this session.
+    hooks: ModuleHooks,
+    /// A copy of the message being received, kept only while a module
+    /// wants to read it at Data (and the message is within the size limit).
+    data_copy: Option<Vec<u8>>,
+}
+
+/// The commands whose acceptance the modules have a say in.
+#[derive(Clone, Copy)]
+enum Checked {
+    Mail,
+    Rcpt,
 }
 
 /// A message arriving in BDAT chunks (RFC 3030).
@@ -124,6 +146,11 @@ impl Connection {
             .ok()
             .map(|a| a.ip().to_canonical());
         let boxed: BoxedStream = Box::new(stream);
+        let hooks = ModuleHooks::new(
+            Arc::clone(&settings.modules),
+            client_ip.map_or_else(|| peer.clone(), |ip| ip.to_string()),
+            settings.metadata.clone(),
+        );
         Self {
             io: BufReader::with_capacity(READ_BUFFER, boxed),
             out: Vec::new(),
@@ -135,10 +162,18 @@ impl Connection {
             client_ip,
             tls: None,
             chunks: None,
+            hooks,
+            data_copy: None,
         }
     }
 
     async fn run(&mut self) -> End {
+        // A module's refusal takes the place of the greeting (RFC 5321
+        // section 3.1 allows 554 there).
+        if let Err(refusal) = self.hooks.connect() {
+            self.send(&refusal);
+            return End::RejectedByModule;
+        }
         self.send(&reply::greeting(&self.settings.hostname));
         loop {
             if self.session.too_many_errors() {
@@ -150,7 +185,16 @@ impl Connection {
                 Err(end) => return end,
             };
             let action = match line {
-                Line::Complete(bytes) => self.session.handle(parse_command(&bytes)),
+                Line::Complete(bytes) => {
+                    let command = parse_command(&bytes);
+                    let checked = match &command {
+                        Ok(Command::Mail { .. }) => Some(Checked::Mail),
+                        Ok(Command::Rcpt { .. }) => Some(Checked::Rcpt),
+                        _ => None,
+                    };
+                    let action = self.session.handle(command);
+                    self.ask_modules(checked, action)
+                }
                 Line::TooLong => Action::Reply(self.session.line_too_long()),
                 Line::Eof => return End::ClientClosed,
             };
@@ -171,8 +215,16 @@ impl Connection {
                     }
                 }
                 Action::StartTls => {
+                    let before = self.tls.is_some();
                     if let Err(end) = self.start_tls().await {
                         return end;
+                    }
+                    if !before
+                        && self.tls.is_some()
+                        && let Err(refusal) = self.hooks.tls_started()
+                    {
+                        self.send(&refusal);
+                        return End::RejectedByModule;
                     }
                 }
                 Action::Auth { mechanism, initial } => {
@@ -192,10 +244,46 @@ impl Connection {
                     self.send(&reply);
                 }
             }
-            // RSET, EHLO, ... end a BDAT transaction; so does its last chunk.
+            // RSET, EHLO, ... end a BDAT transaction; so does its last
+            // chunk. What modules set for the transaction ends with it.
             if self.session.transaction().is_none() {
                 self.chunks = None;
+                self.data_copy = None;
+                self.hooks.end_transaction();
             }
+        }
+    }
+
+    /// MAIL or RCPT that smtpd accepted goes to the modules, which may
+    /// still refuse it: a refused MAIL starts no transaction, a refused
+    /// RCPT adds no recipient.
+    fn ask_modules(&mut self, checked: Option<Checked>, action: Action) -> Action {
+        let accepted = matches!(&action, Action::Reply(reply) if reply.is_positive());
+        let Some(transaction) = self.session.transaction().filter(|_| accepted) else {
+            return action;
+        };
+        let verdict = match checked {
+            None => return action,
+            Some(Checked::Mail) => {
+                let sender = transaction.sender.clone();
+                self.hooks.mail_from(&sender).inspect_err(|_| {
+                    self.session.finish_transaction();
+                })
+            }
+            Some(Checked::Rcpt) => {
+                let recipient = transaction
+                    .recipients
+                    .last()
+                    .map(|r| r.address.clone())
+                    .unwrap_or_default();
+                self.hooks.rcpt_to(&recipient).inspect_err(|_| {
+                    self.session.drop_last_recipient();
+                })
+            }
+        };
+        match verdict {
+            Ok(()) => action,
+            Err(refusal) => Action::Reply(refusal),
         }
     }
 
@@ -321,11 +409,14 @@ impl Connection {
     async fn receive_chunk(&mut self, size: u64, last: bool) -> Result<(), End> {
         let mut chunks = match self.chunks.take() {
             Some(chunks) => chunks,
-            None => Chunks {
-                sink: self.open_submission().await,
-                size: 0,
-                too_big: false,
-            },
+            None => {
+                self.data_copy = self.hooks.wants_data().then(Vec::new);
+                Chunks {
+                    sink: self.open_submission().await,
+                    size: 0,
+                    too_big: false,
+                }
+            }
         };
         chunks.size = chunks.size.saturating_add(size);
         if !chunks.too_big
@@ -335,6 +426,7 @@ impl Connection {
                 .is_some_and(|limit| chunks.size > limit)
         {
             chunks.too_big = true;
+            self.data_copy = None;
             if let Some(sink) = chunks.sink.take() {
                 sink.abort().await;
             }
@@ -401,6 +493,11 @@ impl Connection {
             block.progress(&piece, data_block);
             self.io.consume(take);
             remaining -= take as u64;
+            if sink.is_some()
+                && let Some(copy) = &mut self.data_copy
+            {
+                copy.extend_from_slice(&piece);
+            }
             if let Some(slot) = sink.as_deref_mut()
                 && let Some(open) = slot
                 && let Err(error) = open.write(&piece).await
@@ -484,6 +581,7 @@ impl Connection {
             };
         self.send(&reply::start_data());
         self.flush().await?;
+        self.data_copy = self.hooks.wants_data().then(Vec::new);
         let received = self.read_message(sink).await?;
         let reply = match received {
             Received::TooBig { size } => {
@@ -508,6 +606,12 @@ impl Connection {
             .transaction()
             .map(|t| (t.sender.clone(), t.recipients.len()))
             .unwrap_or_default();
+        // The modules' last word, before cleanup is told to queue.
+        let content = self.data_copy.take().unwrap_or_default();
+        if let Err(refusal) = self.hooks.data(content) {
+            sink.abort().await;
+            return refusal;
+        }
         match sink.commit().await {
             Ok(CleanupReply::Queued { id }) => {
                 self.messages += 1;
@@ -564,6 +668,7 @@ impl Connection {
             size = size.saturating_add(content.len() as u64);
             if !too_big && size_limit.is_some_and(|limit| size > limit) {
                 too_big = true;
+                self.data_copy = None;
                 if let Some(sink) = sink.take() {
                     sink.abort().await;
                 }
@@ -573,6 +678,9 @@ impl Connection {
             {
                 tracing::warn!(client = %self.peer, %error, "lost cleanup while receiving a message");
                 sink = None;
+            }
+            if let Some(copy) = &mut self.data_copy {
+                copy.extend_from_slice(&content);
             }
             content.clear();
             if decoded.finished {
@@ -589,9 +697,11 @@ impl Connection {
     fn submission(&self) -> Option<Submission> {
         let transaction = self.session.transaction()?;
         let greeting = self.session.greeting()?;
+        let mut recipients = transaction.recipients.clone();
+        recipients.extend(self.hooks.added_recipients(&transaction.recipients));
         Some(Submission {
-            sender: transaction.sender.clone(),
-            recipients: transaction.recipients.clone(),
+            sender: self.hooks.sender(&transaction.sender),
+            recipients,
             client: ClientInfo {
                 addr: self.peer.clone(),
                 helo: greeting.name.clone(),
@@ -601,7 +711,8 @@ impl Connection {
                 authenticated_as: self.session.authenticated_as().map(str::to_owned),
             },
             dsn: transaction.dsn(),
-            metadata: self.settings.metadata.clone(),
+            // The listener's context, and what the modules set.
+            metadata: self.hooks.metadata(),
             smtputf8: transaction.params.smtputf8,
         })
     }

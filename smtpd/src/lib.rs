@@ -14,6 +14,7 @@
 //! - [`lines`]: bounded command-line reading;
 //! - [`connection`]: the I/O of one client, with timeouts;
 //! - [`cleanup_client`]: streaming a message to cleanup;
+//! - [`module_hooks`]: the plugin modules' calls during a session;
 //! - [`settings`]: per-listener settings from the config;
 //! - [`listeners`]: the inherited sockets and the accept loop.
 
@@ -24,6 +25,7 @@ pub mod data_decoder;
 pub mod limits;
 pub mod lines;
 pub mod listeners;
+pub mod module_hooks;
 pub mod params;
 pub mod parser;
 pub mod relay;

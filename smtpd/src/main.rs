@@ -15,6 +15,18 @@ use empath_smtpd::tls::TlsSlot;
 
 fn main() -> ExitCode {
     let empath_common::daemon::Daemon { config, queue } = daemon::start("smtpd");
+    // Loaded once, before any session: a module that cannot be loaded is
+    // a config error (EX_CONFIG), reported with its reason. Running
+    // without a policy module the operator configured would be worse.
+    let modules = match empath_modules::Modules::load(
+        config
+            .modules
+            .iter()
+            .map(|m| (m.name.as_path(), m.arguments.as_slice())),
+    ) {
+        Ok(modules) => Arc::new(modules),
+        Err(error) => return fail_with(&format!("cannot load modules: {error}"), EX_CONFIG),
+    };
     let configured = &config.smtp_controller.listeners;
     let inherited = match listeners::inherit(configured.len()) {
         Ok(inherited) => inherited,
@@ -58,6 +70,7 @@ fn main() -> ExitCode {
                 cleanup_socket.clone(),
                 Arc::clone(&relay),
                 auth.clone(),
+                Arc::clone(&modules),
             );
             tls_slots.extend(settings.tls.clone());
             accepting.spawn(listeners::accept_loop(
@@ -122,10 +135,17 @@ fn raise_fd_limit() {
     }
 }
 
+/// Exit status for config errors (sysexits EX_CONFIG), as the master's.
+const EX_CONFIG: u8 = 78;
+
 /// Logs a fatal error where both the log and an operator at a terminal
 /// see it, and exits with status 1.
 fn fail(message: &str) -> ExitCode {
+    fail_with(message, 1)
+}
+
+fn fail_with(message: &str, status: u8) -> ExitCode {
     tracing::error!(error = %message, "empath-smtpd cannot run");
     eprintln!("empath-smtpd: {message}");
-    ExitCode::from(1)
+    ExitCode::from(status)
 }

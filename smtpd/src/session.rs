@@ -149,6 +149,13 @@ impl Session {
         self.authenticated = None;
     }
 
+    /// A plugin module refused the recipient that RCPT just accepted.
+    pub fn drop_last_recipient(&mut self) {
+        if let Some(transaction) = &mut self.transaction {
+            transaction.recipients.pop();
+        }
+    }
+
     pub fn authenticated(&mut self, user: String) {
         self.authenticated = Some(user);
     }

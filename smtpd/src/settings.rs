@@ -6,6 +6,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use empath_common::config::{Extension, ListenerFields, ServerTimeouts, Smtpd};
+use empath_modules::Modules;
 
 use crate::auth::AuthState;
 use crate::relay::RelayPolicy;
@@ -35,6 +36,8 @@ pub struct Settings {
     /// The reply codes of VRFY and EXPN: 252 or 502.
     pub vrfy_code: u16,
     pub expn_code: u16,
+    /// The plugin modules, loaded once per process.
+    pub modules: Arc<Modules>,
 }
 
 /// Server timeouts (RFC 5321 section 4.5.3.2) as durations.
@@ -73,6 +76,7 @@ impl Settings {
         cleanup_socket: PathBuf,
         relay: Arc<RelayPolicy>,
         auth: Option<Arc<AuthState>>,
+        modules: Arc<Modules>,
     ) -> Self {
         let mut size_limit = Some(smtpd.max_message_size);
         let mut tls = None;
@@ -97,11 +101,12 @@ impl Settings {
             auth,
             vrfy_code: smtpd.vrfy_code,
             expn_code: smtpd.expn_code,
+            modules,
         }
     }
 
     /// Settings for tests: generous limits, an open relay from anywhere,
-    /// no TLS and no AUTH.
+    /// no TLS, no AUTH and no modules.
     pub fn for_tests(hostname: &str, cleanup_socket: PathBuf, timeouts: Timeouts) -> Self {
         let everyone: Vec<_> = ["0.0.0.0/0", "::/0"]
             .iter()
@@ -120,6 +125,7 @@ impl Settings {
             auth: None,
             vrfy_code: 252,
             expn_code: 502,
+            modules: Arc::new(Modules::default()),
         }
     }
 }

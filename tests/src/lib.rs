@@ -21,6 +21,7 @@ pub mod dns;
 pub mod dsn;
 pub mod mail;
 pub mod master;
+pub mod modules;
 pub mod mx;
 pub mod procfs;
 pub mod reliability;

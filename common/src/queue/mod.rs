@@ -1,20 +1,25 @@
 //! The queue directory and every operation on it.
 //!
-//! A message is two files:
+//! A message is two directory entries:
 //! - `data/ID`: the content, written once by cleanup and never rewritten;
 //! - `<state>/ID`: the envelope, where `<state>` is `incoming`, `active`,
 //!   `deferred`, `hold` or `corrupt`. A state change is one rename.
 //!
-//! Envelope updates are written whole to `tmp/`, fsynced, and renamed over
-//! the old file. No daemon builds a queue path by hand: they all go through
+//! cleanup seals the first envelope into the content file (see `sealed`)
+//! and hard-links that file into `incoming/`: a new message costs one inode
+//! and one file fsync. The first envelope update (qmgr deferring the
+//! message) replaces the link with an envelope file of its own. Envelope
+//! updates are written whole to `tmp/`, fsynced, and renamed over the old
+//! entry. No daemon builds a queue path by hand: they all go through
 //! [`Queue`].
 
 mod codec;
 mod envelope;
 mod id;
+mod sealed;
 
 use std::fs::File;
-use std::io::{self, BufWriter, Write};
+use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, SystemTime};
@@ -188,8 +193,33 @@ impl Queue {
         })
     }
 
-    pub fn open_content(&self, id: QueueId) -> io::Result<File> {
-        File::open(self.content_path(id))
+    /// Opens a message's content for reading; the reader ends where the
+    /// content ends (before the sealed envelope, if there is one).
+    pub fn open_content(&self, id: QueueId) -> io::Result<io::Take<File>> {
+        let (file, len) = self.open_content_with_len(id)?;
+        Ok(file.take(len))
+    }
+
+    /// Opens a message's content and says how long it is. For async
+    /// readers, which wrap the file themselves.
+    pub fn open_content_with_len(&self, id: QueueId) -> io::Result<(File, u64)> {
+        let mut file = File::open(self.content_path(id))?;
+        let len = match sealed::content_len(&mut file)? {
+            Some(len) => len,
+            None => file.metadata()?.len(),
+        };
+        Ok((file, len))
+    }
+
+    /// Makes a sealed content file (see [`ContentWriter::seal`]) the
+    /// message's entry in `incoming/`, with a hard link: no second file and
+    /// no rename. Follow with [`Queue::sync_new_entries`] before telling
+    /// anyone the message is queued.
+    pub fn link_new(&self, id: QueueId) -> io::Result<()> {
+        std::fs::hard_link(
+            self.content_path(id),
+            self.envelope_path(QueueState::Incoming, id),
+        )
     }
 
     /// Makes a new message visible in `incoming/`: the envelope goes to
@@ -210,9 +240,10 @@ impl Queue {
         safeio::write_then_rename(&self.tmp_path(envelope.id), &target, &encode(envelope))
     }
 
-    /// The second half of [`Queue::commit_new`]: makes the directory entries
-    /// of `data/` and `incoming/` durable. One call covers every message
-    /// staged before it started, which is what makes group commit work.
+    /// Makes the directory entries of new messages in `data/` and
+    /// `incoming/` durable. One call covers every message linked or staged
+    /// before it started, which is what makes group commit work. `data/`
+    /// goes first: an `incoming/` entry never outlives its content's.
     pub fn sync_new_entries(&self) -> io::Result<()> {
         safeio::fsync_dir(&self.root.join(DATA))?;
         safeio::fsync_dir(&self.root.join(QueueState::Incoming.dir_name()))
@@ -230,9 +261,14 @@ impl Queue {
         let _ = std::fs::remove_file(self.content_path(id));
     }
 
+    /// Reads an envelope: an envelope file, or (for a message not rewritten
+    /// since cleanup queued it) the envelope sealed into its content file.
     pub fn read(&self, state: QueueState, id: QueueId) -> Result<Envelope, ReadError> {
-        let bytes = std::fs::read(self.envelope_path(state, id))?;
-        let envelope = decode(&bytes)?;
+        let mut file = File::open(self.envelope_path(state, id))?;
+        let envelope = sealed::read_envelope(&mut file).map_err(|e| match e {
+            sealed::ReadEnvelopeError::Io(e) => ReadError::Io(e),
+            sealed::ReadEnvelopeError::Decode(e) => ReadError::Corrupt(e),
+        })?;
         if envelope.id != id {
             return Err(
                 DecodeError::Payload(format!("file {id} holds envelope {}", envelope.id)).into(),
@@ -388,7 +424,36 @@ impl ContentWriter {
         self.written
     }
 
-    /// Flushes and fsyncs the content; returns its size.
+    /// Ends the content: appends the message's first envelope and the
+    /// trailer, and fsyncs the file, once. `envelope.content_size` must be
+    /// [`ContentWriter::written`]. Returns the content size.
+    pub fn seal(self, envelope: &Envelope) -> io::Result<u64> {
+        let size = self.written;
+        self.seal_unsynced(envelope)?.sync_all()?;
+        Ok(size)
+    }
+
+    /// Like [`ContentWriter::seal`], but leaves the fsync to the caller, who
+    /// may first link the file into `incoming/`: on a journaling filesystem
+    /// one fsync of the file then commits the content, the file's creation
+    /// and the link together.
+    pub fn seal_unsynced(mut self, envelope: &Envelope) -> io::Result<File> {
+        let size = self.written;
+        if envelope.content_size != size {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "envelope says {} bytes of content, {size} were written",
+                    envelope.content_size
+                ),
+            ));
+        }
+        self.file.write_all(&sealed::tail(envelope, size))?;
+        self.file.into_inner().map_err(|e| e.into_error())
+    }
+
+    /// Flushes and fsyncs content that is not sealed (its envelope lives in
+    /// a file of its own); returns its size.
     pub fn finish(self) -> io::Result<u64> {
         let file = self.file.into_inner().map_err(|e| e.into_error())?;
         file.sync_all()?;
@@ -453,6 +518,78 @@ mod tests {
         queue.remove(QueueState::Deferred, id).unwrap();
         assert_eq!(queue.locate(id), None);
         assert!(!queue.content_path(id).exists());
+    }
+
+    /// A message as cleanup writes it: content and first envelope sealed
+    /// into one file, hard-linked into incoming/.
+    fn sealed(queue: &Queue, body: &[u8]) -> Envelope {
+        let id = QueueId::generate();
+        let mut content = queue.create_content(id).unwrap();
+        content.write_all(body).unwrap();
+        let mut sealed = envelope(id);
+        sealed.content_size = content.written();
+        content.seal(&sealed).unwrap();
+        queue.link_new(id).unwrap();
+        queue.sync_new_entries().unwrap();
+        sealed
+    }
+
+    fn content_of(queue: &Queue, id: QueueId) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        queue
+            .open_content(id)
+            .unwrap()
+            .read_to_end(&mut bytes)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn sealed_message_is_read_limited_and_rewritten() {
+        let (_dir, queue) = queue();
+        let body = b"Subject: x\r\n\r\nbody\r\n";
+        let mut env = sealed(&queue, body);
+        let id = env.id;
+        assert_eq!(queue.read(QueueState::Incoming, id).unwrap(), env);
+        assert_eq!(
+            content_of(&queue, id),
+            body,
+            "readers must stop before the sealed envelope"
+        );
+
+        // qmgr's first rewrite replaces the link with an envelope file of
+        // its own; the content is never rewritten.
+        queue
+            .move_unsynced(id, QueueState::Incoming, QueueState::Active)
+            .unwrap();
+        env.attempts = 1;
+        queue
+            .rewrite_and_move(&env, QueueState::Active, QueueState::Deferred)
+            .unwrap();
+        assert_eq!(queue.read(QueueState::Deferred, id).unwrap().attempts, 1);
+        assert_eq!(content_of(&queue, id), body);
+
+        queue.remove(QueueState::Deferred, id).unwrap();
+        assert_eq!(queue.locate(id), None);
+        assert!(!queue.content_path(id).exists());
+    }
+
+    #[test]
+    fn a_truncated_sealed_file_is_corrupt() {
+        let (_dir, queue) = queue();
+        let env = sealed(&queue, b"Subject: y\r\n\r\nbody\r\n");
+        let path = queue.content_path(env.id);
+        let len = std::fs::metadata(&path).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&path)
+            .unwrap()
+            .set_len(len - 3)
+            .unwrap();
+        assert!(matches!(
+            queue.read(QueueState::Incoming, env.id),
+            Err(ReadError::Corrupt(_))
+        ));
     }
 
     #[test]

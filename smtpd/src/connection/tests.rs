@@ -704,3 +704,164 @@ async fn a_client_dripping_data_is_cut_off_at_data_block() {
     assert!(matches!(client.end().await, End::Timeout));
     assert!(!cleanup.next().await.ended);
 }
+
+/// A policy module in C, built with gcc: refuses clients from 192.0.2.99
+/// at Connect, the recipient nobody@b.example at RcptTo, and messages that
+/// contain "VIRUS" at Data; sets metadata at Connect and MailFrom.
+const POLICY_MODULE: &str = r#"
+#include <string.h>
+#include "empath.h"
+static int on_connect(em_context *ctx) {
+    em_context_set_metadata(ctx, "seen_at_connect", "yes");
+    em_string client = em_context_get_client_address(ctx);
+    int refuse = client.data && strcmp(client.data, "192.0.2.99") == 0;
+    em_free_string(client);
+    if (refuse)
+        em_context_set_response(ctx, 554, "go away");
+    return refuse;
+}
+static int on_mail_from(em_context *ctx) {
+    em_string sender = em_context_get_sender(ctx);
+    em_context_set_metadata(ctx, "tx_sender", sender.data);
+    em_free_string(sender);
+    return 0;
+}
+static int on_rcpt_to(em_context *ctx) {
+    em_string_vector recipients = em_context_get_recipients(ctx);
+    int refuse = recipients.len > 0 && strcmp(recipients.data[recipients.len - 1].data, "nobody@b.example") == 0;
+    em_free_string_vector(recipients);
+    if (refuse)
+        em_context_set_response(ctx, 550, "5.1.1 no such user");
+    return refuse;
+}
+static int on_data(em_context *ctx) {
+    em_string data = em_context_get_data(ctx);
+    int refuse = data.data && strstr(data.data, "VIRUS") != NULL;
+    em_free_string(data);
+    if (refuse)
+        em_context_set_response(ctx, 554, "5.7.1 infected");
+    return refuse;
+}
+EM_DECLARE_MODULE(
+    .name = "policy",
+    .validation = {.on_connect = on_connect, .on_mail_from = on_mail_from,
+                   .on_rcpt_to = on_rcpt_to, .on_data = on_data},
+)
+"#;
+
+/// Settings with [`POLICY_MODULE`] loaded; keep the dir while they live.
+fn settings_with_policy(cleanup_socket: PathBuf) -> (Settings, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+    let source = dir.path().join("policy.c");
+    let library = dir.path().join("libpolicy.so");
+    std::fs::write(&source, POLICY_MODULE).unwrap_or_else(|e| panic!("write: {e}"));
+    let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/include");
+    let status = std::process::Command::new("gcc")
+        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-std=c11", "-I"])
+        .arg(include)
+        .arg(&source)
+        .arg("-o")
+        .arg(&library)
+        .status()
+        .unwrap_or_else(|e| panic!("gcc: {e}"));
+    assert!(status.success(), "gcc failed");
+    let modules = empath_modules::Modules::load([(library.as_path(), &[][..])])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let mut settings = settings(cleanup_socket);
+    settings.modules = Arc::new(modules);
+    (settings, dir)
+}
+
+#[tokio::test]
+async fn modules_refuse_recipients_and_content_and_tag_the_submission() {
+    let mut cleanup = FakeCleanup::start(Behaviour::Queue);
+    let (settings, _dir) = settings_with_policy(cleanup.socket.clone());
+    let mut client = Client::connect(settings).await;
+    client.expect("EHLO client.example", "250-mx.example").await;
+    client
+        .expect("MAIL FROM:<alice@a.example>", "250 2.1.0")
+        .await;
+    assert_eq!(
+        client.command("RCPT TO:<nobody@b.example>").await,
+        "550 5.1.1 no such user"
+    );
+    client.expect("RCPT TO:<bob@b.example>", "250 2.1.5").await;
+    client.expect("DATA", "354").await;
+    client.send(b"Subject: clean\r\n\r\nfine\r\n.\r\n").await;
+    assert!(client.reply().await.starts_with("250 2.0.0 Ok: queued as"));
+    let record = cleanup.next().await;
+    let submission = record.submission.unwrap_or_else(|| panic!("no Begin"));
+    let recipients: Vec<&str> = submission
+        .recipients
+        .iter()
+        .map(|r| r.address.as_str())
+        .collect();
+    assert_eq!(recipients, ["bob@b.example"], "the refused one is not kept");
+    let metadata: Vec<(&str, &str)> = submission
+        .metadata
+        .iter()
+        .map(|(k, v)| (k.as_str(), v.as_str()))
+        .collect();
+    assert_eq!(
+        metadata,
+        [
+            ("listener", "test"),
+            ("seen_at_connect", "yes"),
+            ("tx_sender", "alice@a.example")
+        ]
+    );
+
+    // Refused content: cleanup is told to drop it, nothing is queued.
+    client.expect("MAIL FROM:<carol@a.example>", "250").await;
+    client.expect("RCPT TO:<bob@b.example>", "250").await;
+    client.expect("DATA", "354").await;
+    client.send(b"Subject: bad\r\n\r\nVIRUS\r\n.\r\n").await;
+    assert_eq!(client.reply().await, "554 5.7.1 infected");
+    let record = cleanup.next().await;
+    assert!(record.aborted && record.queued_as.is_none());
+    // The same with BDAT.
+    client.expect("MAIL FROM:<carol@a.example>", "250").await;
+    client.expect("RCPT TO:<bob@b.example>", "250").await;
+    client.send(b"BDAT 5 LAST\r\nVIRUS").await;
+    assert_eq!(client.reply().await, "554 5.7.1 infected");
+    assert!(cleanup.next().await.aborted);
+
+    // What MAIL set belongs to its transaction only.
+    client.expect("MAIL FROM:<dave@a.example>", "250").await;
+    client.expect("RSET", "250").await;
+    client.expect("MAIL FROM:<erin@a.example>", "250").await;
+    client.expect("RCPT TO:<bob@b.example>", "250").await;
+    client.send(b"BDAT 2 LAST\r\nok").await;
+    assert!(client.reply().await.starts_with("250 2.0.0 Ok: queued as"));
+    let submission = cleanup
+        .next()
+        .await
+        .submission
+        .unwrap_or_else(|| panic!("no Begin"));
+    assert_eq!(
+        submission.metadata.get("tx_sender").map(String::as_str),
+        Some("erin@a.example")
+    );
+    client.expect("QUIT", "221").await;
+}
+
+#[tokio::test]
+async fn a_module_refusing_the_client_replaces_the_greeting() {
+    let cleanup = FakeCleanup::start(Behaviour::Queue);
+    let (settings, _dir) = settings_with_policy(cleanup.socket.clone());
+    let (client, server) = tokio::io::duplex(64 * 1024);
+    let server = tokio::spawn(serve(
+        server,
+        "192.0.2.99:4000".to_owned(),
+        Arc::new(settings),
+    ));
+    let (reader, writer) = tokio::io::split(client);
+    let mut client = Client {
+        reader: BufReader::new(reader),
+        writer,
+        server,
+    };
+    assert_eq!(client.reply().await, "554 5.7.1 go away");
+    client.expect_closed().await;
+    assert!(matches!(client.end().await, End::RejectedByModule));
+}

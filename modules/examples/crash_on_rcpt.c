@@ -1,0 +1,26 @@
+/*
+ * crash_on_rcpt: a deliberately broken module, for testing what a crash
+ * does. It calls abort() when the recipient just given with RCPT TO is
+ * crash@sink.test; that takes down the smtpd process serving the session,
+ * and the master starts a new one. Every other recipient is accepted.
+ * Config: (type: "SharedLibrary", name: "libcrash_on_rcpt.so")
+ */
+#include <stdlib.h>
+#include <string.h>
+
+#include "empath.h"
+
+static int rcpt_to(em_context *ctx) {
+    em_string_vector recipients = em_context_get_recipients(ctx);
+    /* The recipient being checked is the last one. */
+    int crash = recipients.len > 0 && strcmp(recipients.data[recipients.len - 1].data, "crash@sink.test") == 0;
+    em_free_string_vector(recipients);
+    if (crash)
+        abort();
+    return 0;
+}
+
+EM_DECLARE_MODULE(
+    .name = "crash_on_rcpt",
+    .validation = {.on_rcpt_to = rcpt_to},
+)

@@ -1,0 +1,146 @@
+//! Helpers for the plugin module tests: the C examples built with gcc,
+//! their config entries, an smtplib session that reports the reply to each
+//! step, and `empathctl` against a test's control socket.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::Duration;
+
+use crate::run::{RunOutput, run_bounded};
+
+const GCC_TIMEOUT: Duration = Duration::from_secs(60);
+const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// The modules crate, which holds include/empath.h and examples/.
+fn modules_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules")
+}
+
+/// Builds `modules/examples/<name>.c` into `<dir>/lib<name>.so`, with the
+/// flags of the module crate's own tests.
+pub fn build_example(name: &str, dir: &Path) -> PathBuf {
+    let root = modules_dir();
+    let output = dir.join(format!("lib{name}.so"));
+    let result = run_bounded(
+        Command::new("gcc")
+            .args([
+                "-shared",
+                "-fPIC",
+                "-Wall",
+                "-Werror",
+                "-std=c11",
+                "-D_DEFAULT_SOURCE",
+                "-I",
+            ])
+            .arg(root.join("include"))
+            .arg(root.join("examples").join(format!("{name}.c")))
+            .arg("-o")
+            .arg(&output),
+        GCC_TIMEOUT,
+    );
+    assert!(
+        result.status.success(),
+        "gcc failed on {name}.c:\n{}",
+        result.combined()
+    );
+    output
+}
+
+/// The RON for the config's `modules` list.
+pub fn modules_section(modules: &[(&Path, &[&str])]) -> String {
+    let entries: Vec<String> = modules
+        .iter()
+        .map(|(path, arguments)| {
+            let arguments: Vec<String> = arguments.iter().map(|a| format!("{a:?}")).collect();
+            format!(
+                "(type: \"SharedLibrary\", name: {:?}, arguments: [{}])",
+                path.display().to_string(),
+                arguments.join(", ")
+            )
+        })
+        .collect();
+    format!("[{}]", entries.join(", "))
+}
+
+/// The replies of one smtplib transaction, each as "CODE text"; `None`
+/// for steps not reached. `error` is set when the connection failed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Transaction {
+    pub mail: Option<String>,
+    pub rcpt: Option<String>,
+    pub data: Option<String>,
+    pub error: Option<String>,
+}
+
+impl Transaction {
+    /// The queue ID of "250 2.0.0 Ok: queued as ID".
+    pub fn queue_id(&self) -> Option<&str> {
+        self.data
+            .as_deref()
+            .filter(|reply| reply.starts_with("250 "))?
+            .rsplit(' ')
+            .next()
+    }
+}
+
+const TRANSACTION_SCRIPT: &str = r#"
+import json, smtplib, sys
+host, port, sender, rcpt = sys.argv[1], int(sys.argv[2]), sys.argv[3], sys.argv[4]
+out = {}
+def text(code, message):
+    return "%d %s" % (code, message.decode("utf-8", "replace"))
+try:
+    s = smtplib.SMTP(host, port, timeout=30)
+    s.ehlo("client.test")
+    code, message = s.mail(sender)
+    out["mail"] = text(code, message)
+    if code == 250:
+        code, message = s.rcpt(rcpt)
+        out["rcpt"] = text(code, message)
+        if code == 250:
+            try:
+                code, message = s.data(b"Subject: module test\r\n\r\nhello from the module test\r\n")
+                out["data"] = text(code, message)
+            except smtplib.SMTPDataError as e:
+                out["data"] = text(e.smtp_code, e.smtp_error)
+    s.quit()
+except (smtplib.SMTPException, OSError) as e:
+    out["error"] = repr(e)
+print(json.dumps(out))
+"#;
+
+/// One MAIL / RCPT / DATA transaction with Python's smtplib, stopping at
+/// the first refusal.
+pub fn transaction(server: SocketAddr, from: &str, to: &str) -> Transaction {
+    let output = crate::smtpd::python(
+        TRANSACTION_SCRIPT,
+        &[
+            server.ip().to_string(),
+            server.port().to_string(),
+            from.to_owned(),
+            to.to_owned(),
+        ],
+        CLIENT_TIMEOUT,
+    );
+    let value: serde_json::Value = serde_json::from_str(output.stdout.trim())
+        .unwrap_or_else(|e| panic!("the client printed no JSON ({e}):\n{}", output.combined()));
+    let field = |name: &str| value.get(name).and_then(|v| v.as_str()).map(str::to_owned);
+    Transaction {
+        mail: field("mail"),
+        rcpt: field("rcpt"),
+        data: field("data"),
+        error: field("error"),
+    }
+}
+
+/// Runs `empathctl --control-socket <spool>/public/control.sock ARGS`.
+pub fn empathctl(spool: &Path, args: &[&str]) -> RunOutput {
+    let mut command = Command::new(crate::binary("empathctl"));
+    command
+        .arg("--control-socket")
+        .arg(spool.join("public/control.sock"))
+        .args(args);
+    command.env_remove("EMPATH_TOKEN");
+    run_bounded(&mut command, CLIENT_TIMEOUT)
+}
