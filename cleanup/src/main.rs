@@ -6,14 +6,15 @@ mod group_commit;
 mod headers;
 mod incoming;
 mod local;
+mod notifier;
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use empath_common::daemon;
-use empath_common::ipc::{self, read_frame, write_frame};
-use empath_common::protocol::{self, CleanupReply, CleanupRequest, QmgrNotice, Submission};
+use empath_common::ipc::{read_frame, write_frame};
+use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
 use empath_common::queue::{ClientInfo, DsnParams, Queue, Recipient};
 use empath_common::smtp::Reply;
 use tokio::net::UnixStream;
@@ -21,13 +22,17 @@ use tokio::net::unix::OwnedReadHalf;
 
 use group_commit::GroupCommit;
 use incoming::Incoming;
+use notifier::Notifier;
 
 struct Cleanup {
     queue: Queue,
     hostname: String,
     group_commit: GroupCommit,
+    notifier: Notifier,
 }
 
+/// Content is written to the queue file in batches of at least this size.
+const WRITE_BATCH: usize = 256 * 1024;
 /// How often the drop directory is checked for messages left by `sendmail`.
 const MAILDROP_INTERVAL: Duration = Duration::from_secs(5);
 /// The local submission socket in `public/`: any local user may submit.
@@ -49,6 +54,7 @@ async fn main() {
     let cleanup = Arc::new(Cleanup {
         hostname: started.config.hostname(),
         group_commit: GroupCommit::start(started.queue.clone()),
+        notifier: Notifier::start(started.queue.private_socket(protocol::QMGR)),
         queue: started.queue,
     });
     let private = cleanup.queue.private_socket(protocol::CLEANUP);
@@ -123,6 +129,10 @@ impl Cleanup {
             Ok(incoming) => incoming,
             Err(error) => return Some(write_error(&error)),
         };
+        // Content is gathered in memory and written in batches: each write
+        // leaves the async thread (block_in_place), which costs more than
+        // the write itself for a typical message of a few kilobytes.
+        let mut unwritten = Vec::new();
         loop {
             let request = match read_frame::<_, CleanupRequest>(reader).await {
                 Ok(Some(request)) => request,
@@ -133,12 +143,21 @@ impl Cleanup {
             };
             match request {
                 CleanupRequest::Chunk(bytes) => {
-                    if let Err(error) = tokio::task::block_in_place(|| incoming.push(&bytes)) {
+                    if unwritten.is_empty() {
+                        unwritten = bytes;
+                    } else {
+                        unwritten.extend_from_slice(&bytes);
+                    }
+                    if unwritten.len() < WRITE_BATCH {
+                        continue;
+                    }
+                    if let Err(error) = tokio::task::block_in_place(|| incoming.push(&unwritten)) {
                         incoming.abandon(&self.queue);
                         return Some(write_error(&error));
                     }
+                    unwritten.clear();
                 }
-                CleanupRequest::End => return Some(self.commit(incoming).await),
+                CleanupRequest::End => return Some(self.commit(incoming, &unwritten).await),
                 CleanupRequest::Abort | CleanupRequest::Begin(_) => {
                     incoming.abandon(&self.queue);
                     return Some(CleanupReply::Rejected(Reply::new(
@@ -171,13 +190,11 @@ impl Cleanup {
                     recipients,
                     local::client_for_uid(dropped.owner),
                 );
-                let queued = tokio::task::block_in_place(|| {
-                    let mut incoming = Incoming::start(&self.queue, &self.hostname, submission)?;
-                    incoming.push(&dropped.drop.content)?;
-                    Ok::<_, io::Error>(incoming)
+                let started = tokio::task::block_in_place(|| {
+                    Incoming::start(&self.queue, &self.hostname, submission)
                 });
-                let reply = match queued {
-                    Ok(incoming) => self.commit(incoming).await,
+                let reply = match started {
+                    Ok(incoming) => self.commit(incoming, &dropped.drop.content).await,
                     Err(error) => write_error(&error),
                 };
                 match reply {
@@ -193,11 +210,18 @@ impl Cleanup {
         }
     }
 
-    /// Makes the message durable (its own files here, the directory entries
-    /// in a shared group commit) and only then answers `Queued`.
-    async fn commit(&self, incoming: Incoming) -> CleanupReply {
+    /// Adds the last of the content, makes the message durable (its own
+    /// file here, the directory entries in a shared group commit) and only
+    /// then answers `Queued`.
+    async fn commit(&self, mut incoming: Incoming, rest: &[u8]) -> CleanupReply {
         let id = incoming.id();
-        let staged = tokio::task::block_in_place(|| incoming.stage(&self.queue));
+        let staged = tokio::task::block_in_place(|| match incoming.push(rest) {
+            Ok(()) => incoming.stage(&self.queue),
+            Err(error) => {
+                incoming.abandon(&self.queue);
+                Err(error)
+            }
+        });
         let durable = match staged {
             Ok(envelope) => match self.group_commit.sync().await {
                 Ok(()) => Ok(envelope),
@@ -218,13 +242,7 @@ impl Cleanup {
                     client = %envelope.client.addr,
                     "message queued"
                 );
-                let qmgr = self.queue.private_socket(protocol::QMGR);
-                tokio::spawn(async move {
-                    // qmgr's directory scan finds the message if this fails.
-                    if let Err(error) = ipc::notify(&qmgr, &QmgrNotice::Incoming(id)).await {
-                        tracing::debug!(%error, "qmgr not notified");
-                    }
-                });
+                self.notifier.queued(id);
                 CleanupReply::Queued { id }
             }
             Err(error) => write_error(&error),

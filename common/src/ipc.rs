@@ -18,19 +18,19 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    let payload =
-        postcard::to_stdvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    if payload.len() > MAX_FRAME {
+    // Serialize straight after room for the length prefix: one buffer, one write.
+    let mut frame = postcard::to_extend(value, vec![0u8; 4])
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let payload_len = frame.len() - 4;
+    if payload_len > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidInput,
             "frame too large",
         ));
     }
-    let length = u32::try_from(payload.len())
+    let length = u32::try_from(payload_len)
         .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    let mut frame = Vec::with_capacity(4 + payload.len());
-    frame.extend_from_slice(&length.to_be_bytes());
-    frame.extend_from_slice(&payload);
+    frame[..4].copy_from_slice(&length.to_be_bytes());
     writer.write_all(&frame).await?;
     writer.flush().await
 }

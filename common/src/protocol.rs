@@ -34,7 +34,9 @@ pub const SMTP_OUT_CONTROL: &str = "smtp-out-control";
 #[allow(clippy::large_enum_variant)]
 pub enum CleanupRequest {
     Begin(Submission),
-    Chunk(Vec<u8>),
+    // As bytes, not a sequence of u8: the same wire format, without a
+    // per-byte visitor call on each side.
+    Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     End,
     Abort,
 }

@@ -348,15 +348,28 @@ impl Default for DotStuffer {
 }
 
 impl DotStuffer {
+    /// Appends `chunk` to `out`, doubling each dot that starts a line. Whole
+    /// lines are copied at once: only line starts need looking at.
     pub fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        for &byte in chunk {
-            if self.at_line_start && byte == b'.' {
+        let mut rest = chunk;
+        while let Some(&first) = rest.first() {
+            if self.at_line_start && first == b'.' {
                 out.push(b'.');
             }
-            out.push(byte);
-            self.at_line_start = byte == b'\n';
-            self.last_two = [self.last_two[1], byte];
+            let line_len = match memchr::memchr(b'\n', rest) {
+                Some(newline) => newline + 1,
+                None => rest.len(),
+            };
+            let (line, tail) = rest.split_at(line_len);
+            out.extend_from_slice(line);
+            self.at_line_start = line.ends_with(b"\n");
+            rest = tail;
         }
+        self.last_two = match *chunk {
+            [.., second_last, last] => [second_last, last],
+            [last] => [self.last_two[1], last],
+            [] => self.last_two,
+        };
     }
 
     /// The end-of-data marker, preceded by CRLF if the content lacks one.
@@ -390,6 +403,44 @@ mod tests {
             b"..a\r\nb\r\n..c\r\n.\r\n"
         );
         assert_eq!(stuff(&[b"a.b\r\n"]), b"a.b\r\n.\r\n");
+    }
+
+    /// The obvious byte-at-a-time stuffing, to check the fast one against.
+    fn stuff_bytewise(content: &[u8]) -> Vec<u8> {
+        let mut out = Vec::new();
+        let mut at_line_start = true;
+        for &byte in content {
+            if at_line_start && byte == b'.' {
+                out.push(b'.');
+            }
+            out.push(byte);
+            at_line_start = byte == b'\n';
+        }
+        if !out.ends_with(b"\r\n") && !content.is_empty() {
+            out.extend_from_slice(b"\r\n");
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn stuffing_matches_bytewise_for_any_chunking(
+            content in proptest::collection::vec(
+                proptest::sample::select(vec![b'.', b'\r', b'\n', b'a']), 0..64),
+            cuts in proptest::collection::vec(0usize..64, 0..6),
+        ) {
+            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(content.len())).collect();
+            cuts.sort_unstable();
+            let mut chunks = Vec::new();
+            let mut start = 0;
+            for cut in cuts {
+                chunks.push(&content[start..cut]);
+                start = cut;
+            }
+            chunks.push(&content[start..]);
+            proptest::prop_assert_eq!(stuff(&chunks), stuff_bytewise(&content));
+        }
     }
 
     #[test]

@@ -18,7 +18,7 @@ use empath_common::config::Config;
 use empath_common::daemon;
 use empath_common::ipc::{read_frame, write_frame};
 use empath_common::protocol::{self, DeliveryJob, DeliveryReport, Outcome, RecipientResult};
-use empath_common::queue::Queue;
+use empath_common::queue::{Queue, QueueId};
 use empath_common::smtp::Reply;
 use tokio::net::UnixStream;
 
@@ -215,16 +215,14 @@ impl SmtpOut {
     ) -> Result<Vec<RecipientResult>, SessionError> {
         let queue = self.queue.clone();
         let id = job.id;
-        let opened = tokio::task::spawn_blocking(move || queue.open_content_with_len(id))
+        let opened = tokio::task::spawn_blocking(move || read_queued_content(&queue, id))
             .await
             .map_err(std::io::Error::other)
             .and_then(|opened| opened);
-        let (file, len) = opened.map_err(|e| SessionError::Io {
+        let mut content = opened.map_err(|e| SessionError::Io {
             phase: "opening queued content",
             detail: e.to_string(),
         })?;
-        // The content file may end with the sealed envelope: send only the content.
-        let mut content = tokio::io::AsyncReadExt::take(tokio::fs::File::from_std(file), len);
         transaction::run(connection, job, &mut content, remote).await
     }
 
@@ -290,6 +288,26 @@ impl SmtpOut {
             })
         }
     }
+}
+
+/// Content up to this size is read into memory in the blocking call that
+/// opens it; larger content is streamed from the file. tokio's file reads
+/// each cost a trip to the blocking pool, which dominates for typical
+/// messages of a few kilobytes.
+const READ_WHOLE_LIMIT: u64 = 1 << 20;
+
+type QueuedContent = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+
+/// Opens a message's content, without the sealed envelope that may follow it.
+fn read_queued_content(queue: &Queue, id: QueueId) -> std::io::Result<QueuedContent> {
+    let (file, len) = queue.open_content_with_len(id)?;
+    if len > READ_WHOLE_LIMIT {
+        let file = tokio::fs::File::from_std(file);
+        return Ok(Box::new(tokio::io::AsyncReadExt::take(file, len)));
+    }
+    let mut content = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
+    std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut content)?;
+    Ok(Box::new(std::io::Cursor::new(content)))
 }
 
 /// The same outcome for every recipient of the job.

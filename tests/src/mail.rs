@@ -44,7 +44,8 @@ const TRICKY_LINES: [&str; 8] = [
 
 /// `count` varied messages. Message `n` carries `X-Test-Id: n`; every
 /// fourth has both Message-ID and Date, others one or neither; every tenth
-/// has a long body (about 100 KiB).
+/// has a long body (about 100 KiB), and every fiftieth a very long one
+/// (about 400 KiB: several of smtpd's chunks and of cleanup's write batches).
 pub fn generate(count: usize, from: &str, to: &[&str]) -> Vec<TestMessage> {
     (0..count).map(|id| generate_one(id, from, to)).collect()
 }
@@ -86,9 +87,12 @@ fn body(id: usize) -> String {
         body.push_str(TRICKY_LINES[(id + k) % TRICKY_LINES.len()]);
         body.push_str("\r\n");
     }
-    let lines = match id % 10 {
-        0 => 1600,
-        _ => 5 + id % 17,
+    let lines = if id.is_multiple_of(50) {
+        5000
+    } else if id.is_multiple_of(10) {
+        1600
+    } else {
+        5 + id % 17
     };
     for line in 0..lines {
         let _ = write!(
