@@ -3,7 +3,7 @@
 //! qmgr's directory scan finds any message whose notice is lost, so a
 //! failed write just drops the connection, to be reopened for the next one.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use empath_common::ipc;
@@ -36,24 +36,92 @@ impl Notifier {
 async fn run(socket: PathBuf, mut inbox: mpsc::UnboundedReceiver<QueueId>) {
     let mut connection: Option<UnixStream> = None;
     while let Some(id) = inbox.recv().await {
-        let stream = match connection.as_mut() {
-            Some(stream) => stream,
-            None => match ipc::connect(&socket, CONNECT_TIMEOUT).await {
-                Ok(stream) => connection.insert(stream),
-                Err(error) => {
-                    tracing::debug!(%error, message_id = %id, "qmgr not notified");
-                    continue;
-                }
-            },
-        };
-        let sent = tokio::time::timeout(
-            WRITE_TIMEOUT,
-            ipc::write_frame(stream, &QmgrNotice::Incoming(id)),
-        )
-        .await;
-        if !matches!(sent, Ok(Ok(()))) {
-            tracing::debug!(message_id = %id, "qmgr not notified; reconnecting for the next notice");
-            connection = None;
+        // A kept connection may have died with a restarted qmgr: then the
+        // notice goes again on a fresh one.
+        let attempts = if connection.is_some() { 2 } else { 1 };
+        for _ in 0..attempts {
+            if send(&socket, &mut connection, id).await {
+                break;
+            }
         }
+    }
+}
+
+/// Sends one notice, connecting first if needed. On failure the connection
+/// is dropped and `false` returned.
+async fn send(socket: &Path, connection: &mut Option<UnixStream>, id: QueueId) -> bool {
+    let stream = match connection {
+        Some(stream) => stream,
+        None => match ipc::connect(socket, CONNECT_TIMEOUT).await {
+            Ok(stream) => connection.insert(stream),
+            Err(error) => {
+                tracing::debug!(%error, message_id = %id, "qmgr not notified");
+                return false;
+            }
+        },
+    };
+    let sent = tokio::time::timeout(
+        WRITE_TIMEOUT,
+        ipc::write_frame(stream, &QmgrNotice::Incoming(id)),
+    )
+    .await;
+    if matches!(sent, Ok(Ok(()))) {
+        return true;
+    }
+    tracing::debug!(message_id = %id, "qmgr not notified on the kept connection");
+    *connection = None;
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use empath_common::ipc::read_frame;
+    use tokio::net::UnixListener;
+
+    async fn next_notice(stream: &mut UnixStream) -> Option<QmgrNotice> {
+        tokio::time::timeout(Duration::from_secs(5), read_frame(stream))
+            .await
+            .expect("a notice in time")
+            .expect("a readable frame")
+    }
+
+    fn incoming(notice: Option<QmgrNotice>) -> Option<QueueId> {
+        match notice {
+            Some(QmgrNotice::Incoming(id)) => Some(id),
+            _ => None,
+        }
+    }
+
+    #[tokio::test]
+    async fn notices_share_one_connection_and_survive_a_qmgr_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("qmgr.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let notifier = Notifier::start(socket.clone());
+        let (first, second, third) = (
+            QueueId::generate(),
+            QueueId::generate(),
+            QueueId::generate(),
+        );
+
+        notifier.queued(first);
+        notifier.queued(second);
+        let (mut stream, _) = listener.accept().await.unwrap();
+        assert_eq!(incoming(next_notice(&mut stream).await), Some(first));
+        assert_eq!(incoming(next_notice(&mut stream).await), Some(second));
+
+        // qmgr restarts: its end of the kept connection closes and it
+        // listens again on the same path.
+        drop(stream);
+        drop(listener);
+        std::fs::remove_file(&socket).unwrap();
+        let listener = UnixListener::bind(&socket).unwrap();
+        notifier.queued(third);
+        let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
+            .await
+            .expect("a new connection after the restart")
+            .unwrap();
+        assert_eq!(incoming(next_notice(&mut stream).await), Some(third));
     }
 }

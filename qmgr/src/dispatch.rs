@@ -1,6 +1,10 @@
 //! Talking to the delivery agents: each job and each bounce request runs on
-//! its own task and reports back to the scheduler as an [`Event`].
+//! its own task and reports back to the scheduler as an [`Event`]. Jobs
+//! reuse idle connections to smtp-out.
 
+use std::io;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use empath_common::ipc;
@@ -8,22 +12,77 @@ use empath_common::protocol::{
     self, BounceKind, BounceReply, BounceRequest, DeliveryJob, DeliveryReport,
 };
 use empath_common::queue::{Queue, QueueId, QueueState};
+use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::scheduler::Event;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Sends `job` to smtp-out and reports the outcome.
-pub fn deliver(queue: &Queue, job: DeliveryJob, events: mpsc::UnboundedSender<Event>) {
-    let socket = queue.private_socket(protocol::SMTP_OUT);
-    tokio::spawn(async move {
-        let result = async {
-            let mut stream = ipc::connect(&socket, CONNECT_TIMEOUT).await?;
-            ipc::call::<_, _, DeliveryReport>(&mut stream, &job).await
+/// Idle connections to smtp-out, kept for the next job: smtp-out serves
+/// jobs one after another on a connection, and a new connection per job
+/// costs a connect, an accept and a task on both sides. At most one per
+/// concurrent delivery exists.
+#[derive(Clone, Default)]
+pub struct SmtpOutConnections {
+    idle: Arc<Mutex<Vec<UnixStream>>>,
+}
+
+impl SmtpOutConnections {
+    fn take(&self) -> Option<UnixStream> {
+        self.idle.lock().ok()?.pop()
+    }
+
+    fn put_back(&self, stream: UnixStream) {
+        if let Ok(mut idle) = self.idle.lock() {
+            idle.push(stream);
         }
-        .await
-        .map_err(|e| e.to_string());
+    }
+
+    /// Sends `job` and waits for its report.
+    async fn call(&self, socket: &Path, job: &DeliveryJob) -> io::Result<DeliveryReport> {
+        let mut stream = match self.take() {
+            // A kept connection may lead to an smtp-out that has exited
+            // since: then the write fails (the job never arrived) and the
+            // job goes on a fresh connection. Any later failure is the
+            // job's, as on a fresh connection.
+            Some(mut kept) => match ipc::write_frame(&mut kept, job).await {
+                Ok(()) => kept,
+                Err(_) => self.connect_and_send(socket, job).await?,
+            },
+            None => self.connect_and_send(socket, job).await?,
+        };
+        let report = ipc::read_frame(&mut stream).await?.ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "smtp-out closed the connection before reporting",
+            )
+        })?;
+        self.put_back(stream);
+        Ok(report)
+    }
+
+    async fn connect_and_send(&self, socket: &Path, job: &DeliveryJob) -> io::Result<UnixStream> {
+        let mut stream = ipc::connect(socket, CONNECT_TIMEOUT).await?;
+        ipc::write_frame(&mut stream, job).await?;
+        Ok(stream)
+    }
+}
+
+/// Sends `job` to smtp-out and reports the outcome.
+pub fn deliver(
+    queue: &Queue,
+    connections: &SmtpOutConnections,
+    job: DeliveryJob,
+    events: mpsc::UnboundedSender<Event>,
+) {
+    let socket = queue.private_socket(protocol::SMTP_OUT);
+    let connections = connections.clone();
+    tokio::spawn(async move {
+        let result = connections
+            .call(&socket, &job)
+            .await
+            .map_err(|e| e.to_string());
         let _ = events.send(Event::JobDone { job, result });
     });
 }
@@ -47,4 +106,72 @@ pub fn bounce(
         .map_err(|e| e.to_string());
         let _ = events.send(Event::BounceDone { id, kind, result });
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use empath_common::protocol::JobRecipient;
+    use tokio::net::UnixListener;
+
+    fn job() -> DeliveryJob {
+        DeliveryJob {
+            id: QueueId::generate(),
+            sender: "a@example.org".into(),
+            domain: "example.com".into(),
+            recipients: vec![JobRecipient {
+                index: 0,
+                address: "b@example.com".into(),
+            }],
+            content_size: 5,
+            smtputf8: false,
+        }
+    }
+
+    /// Answers `jobs` jobs on one accepted connection, then closes it.
+    async fn serve_one_connection(listener: &UnixListener, jobs: usize) {
+        let (mut stream, _) = listener.accept().await.unwrap();
+        for _ in 0..jobs {
+            let _job: DeliveryJob = ipc::read_frame(&mut stream).await.unwrap().unwrap();
+            let report = DeliveryReport {
+                results: Vec::new(),
+                destination_failed: false,
+            };
+            ipc::write_frame(&mut stream, &report).await.unwrap();
+        }
+    }
+
+    #[tokio::test]
+    async fn jobs_reuse_a_connection_and_survive_an_smtp_out_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("smtp-out.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let connections = SmtpOutConnections::default();
+
+        // Two jobs, one after the other: the server accepts only once.
+        let server = serve_one_connection(&listener, 2);
+        let client = async {
+            connections.call(&socket, &job()).await.unwrap();
+            connections.call(&socket, &job()).await.unwrap();
+        };
+        tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(server, client)
+        })
+        .await
+        .expect("both jobs answered on the first connection");
+
+        // smtp-out exits (closing the kept connection) and a new one
+        // listens: the next job still gets its report.
+        drop(listener);
+        std::fs::remove_file(&socket).unwrap();
+        let listener = UnixListener::bind(&socket).unwrap();
+        let server = serve_one_connection(&listener, 1);
+        let third = job();
+        let (_, report) = tokio::time::timeout(Duration::from_secs(5), async {
+            tokio::join!(server, connections.call(&socket, &third))
+        })
+        .await
+        .expect("the job answered on a new connection");
+        assert!(report.is_ok(), "{report:?}");
+    }
 }

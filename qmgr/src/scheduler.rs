@@ -93,6 +93,7 @@ pub struct Scheduler {
     wake_at: Option<Instant>,
     /// Plugin modules that want delivery events.
     modules: Modules,
+    smtp_out: dispatch::SmtpOutConnections,
 }
 
 impl Scheduler {
@@ -120,6 +121,7 @@ impl Scheduler {
             frozen: false,
             wake_at: None,
             modules,
+            smtp_out: dispatch::SmtpOutConnections::default(),
         }
     }
 
@@ -276,7 +278,7 @@ impl Scheduler {
             {
                 Decision::Dispatch => {
                     self.running += 1;
-                    dispatch::deliver(&self.queue, job, self.events.clone());
+                    dispatch::deliver(&self.queue, &self.smtp_out, job, self.events.clone());
                 }
                 Decision::Wait(at) => {
                     if let Some(at) = at {
