@@ -62,7 +62,8 @@ struct Entry<'a> {
     at: Option<u64>,
 }
 
-/// The recipients a notice of `kind` reports on, honouring NOTIFY.
+/// The recipients a notice of `kind` reports on, honouring NOTIFY: a final
+/// report covers both the failed and the delivered recipients that asked.
 fn entries(envelope: &Envelope, kind: NoticeKind) -> Vec<Entry<'_>> {
     let mut entries = Vec::new();
     for recipient in &envelope.recipients {
@@ -76,6 +77,14 @@ fn entries(envelope: &Envelope, kind: NoticeKind) -> Vec<Entry<'_>> {
             // postmaster always hears of its failure.
             (RecipientStatus::Failed { at, remote, reply }, NoticeKind::DoubleBounce) => {
                 ("failed", Some(reply), remote.as_deref(), Some(*at))
+            }
+            // Delivered by SMTP to a server that was not asked to report
+            // further: "relayed" (RFC 3461, 6.2.1).
+            (
+                RecipientStatus::Delivered { at, remote, reply },
+                NoticeKind::Failure | NoticeKind::Success,
+            ) if recipient.notify.success => {
+                ("relayed", Some(reply), Some(remote.as_str()), Some(*at))
             }
             (RecipientStatus::Deferred { at, remote, reply }, NoticeKind::Delay)
                 if recipient.notify.delay =>
@@ -239,7 +248,8 @@ fn contains(haystack: &[u8], needle: &[u8]) -> bool {
 }
 
 /// Builds the notice, or `None` when it would report on nobody (nobody
-/// failed or is delayed, or NOTIFY excludes them all).
+/// failed, was delivered with NOTIFY=SUCCESS or is delayed, or NOTIFY
+/// excludes them all).
 pub fn build(notice: &Notice<'_>, reporter: &Reporter<'_>) -> Option<Built> {
     let envelope = notice.envelope;
     let entries = entries(envelope, notice.kind);
@@ -291,6 +301,10 @@ fn headers(
         NoticeKind::Failure => (
             reporter.postmaster.to_owned(),
             "Undelivered Mail Returned to Sender",
+        ),
+        NoticeKind::Success => (
+            reporter.postmaster.to_owned(),
+            "Successful Mail Delivery Report",
         ),
         NoticeKind::Delay => (
             reporter.postmaster.to_owned(),
@@ -360,6 +374,14 @@ fn human_part(
                 );
             }
         }
+        NoticeKind::Success => {
+            let _ = write!(
+                out,
+                "Your message was delivered to the mail servers of the recipients\r\n\
+                 listed below, as you asked. Those servers may still send their own\r\n\
+                 notifications. {attached}\r\n\r\n"
+            );
+        }
         NoticeKind::Delay => {
             let waited = reporter.now.saturating_sub(envelope.arrival);
             let _ = write!(
@@ -389,6 +411,9 @@ fn human_part(
     );
     for entry in entries {
         let reason = match (entry.reply, entry.remote) {
+            (Some(reply), Some(remote)) if entry.action == "relayed" => {
+                format!("delivered to host {remote}: {}", reply_line(reply))
+            }
             (Some(reply), Some(remote)) => format!("host {remote} said: {}", reply_line(reply)),
             (Some(reply), None) => reply_line(reply),
             (None, _) => "not yet delivered".to_owned(),
@@ -486,6 +511,12 @@ fn returned_part_headers(out: &mut String, notice: &Notice<'_>, utf8: bool, eigh
         }
         (Returned::Headers { .. }, NoticeKind::Delay, true) => {
             ("Delayed Message Headers", "message/global-headers")
+        }
+        (Returned::Headers { .. }, NoticeKind::Success, false) => {
+            ("Delivered Message Headers", "text/rfc822-headers")
+        }
+        (Returned::Headers { .. }, NoticeKind::Success, true) => {
+            ("Delivered Message Headers", "message/global-headers")
         }
         (Returned::Headers { .. }, _, false) => {
             ("Undelivered Message Headers", "text/rfc822-headers")

@@ -1,6 +1,7 @@
 //! One message being written into the queue: headers first, then the rest
 //! streamed to the content file, then the envelope committed.
 
+use std::collections::BTreeMap;
 use std::io;
 
 use empath_common::protocol::Submission;
@@ -36,6 +37,11 @@ impl Incoming {
 
     pub fn id(&self) -> QueueId {
         self.id
+    }
+
+    /// Replaces the metadata the message will be queued with.
+    pub fn set_metadata(&mut self, metadata: BTreeMap<String, String>) {
+        self.submission.metadata = metadata;
     }
 
     /// Adds content. The header section is buffered until it is complete, so

@@ -104,7 +104,8 @@ impl Cleanup {
                 submission =
                     local_submission(submission.sender, submission.recipients, client.clone());
             }
-            let Some(reply) = self.submission(&mut reader, submission).await else {
+            let trusted = local_client.is_none();
+            let Some(reply) = self.submission(&mut reader, submission, trusted).await else {
                 return Ok(());
             };
             write_frame(&mut writer, &reply).await?;
@@ -113,10 +114,12 @@ impl Cleanup {
     }
 
     /// Receives one message. `None` when the client went away mid-message.
+    /// Only a `trusted` client (a daemon) may replace the metadata.
     async fn submission(
         &self,
         reader: &mut OwnedReadHalf,
         submission: protocol::Submission,
+        trusted: bool,
     ) -> Option<CleanupReply> {
         if submission.recipients.is_empty() {
             return Some(CleanupReply::Rejected(Reply::new(
@@ -156,6 +159,10 @@ impl Cleanup {
                         return Some(write_error(&error));
                     }
                     unwritten.clear();
+                }
+                CleanupRequest::Metadata(metadata) if trusted => incoming.set_metadata(metadata),
+                CleanupRequest::Metadata(_) => {
+                    tracing::warn!("metadata from a local client ignored");
                 }
                 CleanupRequest::End => return Some(self.commit(incoming, &unwritten).await),
                 CleanupRequest::Abort | CleanupRequest::Begin(_) => {

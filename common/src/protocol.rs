@@ -27,7 +27,10 @@ pub const SMTP_OUT_CONTROL: &str = "smtp-out-control";
 
 /// A message submission, streamed: one `Begin`, any number of `Chunk`s of
 /// content, then `End` (commit) or `Abort`. Content is the message as
-/// received, dot-unstuffed, with CRLF line endings.
+/// received, dot-unstuffed, with CRLF line endings. Before `End`, smtpd
+/// may send `Metadata` to replace the submission's metadata with what the
+/// modules set once the whole message had arrived; cleanup ignores it from
+/// local (untrusted) clients.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 // `Begin` is sent once per message and never stored in bulk, so its size
 // does not matter.
@@ -37,6 +40,7 @@ pub enum CleanupRequest {
     // As bytes, not a sequence of u8: the same wire format, without a
     // per-byte visitor call on each side.
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
+    Metadata(BTreeMap<String, String>),
     End,
     Abort,
 }
@@ -126,11 +130,13 @@ pub struct BounceRequest {
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum BounceKind {
-    /// Some recipients failed for good (or expired). For a message from the
-    /// null sender, bounce sends a double bounce to the postmaster instead
-    /// if the message is a notice bounce made (see [`DSN_METADATA`]), once;
-    /// it never bounces a double bounce, nor a bounce from elsewhere.
-    Failure,
+    /// Delivery of the message is over: report the recipients that failed
+    /// for good or expired (NOTIFY=FAILURE, the default) and the delivered
+    /// ones that asked for NOTIFY=SUCCESS. For a message from the null
+    /// sender, bounce sends a double bounce to the postmaster instead if
+    /// the message is a notice bounce made (see [`DSN_METADATA`]), once; it
+    /// never bounces a double bounce, nor a bounce from elsewhere.
+    Final,
     /// Delivery is delayed; the sender is warned (NOTIFY permitting).
     Delay,
 }
@@ -145,10 +151,12 @@ pub enum BounceReply {
 
 /// The metadata key that marks a message bounce generated, so that bounce
 /// knows what a failed null-sender message was: one of
-/// [`DSN_FAILURE`], [`DSN_DELAY`], [`DSN_DOUBLE_BOUNCE`].
+/// [`DSN_FAILURE`], [`DSN_SUCCESS`], [`DSN_DELAY`], [`DSN_DOUBLE_BOUNCE`].
 pub const DSN_METADATA: &str = "empath.dsn";
 /// A DSN about failed recipients, to the sender.
 pub const DSN_FAILURE: &str = "failure";
+/// A report of successful delivery (NOTIFY=SUCCESS), to the sender.
+pub const DSN_SUCCESS: &str = "success";
 /// A delay warning, to the sender.
 pub const DSN_DELAY: &str = "delay";
 /// A notice to the postmaster that a DSN could not be delivered; when it

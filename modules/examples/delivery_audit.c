@@ -1,8 +1,9 @@
 /*
  * delivery_audit: tags each message with a correlation ID when it is
  * received, and appends "<queue id> <correlation id> <event>" to a log file
- * when it is delivered or fails. The tag travels with the message in the
- * queue, so the delivery side sees what the reception side set.
+ * when it is delivered or fails, with "checked" when on_data saw the whole
+ * message. The tags travel with the message in the queue, so the delivery
+ * side sees what the reception side set.
  * Config: (type: "SharedLibrary", name: "libdelivery_audit.so", arguments: ["/var/log/empath-audit.log"])
  */
 #include <stdio.h>
@@ -30,17 +31,25 @@ static int tag(em_context *ctx) {
     return 0;
 }
 
+static int check(em_context *ctx) {
+    em_context_set_metadata(ctx, "data_checked", "checked");
+    return 0;
+}
+
 static void record(em_context *ctx, const char *event) {
     em_string id = em_context_get_id(ctx);
     em_string cid = em_context_get_metadata(ctx, "correlation_id");
+    em_string checked = em_context_get_metadata(ctx, "data_checked");
     em_string_vector recipients = em_context_get_recipients(ctx);
     FILE *log = fopen(log_path, "a");
     if (log) {
-        fprintf(log, "%s %s %s %zu\n", id.data, cid.len ? cid.data : "-", event, recipients.len);
+        fprintf(log, "%s %s %s %zu %s\n", id.data, cid.len ? cid.data : "-", event, recipients.len,
+                checked.len ? checked.data : "-");
         fclose(log);
     }
     em_free_string(id);
     em_free_string(cid);
+    em_free_string(checked);
     em_free_string_vector(recipients);
 }
 
@@ -50,6 +59,6 @@ static void failed(em_context *ctx) { record(ctx, "failed"); }
 EM_DECLARE_MODULE(
     .name = "delivery_audit",
     .init = init,
-    .validation = {.on_mail_from = tag},
+    .validation = {.on_mail_from = tag, .on_data = check},
     .events = {.on_delivery_success = delivered, .on_delivery_failure = failed},
 )

@@ -29,9 +29,8 @@
  * crashes takes down the daemon that ran it (smtpd or qmgr); the master
  * restarts it, and the client of that session sees the connection drop.
  *
- * Metadata set by validation callbacks up to RcptTo is stored with the
- * message; metadata set in on_data is seen by later modules in the same
- * call only, since the envelope is written before the data arrives.
+ * Metadata set by validation callbacks, on_data included, is stored with
+ * the message when it is queued.
  *
  * The accessor functions are static inline: they call through the table in
  * the context, so a module needs no symbols from the host executable.

@@ -112,7 +112,7 @@ fn metadata_set_at_mail_from_is_seen_at_delivery() {
     modules.emit(Event::DeliverySuccess, &mut delivery);
     assert_eq!(
         std::fs::read_to_string(&log).unwrap(),
-        format!("01QUEUEID {cid} delivered 2\n")
+        format!("01QUEUEID {cid} delivered 2 -\n")
     );
 }
 

@@ -215,7 +215,7 @@ impl Scheduler {
             Event::Redispatch(job) => self.ready.push_back(job),
             Event::BounceDone {
                 id,
-                kind: BounceKind::Failure,
+                kind: BounceKind::Final,
                 result,
             } => self.bounce_done(id, result),
             Event::BounceDone {
@@ -451,9 +451,16 @@ impl Scheduler {
                 empath_common::queue::RecipientStatus::Failed { .. }
             )
         });
+        let success_wanted = envelope.recipients.iter().any(|r| {
+            r.notify.success
+                && matches!(
+                    r.status,
+                    empath_common::queue::RecipientStatus::Delivered { .. }
+                )
+        });
         // bounce decides whom to tell: the sender, the postmaster (for a
         // failed DSN), or no one (a failed double bounce).
-        if failed && self.dsn.enabled {
+        if (failed || success_wanted) && self.dsn.enabled {
             if let Err(error) = self.queue.rewrite(QueueState::Active, envelope) {
                 tracing::error!(message_id = %id, %error, "cannot record results before bouncing");
                 self.active.insert(id, message);
@@ -463,7 +470,7 @@ impl Scheduler {
                 &self.queue,
                 id,
                 QueueState::Active,
-                BounceKind::Failure,
+                BounceKind::Final,
                 self.events.clone(),
             );
             self.active.insert(id, message);

@@ -3,6 +3,7 @@
 //! and cleanup's answer, or `Abort`. Every step is bounded by a timeout, so
 //! a stuck cleanup cannot hold a session forever.
 
+use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::path::Path;
@@ -29,6 +30,8 @@ pub struct CleanupClient {
     stream: UnixStream,
     pending: Vec<u8>,
     timeout: Duration,
+    /// The metadata sent with `Begin`.
+    metadata: BTreeMap<String, String>,
 }
 
 impl CleanupClient {
@@ -39,6 +42,7 @@ impl CleanupClient {
         timeout: Duration,
     ) -> io::Result<Self> {
         let mut stream = ipc::connect(socket, timeout).await?;
+        let metadata = submission.metadata.clone();
         bounded(
             timeout,
             ipc::write_frame(&mut stream, &CleanupRequest::Begin(submission)),
@@ -48,6 +52,7 @@ impl CleanupClient {
             stream,
             pending: Vec::with_capacity(CHUNK_SIZE),
             timeout,
+            metadata,
         })
     }
 
@@ -78,12 +83,16 @@ impl CleanupClient {
         Ok(())
     }
 
-    /// Sends the rest of the content and `End`, and waits for cleanup's
-    /// answer: `Queued` only once the message is durable.
-    pub async fn commit(mut self) -> io::Result<CleanupReply> {
+    /// Sends the rest of the content, the final `metadata` if it changed
+    /// since `Begin`, and `End`, and waits for cleanup's answer: `Queued`
+    /// only once the message is durable.
+    pub async fn commit(mut self, metadata: BTreeMap<String, String>) -> io::Result<CleanupReply> {
         let timeout = self.timeout;
         bounded(timeout, async move {
             self.send_pending().await?;
+            if metadata != self.metadata {
+                ipc::write_frame(&mut self.stream, &CleanupRequest::Metadata(metadata)).await?;
+            }
             ipc::call(&mut self.stream, &CleanupRequest::End).await
         })
         .await

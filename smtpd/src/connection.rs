@@ -57,6 +57,14 @@ pub enum End {
     Io(io::Error),
 }
 
+impl End {
+    /// The session broke rather than ended: what
+    /// `empath_smtp_connection_errors_total` counts.
+    pub fn is_error(&self) -> bool {
+        matches!(self, Self::Timeout | Self::TlsFailed(_) | Self::Io(_))
+    }
+}
+
 impl fmt::Display for End {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
@@ -85,6 +93,11 @@ where
     );
     connection.hooks.opened();
     let end = connection.run().await;
+    if end.is_error() {
+        empath_common::metrics::get()
+            .smtp_connection_errors_total
+            .inc();
+    }
     connection.close(&end).await;
     connection.hooks.closed();
     tracing::info!(
@@ -612,7 +625,8 @@ impl Connection {
             sink.abort().await;
             return refusal;
         }
-        match sink.commit().await {
+        // Metadata the modules set at Data goes with the message too.
+        match sink.commit(self.hooks.metadata()).await {
             Ok(CleanupReply::Queued { id }) => {
                 self.messages += 1;
                 empath_common::metrics::get()

@@ -140,3 +140,67 @@ fn notify_failure_gets_no_delay_warning() {
     let dsn = setup.parse(&arrived[0]);
     assert_eq!(dsn.recipient(BOB).expect("bob")["action"], "failed");
 }
+
+#[test]
+fn notify_success_reports_the_delivery() {
+    let setup = BounceSetup::start(
+        SinkPolicy::accept_all(),
+        SinkPolicy::accept_all(),
+        SinkPolicy::accept_all(),
+        "",
+        |config| config,
+    );
+    DsnSend::new(setup.empath.smtp_addr(), SENDER, &[BOB])
+        .rcpt_option("NOTIFY=SUCCESS")
+        .send(
+            &message("success", BOB, "Tell me when it is there."),
+            setup.empath.dir(),
+            || setup.empath.log_tail(),
+        );
+
+    let arrived = setup.wait_for(&setup.home, 1, "the success report");
+    let dsn = setup.parse(&arrived[0]);
+    assert_eq!(dsn.defects(), Vec::<String>::new());
+    assert_eq!(dsn.subject(), "Successful Mail Delivery Report");
+    assert_eq!(
+        dsn.parts(),
+        [
+            "text/plain",
+            "message/delivery-status",
+            "text/rfc822-headers"
+        ]
+    );
+    let bob = dsn.recipient(BOB).expect("a block for bob");
+    assert_eq!(bob.get("action").map(String::as_str), Some("relayed"));
+    let status = bob.get("status").expect("Status");
+    assert!(status.starts_with("2."), "{status}");
+    assert_eq!(dsn.returned_headers()["subject"], "bounce test success");
+    setup.wait_settled();
+    assert_eq!(setup.remote.message_count(), 1, "the message itself");
+    assert_eq!(setup.home.message_count(), 1, "one report");
+}
+
+#[test]
+fn one_final_report_covers_the_failed_and_the_delivered() {
+    const CAROL: &str = "carol@sink.test";
+    let setup = refusing_bob(no_such_user(), "", None);
+    DsnSend::new(setup.empath.smtp_addr(), SENDER, &[BOB, CAROL])
+        .rcpt_option("NOTIFY=SUCCESS,FAILURE")
+        .send(
+            &message("both", BOB, "One of two."),
+            setup.empath.dir(),
+            || setup.empath.log_tail(),
+        );
+
+    let arrived = setup.wait_for(&setup.home, 1, "the DSN");
+    let dsn = setup.parse(&arrived[0]);
+    assert_eq!(dsn.subject(), "Undelivered Mail Returned to Sender");
+    let action = |address: &str| {
+        dsn.recipient(address)
+            .and_then(|fields| fields.get("action").cloned())
+    };
+    assert_eq!(action(BOB).as_deref(), Some("failed"));
+    assert_eq!(action(CAROL).as_deref(), Some("relayed"));
+    setup.wait_settled();
+    assert_eq!(setup.home.message_count(), 1, "one report for both");
+}

@@ -175,6 +175,43 @@ fn metrics_parse_and_count_the_traffic_with_domain_labels_capped() {
     assert_eq!(json["queue_size"], 0);
     assert_eq!(json["max_queue_size"], 10_000);
     assert_eq!(http_get(empath.health_addr(), "/nothing").0, 404);
+
+    // Clean sessions are not errors; a client that resets its connection
+    // mid-session is.
+    assert_eq!(count("empath_smtp_connection_errors_total", &[]), Some(0.0));
+    reset_a_session(empath.smtp_addr());
+    empath.wait_until(
+        "the reset to be counted",
+        Duration::from_secs(30),
+        || match empath
+            .metrics()
+            .get("empath_smtp_connection_errors_total", &[])
+        {
+            Some(1.0) => Ok(()),
+            other => Err(format!("{other:?} connection errors")),
+        },
+    );
+}
+
+/// Opens an SMTP session, says EHLO, and aborts the connection with a TCP
+/// reset (SO_LINGER 0), as a crashed client or a middlebox would.
+fn reset_a_session(server: std::net::SocketAddr) {
+    let script = format!(
+        "import socket, struct\n\
+         s = socket.create_connection(('{ip}', {port}))\n\
+         s.recv(512)\n\
+         s.sendall(b'EHLO reset.test\\r\\n')\n\
+         s.recv(4096)\n\
+         s.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
+         s.close()\n",
+        ip = server.ip(),
+        port = server.port()
+    );
+    let status = std::process::Command::new("python3")
+        .args(["-c", &script])
+        .status()
+        .expect("python3 runs");
+    assert!(status.success(), "the resetting client failed");
 }
 
 #[test]

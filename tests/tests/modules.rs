@@ -96,7 +96,7 @@ fn a_module_rejecting_a_sender_domain_gets_its_reply_to_the_client() {
 }
 
 #[test]
-fn metadata_set_at_mail_from_in_smtpd_is_seen_at_delivery_in_qmgr() {
+fn metadata_set_in_smtpd_is_seen_at_delivery_in_qmgr() {
     let build = test_dir();
     let library = build_example("delivery_audit", build.path());
     let audit_log = build.path().join("audit.log");
@@ -136,7 +136,12 @@ fn metadata_set_at_mail_from_in_smtpd_is_seen_at_delivery_in_qmgr() {
             .map(str::to_owned)
             .ok_or(log)
     });
-    assert_eq!(line, format!("{id} {correlation} delivered 1"));
+    // ... and what it set at Data, once the whole message had arrived.
+    assert!(
+        metadata.contains(&("data_checked".to_owned(), "checked".to_owned())),
+        "{metadata:?}"
+    );
+    assert_eq!(line, format!("{id} {correlation} delivered 1 checked"));
 }
 
 #[test]

@@ -182,6 +182,51 @@ fn notify_decides_who_is_reported() {
     );
 }
 
+fn wants_success(recipient: &mut Recipient) {
+    recipient.notify = Notify {
+        explicit: true,
+        success: true,
+        failure: true,
+        delay: false,
+    };
+}
+
+#[test]
+fn delivered_recipients_that_asked_are_reported_as_relayed() {
+    let mut env = mixed();
+    wants_success(&mut env.recipients[0]);
+    let text = build_text(NoticeKind::Success, &env, &headers_only()).expect("a report");
+    assert!(text.contains("Subject: Successful Mail Delivery Report\r\n"));
+    let status = status_part_of(&text);
+    assert!(
+        status.contains(
+            "Final-Recipient: rfc822; ok@example.com\r\n\
+             Action: relayed\r\n\
+             Status: 2.0.0\r\n\
+             Remote-MTA: dns; mx\r\n\
+             Diagnostic-Code: smtp; 250 2.0.0 ok\r\n"
+        ),
+        "{status}"
+    );
+    assert!(
+        !status.contains("bob@example.com"),
+        "a success report leaves the failed out: {status}"
+    );
+    assert!(text.contains("<ok@example.com>: delivered to host mx:25: 250 2.0.0 ok\r\n"));
+    assert!(text.contains("Content-Description: Delivered Message Headers\r\n"));
+
+    // The final report of a message with a failure covers both.
+    let text = failure(&env);
+    let status = status_part_of(&text);
+    assert!(status.contains("Action: relayed\r\n") && status.contains("Action: failed\r\n"));
+}
+
+#[test]
+fn delivered_recipients_are_not_reported_without_notify_success() {
+    let env = mixed();
+    assert!(build_text(NoticeKind::Success, &env, &headers_only()).is_none());
+}
+
 #[test]
 fn no_report_without_failures() {
     let env = envelope(vec![recipient("a@example.com", RecipientStatus::Pending)]);

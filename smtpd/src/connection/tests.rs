@@ -235,6 +235,11 @@ async fn serve_submission(mut stream: tokio::net::UnixStream, behaviour: Behavio
                 let _ = write_frame(&mut stream, &reply).await;
                 break;
             }
+            Some(CleanupRequest::Metadata(metadata)) => {
+                if let Some(submission) = &mut record.submission {
+                    submission.metadata = metadata;
+                }
+            }
             Some(CleanupRequest::Abort) => {
                 record.aborted = true;
                 break;
