@@ -62,6 +62,15 @@ fn line_of(text: &str, needle: &str) -> usize {
 }
 
 #[test]
+fn the_shipped_configs_pass_check_config() {
+    let etc = Path::new(env!("CARGO_MANIFEST_DIR")).join("../etc");
+    for name in ["empath.dev.ron", "empath.config.ron"] {
+        let output = check_config(&etc.join(name));
+        assert!(output.status.success(), "{name}: {}", output.combined());
+    }
+}
+
+#[test]
 fn valid_config_passes_check_config() {
     let dir = test_dir();
     let config = TestConfig::new()
