@@ -13,6 +13,18 @@ pub use context::{ModuleContext, RawContext};
 /// The API version this host implements (`EM_API_VERSION` in empath.h).
 pub const API_VERSION: u32 = 1;
 
+/// The gcc flags the examples are built with in the tests (and a good
+/// start for any module): a position-independent shared object, C11,
+/// every warning an error. Add `-I <modules>/include`.
+pub const GCC_FLAGS: [&str; 6] = [
+    "-shared",
+    "-fPIC",
+    "-Wall",
+    "-Werror",
+    "-std=c11",
+    "-D_DEFAULT_SOURCE",
+];
+
 type ValidateFn = Option<unsafe extern "C" fn(*mut RawContext) -> libc::c_int>;
 type EventFn = Option<unsafe extern "C" fn(*mut RawContext)>;
 

@@ -10,15 +10,8 @@ fn build(name: &str, dir: &Path) -> PathBuf {
     let root = Path::new(env!("CARGO_MANIFEST_DIR"));
     let output = dir.join(format!("lib{name}.so"));
     let status = Command::new("gcc")
-        .args([
-            "-shared",
-            "-fPIC",
-            "-Wall",
-            "-Werror",
-            "-std=c11",
-            "-D_DEFAULT_SOURCE",
-            "-I",
-        ])
+        .args(empath_modules::GCC_FLAGS)
+        .arg("-I")
         .arg(root.join("include"))
         .arg(root.join("examples").join(format!("{name}.c")))
         .arg("-o")

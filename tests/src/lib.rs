@@ -16,6 +16,7 @@
 pub mod bounce;
 pub mod client;
 pub mod config;
+pub mod ctl;
 pub mod deliveries;
 pub mod dns;
 pub mod dsn;

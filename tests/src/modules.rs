@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
-use crate::run::{RunOutput, run_bounded};
+use crate::run::run_bounded;
 
 const GCC_TIMEOUT: Duration = Duration::from_secs(60);
 const CLIENT_TIMEOUT: Duration = Duration::from_secs(60);
@@ -24,15 +24,8 @@ pub fn build_example(name: &str, dir: &Path) -> PathBuf {
     let output = dir.join(format!("lib{name}.so"));
     let result = run_bounded(
         Command::new("gcc")
-            .args([
-                "-shared",
-                "-fPIC",
-                "-Wall",
-                "-Werror",
-                "-std=c11",
-                "-D_DEFAULT_SOURCE",
-                "-I",
-            ])
+            .args(empath_modules::GCC_FLAGS)
+            .arg("-I")
             .arg(root.join("include"))
             .arg(root.join("examples").join(format!("{name}.c")))
             .arg("-o")
@@ -132,15 +125,4 @@ pub fn transaction(server: SocketAddr, from: &str, to: &str) -> Transaction {
         data: field("data"),
         error: field("error"),
     }
-}
-
-/// Runs `empathctl --control-socket <spool>/public/control.sock ARGS`.
-pub fn empathctl(spool: &Path, args: &[&str]) -> RunOutput {
-    let mut command = Command::new(crate::binary("empathctl"));
-    command
-        .arg("--control-socket")
-        .arg(spool.join("public/control.sock"))
-        .args(args);
-    command.env_remove("EMPATH_TOKEN");
-    run_bounded(&mut command, CLIENT_TIMEOUT)
 }

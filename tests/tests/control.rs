@@ -14,38 +14,11 @@ const SENDER: &str = "ops@client.test";
 const TIMEOUT: Duration = Duration::from_secs(60);
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn control_socket(empath: &Empath) -> std::path::PathBuf {
-    empath.spool().join("public/control.sock")
-}
-
-/// Runs `empathctl --control-socket ... ARGS`.
-fn empathctl(empath: &Empath, args: &[&str]) -> RunOutput {
-    let mut command = Command::new(binary("empathctl"));
-    command
-        .arg("--control-socket")
-        .arg(control_socket(empath))
-        .args(args);
-    command.env_remove("EMPATH_TOKEN");
-    run_bounded(&mut command, COMMAND_TIMEOUT)
-}
-
-/// Runs empathctl and insists on success.
-fn ok(empath: &Empath, args: &[&str]) -> String {
-    let output = empathctl(empath, args);
-    assert!(
-        output.status.success(),
-        "empathctl {args:?} failed: {}\n{}",
-        output.combined(),
-        empath.log_tail()
-    );
-    output.stdout
-}
-
 /// Runs empathctl with `--json` and parses the answer.
 fn json(empath: &Empath, args: &[&str]) -> serde_json::Value {
     let mut with_json = vec!["--json"];
     with_json.extend_from_slice(args);
-    let text = ok(empath, &with_json);
+    let text = empath.empathctl_ok(&with_json);
     serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("empathctl {args:?} printed invalid JSON ({e}):\n{text}"))
 }
@@ -97,13 +70,13 @@ fn ping_status_and_overrides_in_both_formats() {
     let sink = Sink::start();
     let empath = start(&sink);
 
-    assert_eq!(ok(&empath, &["system", "ping"]).trim(), "pong");
+    assert_eq!(empath.empathctl_ok(&["system", "ping"]).trim(), "pong");
     assert_eq!(
         json(&empath, &["system", "ping"]),
         serde_json::json!("Pong")
     );
 
-    let status = ok(&empath, &["system", "status"]);
+    let status = empath.empathctl_ok(&["system", "status"]);
     for expected in [
         "Version:",
         "Uptime:",
@@ -140,7 +113,7 @@ fn ping_status_and_overrides_in_both_formats() {
     }
     assert_eq!(status["Status"]["queue_size"], 0);
 
-    let overrides = ok(&empath, &["dns", "list-overrides"]);
+    let overrides = empath.empathctl_ok(&["dns", "list-overrides"]);
     assert!(
         overrides.contains("sink.test") && overrides.contains(&sink.addr().to_string()),
         "{overrides}"
@@ -158,7 +131,7 @@ fn ping_status_and_overrides_in_both_formats() {
 fn freeze_holds_delivery_and_unfreeze_resumes_it() {
     let sink = Sink::start();
     let empath = start(&sink);
-    assert!(ok(&empath, &["queue", "freeze"]).contains("frozen"));
+    assert!(empath.empathctl_ok(&["queue", "freeze"]).contains("frozen"));
 
     send(&empath, &["a@sink.test"], 3);
     std::thread::sleep(Duration::from_secs(3));
@@ -166,13 +139,13 @@ fn freeze_holds_delivery_and_unfreeze_resumes_it() {
     let stats = json(&empath, &["queue", "stats"]);
     assert_eq!(stats["Stats"]["frozen"], true, "{stats}");
     assert_eq!(stats["Stats"]["total"], 3, "{stats}");
-    let human = ok(&empath, &["queue", "stats"]);
+    let human = empath.empathctl_ok(&["queue", "stats"]);
     assert!(
         human.contains("frozen") && human.contains("sink.test"),
         "{human}"
     );
 
-    ok(&empath, &["queue", "unfreeze"]);
+    empath.empathctl_ok(&["queue", "unfreeze"]);
     expect_messages(&sink, 3, &empath);
     empath.wait_queue_empty(TIMEOUT);
     assert_eq!(json(&empath, &["queue", "stats"])["Stats"]["frozen"], false);
@@ -182,7 +155,7 @@ fn freeze_holds_delivery_and_unfreeze_resumes_it() {
 fn list_filters_view_and_delete_act_on_the_named_message_only() {
     let sink = Sink::start();
     let empath = start(&sink);
-    ok(&empath, &["queue", "freeze"]);
+    empath.empathctl_ok(&["queue", "freeze"]);
     send(&empath, &["a@sink.test"], 2);
     send(&empath, &["b@other.test"], 1);
 
@@ -192,12 +165,12 @@ fn list_filters_view_and_delete_act_on_the_named_message_only() {
     assert_eq!(listed_ids(&empath, &["--status", "pending"]).len(), 3);
     assert_eq!(listed_ids(&empath, &["--status", "retry"]).len(), 0);
     assert_eq!(listed_ids(&empath, &["--limit", "2"]), all[..2].to_vec());
-    let human = ok(&empath, &["queue", "list", "--domain", "other.test"]);
+    let human = empath.empathctl_ok(&["queue", "list", "--domain", "other.test"]);
     assert!(
         human.contains("domain: other.test,") && human.contains("id: "),
         "{human}"
     );
-    let bad = empathctl(&empath, &["queue", "list", "--status", "lost"]);
+    let bad = empath.empathctl(&["queue", "list", "--status", "lost"]);
     assert!(
         !bad.status.success() && bad.stderr.contains("unknown status"),
         "{}",
@@ -205,7 +178,7 @@ fn list_filters_view_and_delete_act_on_the_named_message_only() {
     );
 
     let victim = &all[0];
-    let view = ok(&empath, &["queue", "view", victim]);
+    let view = empath.empathctl_ok(&["queue", "view", victim]);
     assert!(
         view.contains("Recipients:") && view.contains("a@sink.test") && view.contains("Subject:"),
         "{view}"
@@ -214,17 +187,21 @@ fn list_filters_view_and_delete_act_on_the_named_message_only() {
     assert_eq!(view["Message"]["entry"]["id"], victim.as_str());
     assert_eq!(view["Message"]["recipients"][0]["status"], "pending");
 
-    let refused = empathctl(&empath, &["queue", "delete", victim]);
+    let refused = empath.empathctl(&["queue", "delete", victim]);
     assert_eq!(refused.status.code(), Some(64), "{}", refused.combined());
-    assert!(ok(&empath, &["queue", "delete", victim, "--yes"]).contains("deleted"));
-    let missing = empathctl(&empath, &["queue", "view", victim]);
+    assert!(
+        empath
+            .empathctl_ok(&["queue", "delete", victim, "--yes"])
+            .contains("deleted")
+    );
+    let missing = empath.empathctl(&["queue", "view", victim]);
     assert!(
         !missing.status.success() && missing.stderr.contains("no message"),
         "{}",
         missing.combined()
     );
 
-    ok(&empath, &["queue", "unfreeze"]);
+    empath.empathctl_ok(&["queue", "unfreeze"]);
     expect_messages(&sink, 2, &empath);
     empath.wait_queue_empty(TIMEOUT);
     std::thread::sleep(Duration::from_millis(500));
@@ -258,13 +235,17 @@ fn retry_makes_only_the_named_deferred_message_due() {
         }
     });
     let retry = listed_ids(&empath, &["--status", "retry"]);
-    let human = ok(&empath, &["queue", "list", "--status", "retry"]);
+    let human = empath.empathctl_ok(&["queue", "list", "--status", "retry"]);
     assert!(
         human.contains("status: retry") && human.contains("next: in "),
         "{human}"
     );
 
-    assert!(ok(&empath, &["queue", "retry", &retry[1]]).contains("retried now"));
+    assert!(
+        empath
+            .empathctl_ok(&["queue", "retry", &retry[1]])
+            .contains("retried now")
+    );
     expect_messages(&sink, 1, &empath);
     std::thread::sleep(Duration::from_secs(2));
     assert_eq!(
@@ -289,11 +270,20 @@ fn dns_cache_commands_reach_smtp_out() {
     let empath = start(&sink);
     let cache = json(&empath, &["dns", "list-cache"]);
     assert_eq!(cache["DnsCache"], serde_json::json!([]), "{cache}");
-    assert!(ok(&empath, &["dns", "list-cache"]).contains("DNS Cache (0 entries)"));
-    assert!(!ok(&empath, &["dns", "clear-cache"]).trim().is_empty());
+    assert!(
+        empath
+            .empathctl_ok(&["dns", "list-cache"])
+            .contains("DNS Cache (0 entries)")
+    );
+    assert!(
+        !empath
+            .empathctl_ok(&["dns", "clear-cache"])
+            .trim()
+            .is_empty()
+    );
     // No DNS server is reachable in this test: refreshing must fail with a
     // clear message rather than hang or pretend.
-    let refresh = empathctl(&empath, &["dns", "refresh", "nowhere.invalid"]);
+    let refresh = empath.empathctl(&["dns", "refresh", "nowhere.invalid"]);
     assert!(!refresh.combined().trim().is_empty());
 }
 
@@ -310,21 +300,23 @@ fn a_wrong_token_is_refused_and_logged() {
                 &format!("(enabled: true, token_hashes: [\"{digest}\"])"),
             ),
     );
-    let denied = empathctl(&empath, &["--token", "wrong-token", "system", "ping"]);
+    let denied = empath.empathctl(&["--token", "wrong-token", "system", "ping"]);
     assert_eq!(denied.status.code(), Some(1), "{}", denied.combined());
     assert!(
         denied.stderr.contains("authentication failed"),
         "{}",
         denied.combined()
     );
-    let missing = empathctl(&empath, &["system", "ping"]);
+    let missing = empath.empathctl(&["system", "ping"]);
     assert!(
         missing.stderr.contains("authentication required"),
         "{}",
         missing.combined()
     );
     assert_eq!(
-        ok(&empath, &["--token", "right-token", "system", "ping"]).trim(),
+        empath
+            .empathctl_ok(&["--token", "right-token", "system", "ping"])
+            .trim(),
         "pong"
     );
 
@@ -383,7 +375,7 @@ fn mailq_lists_the_queue_even_with_the_daemon_down() {
         output.stdout
     };
     assert_eq!(mailq(&empath), "Mail queue is empty\n");
-    ok(&empath, &["queue", "freeze"]);
+    empath.empathctl_ok(&["queue", "freeze"]);
     send(&empath, &["a@sink.test", "b@sink.test"], 1);
     let id = listed_ids(&empath, &[])[0].clone();
     empath.stop();

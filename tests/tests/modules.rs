@@ -7,7 +7,7 @@
 use std::path::Path;
 use std::time::Duration;
 
-use empath_tests::modules::{build_example, empathctl, modules_section, transaction};
+use empath_tests::modules::{build_example, modules_section, transaction};
 use empath_tests::run::run_bounded;
 use empath_tests::{Empath, SMTPD, Sink, TestConfig, empath_command, poll, test_dir};
 
@@ -33,21 +33,9 @@ fn wait_delivered(empath: &Empath, sink: &Sink, count: usize) -> Vec<String> {
     })
 }
 
-/// Runs `empathctl ARGS` and insists on success.
-fn ctl(empath: &Empath, args: &[&str]) -> String {
-    let output = empathctl(empath.spool(), args);
-    assert!(
-        output.status.success(),
-        "empathctl {args:?} failed: {}\n{}",
-        output.combined(),
-        empath.log_tail()
-    );
-    output.stdout
-}
-
 /// The metadata of a queued message, from `empathctl --json queue view`.
 fn queued_metadata(empath: &Empath, id: &str) -> Vec<(String, String)> {
-    let text = ctl(empath, &["--json", "queue", "view", id]);
+    let text = empath.empathctl_ok(&["--json", "queue", "view", id]);
     let view: serde_json::Value = serde_json::from_str(&text)
         .unwrap_or_else(|e| panic!("queue view printed invalid JSON ({e}):\n{text}"));
     view["Message"]["metadata"]
@@ -103,7 +91,7 @@ fn metadata_set_in_smtpd_is_seen_at_delivery_in_qmgr() {
     let audit_arg = audit_log.display().to_string();
     let sink = Sink::start();
     let empath = Empath::start(config(&sink, &[(&library, &[audit_arg.as_str()])]));
-    ctl(&empath, &["queue", "freeze"]);
+    empath.empathctl_ok(&["queue", "freeze"]);
 
     let sent = transaction(empath.smtp_addr(), "audited@client.test", RECIPIENT);
     let id = sent
@@ -126,7 +114,7 @@ fn metadata_set_in_smtpd_is_seen_at_delivery_in_qmgr() {
         "nothing is delivered while the queue is frozen"
     );
 
-    ctl(&empath, &["queue", "unfreeze"]);
+    empath.empathctl_ok(&["queue", "unfreeze"]);
     wait_delivered(&empath, &sink, 1);
     // qmgr's module read the same metadata back at DeliverySuccess.
     let line = empath.wait_until("the audit log line", TIMEOUT, || {
@@ -158,7 +146,7 @@ fn nul_bytes_in_module_strings_are_removed() {
         "{refused:?}"
     );
 
-    ctl(&empath, &["queue", "freeze"]);
+    empath.empathctl_ok(&["queue", "freeze"]);
     let sent = transaction(empath.smtp_addr(), "other@test.example", RECIPIENT);
     let id = sent
         .queue_id()
@@ -169,7 +157,7 @@ fn nul_bytes_in_module_strings_are_removed() {
         metadata.contains(&("nul_test".to_owned(), "abc".to_owned())),
         "{metadata:?}"
     );
-    ctl(&empath, &["queue", "unfreeze"]);
+    empath.empathctl_ok(&["queue", "unfreeze"]);
     assert_eq!(wait_delivered(&empath, &sink, 1), ["other@test.example"]);
 }
 
