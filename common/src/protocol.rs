@@ -18,6 +18,9 @@ pub const CLEANUP: &str = "cleanup";
 pub const QMGR: &str = "qmgr";
 pub const SMTP_OUT: &str = "smtp-out";
 pub const BOUNCE: &str = "bounce";
+/// The master's connection accounting for smtpd: [`AnvilRequest`] in,
+/// [`AnvilReply`] out (named after Postfix's anvil service).
+pub const ANVIL: &str = "anvil";
 /// qmgr's control socket: [`crate::control::ControlRequest::Queue`] in,
 /// [`crate::control::ControlResponse`] out.
 pub const QMGR_CONTROL: &str = "qmgr-control";
@@ -61,6 +64,28 @@ pub enum CleanupReply {
     Queued { id: QueueId },
     /// Not queued; the reply says why (4xx: try again, 5xx: do not).
     Rejected(Reply),
+}
+
+/// Counting SMTP connections across every smtpd process, so that
+/// `max_connections` and `max_connections_per_ip` hold for the whole
+/// system. Each smtpd keeps one connection to the master's anvil socket;
+/// when it closes (the smtpd exited or crashed), everything it held is
+/// released.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnvilRequest {
+    /// A client connected: may it stay? Answered with an [`AnvilReply`].
+    Acquire(std::net::IpAddr),
+    /// A granted connection ended. Not answered.
+    Release(std::net::IpAddr),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AnvilReply {
+    Granted,
+    /// `max_connections` are open.
+    TooMany,
+    /// `max_connections_per_ip` are open from this address.
+    TooManyFromIp,
 }
 
 /// Notifications to qmgr.

@@ -1,6 +1,7 @@
 //! `empath`, the master process: validates the config, prepares the queue,
 //! binds the listeners and supervises the daemons.
 
+mod anvil;
 mod control;
 mod control_socket;
 mod http;

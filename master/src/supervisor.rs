@@ -175,6 +175,9 @@ pub async fn run(
         })
         .collect();
     let status = Arc::new(Status::new(&names));
+    // Before any smtpd starts, so that every connection is counted.
+    let anvil = crate::anvil::Anvil::new(&config);
+    let _anvil_task = crate::anvil::start(&anvil, &queue, settings.run_as);
     let listen_fds = spawn::raw_fds(&bound.sockets);
     let mut slots: Vec<SlotHandle> = names
         .iter()
@@ -223,6 +226,7 @@ pub async fn run(
             _ = hangup.recv() => {
                 if let Some(new) = reload(&config, &slots).await {
                     config = new;
+                    anvil.set_limits(&config);
                     *shared_config.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&config);
                     if let Some(task) = control.take() {
                         task.abort();

@@ -18,6 +18,7 @@
 //! - [`settings`]: per-listener settings from the config;
 //! - [`listeners`]: the inherited sockets and the accept loop.
 
+pub mod anvil;
 pub mod auth;
 pub mod cleanup_client;
 pub mod connection;

@@ -11,6 +11,7 @@ use std::time::Duration;
 use nix::sys::socket::{getsockopt, sockopt};
 use tokio::net::TcpListener;
 
+use crate::anvil::AnvilClient;
 use crate::connection;
 use crate::limits::{ConnectionLimits, Refused};
 use crate::reply;
@@ -87,12 +88,23 @@ pub async fn accept_loop(
     listener: TcpListener,
     settings: Arc<Settings>,
     limits: Arc<ConnectionLimits>,
+    anvil: Arc<AnvilClient>,
 ) {
     loop {
         match listener.accept().await {
             Ok((stream, peer)) => {
-                let slot = match limits.acquire(peer.ip().to_canonical()) {
+                let ip = peer.ip().to_canonical();
+                // This process's own count first (no round trip when it is
+                // already over), then the whole system's, kept by the master.
+                let slot = match limits.acquire(ip) {
                     Ok(slot) => slot,
+                    Err(refused) => {
+                        refuse(stream, client_address(peer), refused, &settings.hostname);
+                        continue;
+                    }
+                };
+                let grant = match anvil.acquire(ip).await {
+                    Ok(grant) => grant,
                     Err(refused) => {
                         refuse(stream, client_address(peer), refused, &settings.hostname);
                         continue;
@@ -110,7 +122,7 @@ pub async fn accept_loop(
                     metrics.smtp_connections_active.inc();
                     connection::serve(stream, client_address(peer), settings).await;
                     metrics.smtp_connections_active.dec();
-                    drop(slot);
+                    drop((slot, grant));
                 });
             }
             Err(error) => {

@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use empath_common::daemon;
-use empath_common::protocol::CLEANUP;
+use empath_common::protocol::{ANVIL, CLEANUP};
+use empath_smtpd::anvil::AnvilClient;
 use empath_smtpd::auth::AuthState;
 use empath_smtpd::limits::ConnectionLimits;
 use empath_smtpd::listeners;
@@ -53,6 +54,7 @@ fn main() -> ExitCode {
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
         let auth = AuthState::new(&config.smtpd.auth);
+        let anvil = AnvilClient::start(queue.private_socket(ANVIL));
         let mut tls_slots = Vec::new();
         let mut accepting = tokio::task::JoinSet::new();
         for (socket, listener) in inherited.into_iter().zip(configured) {
@@ -77,6 +79,7 @@ fn main() -> ExitCode {
                 socket,
                 Arc::new(settings),
                 Arc::clone(&limits),
+                Arc::clone(&anvil),
             ));
         }
         accepting.spawn(reload_on_hangup(hangups, tls_slots, auth));

@@ -156,3 +156,81 @@ fn connections_over_the_per_ip_limit_get_421() {
         }
     });
 }
+
+/// Opens a session and returns its first reply.
+fn greeting(addr: std::net::SocketAddr) -> (RawSmtp, String) {
+    let mut client = RawSmtp::connect(addr, READ_TIMEOUT).expect("connect");
+    let reply = client.reply().expect("a first reply");
+    (client, reply)
+}
+
+#[test]
+fn the_per_ip_limit_holds_across_smtpd_processes_and_survives_their_crash() {
+    const PROCESSES: usize = 3;
+    const PER_IP: usize = 4;
+    let empath = Empath::start(TestConfig::new().section(
+        "smtpd",
+        &format!("(processes: {PROCESSES}, max_connections_per_ip: {PER_IP})"),
+    ));
+    let addr = empath.smtp_addr();
+    empath.wait_until("every smtpd to run", Duration::from_secs(30), || {
+        let running = empath.child_pids("empath-smtpd").len();
+        if running == PROCESSES {
+            Ok(())
+        } else {
+            Err(format!("{running} running"))
+        }
+    });
+
+    // The kernel hands connections to whichever smtpd accepts first: only a
+    // count kept for all of them refuses every one past the limit.
+    let mut held: Vec<RawSmtp> = (0..PER_IP)
+        .map(|n| {
+            let (client, reply) = greeting(addr);
+            assert!(reply.starts_with("220"), "connection {n}: {reply}");
+            client
+        })
+        .collect();
+    for n in 0..2 * PROCESSES {
+        let (_, reply) = greeting(addr);
+        assert_eq!(
+            reply, "421 4.7.0 mx.empath.test Error: too many connections from your address",
+            "extra connection {n}"
+        );
+    }
+
+    // Every smtpd dies with its sessions: what they held is released, and
+    // the restarted ones admit the limit again, and no more.
+    let killed = empath.kill9_child("empath-smtpd");
+    held.clear();
+    empath.wait_until(
+        "the smtpds to be restarted",
+        Duration::from_secs(30),
+        || {
+            let fresh = empath
+                .child_pids("empath-smtpd")
+                .into_iter()
+                .filter(|pid| !killed.contains(pid))
+                .count();
+            if fresh == PROCESSES {
+                Ok(())
+            } else {
+                Err(format!("{fresh} restarted"))
+            }
+        },
+    );
+    let held: Vec<RawSmtp> = (0..PER_IP)
+        .map(|n| {
+            let (client, reply) = greeting(addr);
+            assert!(
+                reply.starts_with("220"),
+                "after the crash, connection {n}: {reply}\n{}",
+                empath.log_tail()
+            );
+            client
+        })
+        .collect();
+    let (_, reply) = greeting(addr);
+    assert!(reply.starts_with("421"), "{reply}");
+    drop(held);
+}

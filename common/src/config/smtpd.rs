@@ -1,8 +1,9 @@
 //! The `smtpd` section: how the SMTP server side runs and what it allows:
 //! process count, relay policy, authentication, VRFY/EXPN, and limits.
 //!
-//! The connection limits count per smtpd process: with `processes: N`, up
-//! to N times as many connections can be open in all.
+//! The connection limits hold for all smtpd processes together: the master
+//! keeps the count (its anvil socket). Should the master not answer, each
+//! process still holds them on its own.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -35,9 +36,9 @@ pub struct Smtpd {
     pub vrfy_code: u16,
     /// The reply to EXPN: 252 or 502 (disabled).
     pub expn_code: u16,
-    /// Open connections per smtpd process; more get `421 4.7.0`.
+    /// Open connections in all; more get `421 4.7.0`.
     pub max_connections: usize,
-    /// Open connections from one client IP address per smtpd process.
+    /// Open connections from one client IP address, in all.
     pub max_connections_per_ip: usize,
     /// Recipients per message; more get `452 4.5.3`.
     pub max_recipients: usize,
