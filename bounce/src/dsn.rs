@@ -342,18 +342,15 @@ fn human_part(
     utf8: bool,
 ) {
     let envelope = notice.envelope;
-    let (charset, encoding) = if utf8 {
-        ("utf-8", "8bit")
+    let (content_type, encoding) = if utf8 {
+        ("text/plain; charset=utf-8", Some("8bit"))
     } else {
-        ("us-ascii", "7bit")
+        ("text/plain; charset=us-ascii", Some("7bit"))
     };
+    part_headers(out, "Notification", content_type, encoding);
     let _ = write!(
         out,
-        "Content-Description: Notification\r\n\
-         Content-Type: text/plain; charset={charset}\r\n\
-         Content-Transfer-Encoding: {encoding}\r\n\
-         \r\n\
-         This is the mail system at host {host}.\r\n\r\n",
+        "This is the mail system at host {host}.\r\n\r\n",
         host = reporter.hostname,
     );
     let attached = match notice.returned {
@@ -449,16 +446,11 @@ fn status_part(
 ) {
     let envelope = notice.envelope;
     let (content_type, encoding) = if utf8 {
-        ("message/global-delivery-status", "8bit")
+        ("message/global-delivery-status", Some("8bit"))
     } else {
-        ("message/delivery-status", "7bit")
+        ("message/delivery-status", Some("7bit"))
     };
-    let _ = write!(
-        out,
-        "Content-Description: Delivery report\r\n\
-         Content-Type: {content_type}\r\n\
-         Content-Transfer-Encoding: {encoding}\r\n\r\n"
-    );
+    part_headers(out, "Delivery report", content_type, encoding);
     if let Some(envid) = &envelope.dsn.envid {
         push_field(out, "Original-Envelope-Id", envid);
     }
@@ -525,12 +517,17 @@ fn returned_part_headers(out: &mut String, notice: &Notice<'_>, utf8: bool, eigh
             ("Undelivered Message Headers", "message/global-headers")
         }
     };
+    part_headers(out, description, content_type, eight_bit.then_some("8bit"));
+}
+
+/// The header section of one part of the report, and the blank line.
+fn part_headers(out: &mut String, description: &str, content_type: &str, encoding: Option<&str>) {
     let _ = write!(
         out,
         "Content-Description: {description}\r\nContent-Type: {content_type}\r\n"
     );
-    if eight_bit {
-        out.push_str("Content-Transfer-Encoding: 8bit\r\n");
+    if let Some(encoding) = encoding {
+        let _ = write!(out, "Content-Transfer-Encoding: {encoding}\r\n");
     }
     out.push_str("\r\n");
 }

@@ -75,24 +75,15 @@ impl Incoming {
         self.content.write_all(&head)
     }
 
-    /// Seals the envelope into the content file, links it into `incoming/`
-    /// and fsyncs it (once). The directory entries still need
+    /// Queues the message in `incoming/` ([`Queue::stage_new`]: one file,
+    /// one fsync). The directory entries still need
     /// [`Queue::sync_new_entries`] (group commit) before the message may be
-    /// acknowledged.
+    /// acknowledged. On error nothing of it is left.
     pub fn stage(mut self, queue: &Queue) -> io::Result<Envelope> {
-        let id = self.id;
-        let result = match self.write_head() {
-            Ok(()) => self.finish(queue),
-            Err(error) => Err(error),
-        };
-        if result.is_err() {
-            queue.abandon_content(id);
+        if let Err(error) = self.write_head() {
+            self.abandon(queue);
+            return Err(error);
         }
-        result
-    }
-
-    fn finish(self, queue: &Queue) -> io::Result<Envelope> {
-        let content_size = self.content.written();
         let submission = self.submission;
         let envelope = Envelope {
             id: self.id,
@@ -105,19 +96,11 @@ impl Incoming {
             client: submission.client,
             dsn: submission.dsn,
             metadata: submission.metadata,
-            content_size,
+            content_size: self.content.written(),
             smtputf8: submission.smtputf8,
             delay_warned: false,
         };
-        // Link first, then fsync: on a journaling filesystem this one fsync
-        // commits the content, the file's creation and the link together;
-        // the directory fsyncs of the group commit then find nothing left
-        // to do. Should the system crash before the fsync, qmgr finds an
-        // incomplete file in incoming/ and quarantines it; no 250 was sent
-        // for it, so nothing is lost.
-        let file = self.content.seal_unsynced(&envelope)?;
-        queue.link_new(envelope.id)?;
-        file.sync_all()?;
+        queue.stage_new(self.content, &envelope)?;
         Ok(envelope)
     }
 

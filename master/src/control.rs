@@ -148,19 +148,9 @@ impl Control {
         match request {
             ControlRequest::System(SystemCommand::Ping) => ControlResponse::Pong,
             ControlRequest::System(SystemCommand::Status) => self.status().await,
-            ControlRequest::Dns(DnsCommand::ListOverrides) => ControlResponse::Overrides(
-                self.config
-                    .delivery
-                    .domains
-                    .iter()
-                    .filter_map(|(domain, policy)| {
-                        policy
-                            .mx_override
-                            .as_ref()
-                            .map(|t| (domain.clone(), t.to_string()))
-                    })
-                    .collect(),
-            ),
+            ControlRequest::Dns(DnsCommand::ListOverrides) => {
+                ControlResponse::Overrides(self.config.delivery.mx_overrides())
+            }
             request @ ControlRequest::Queue(_) => {
                 self.route(protocol::QMGR_CONTROL, "qmgr", request).await
             }

@@ -3,7 +3,7 @@
 //! reuse idle connections to smtp-out.
 
 use std::io;
-use std::path::Path;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -23,12 +23,24 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 /// jobs one after another on a connection, and a new connection per job
 /// costs a connect, an accept and a task on both sides. At most one per
 /// concurrent delivery exists.
-#[derive(Clone, Default)]
+#[derive(Clone)]
 pub struct SmtpOutConnections {
+    socket: Arc<PathBuf>,
     idle: Arc<Mutex<Vec<UnixStream>>>,
 }
 
 impl SmtpOutConnections {
+    pub fn new(queue: &Queue) -> Self {
+        Self::to(queue.private_socket(protocol::SMTP_OUT))
+    }
+
+    fn to(socket: PathBuf) -> Self {
+        Self {
+            socket: Arc::new(socket),
+            idle: Arc::default(),
+        }
+    }
+
     fn take(&self) -> Option<UnixStream> {
         self.idle.lock().ok()?.pop()
     }
@@ -40,7 +52,7 @@ impl SmtpOutConnections {
     }
 
     /// Sends `job` and waits for its report.
-    async fn call(&self, socket: &Path, job: &DeliveryJob) -> io::Result<DeliveryReport> {
+    async fn call(&self, job: &DeliveryJob) -> io::Result<DeliveryReport> {
         let mut stream = match self.take() {
             // A kept connection may lead to an smtp-out that has exited
             // since: then the write fails (the job never arrived) and the
@@ -48,9 +60,9 @@ impl SmtpOutConnections {
             // job's, as on a fresh connection.
             Some(mut kept) => match ipc::write_frame(&mut kept, job).await {
                 Ok(()) => kept,
-                Err(_) => self.connect_and_send(socket, job).await?,
+                Err(_) => self.connect_and_send(job).await?,
             },
-            None => self.connect_and_send(socket, job).await?,
+            None => self.connect_and_send(job).await?,
         };
         let report = ipc::read_frame(&mut stream).await?.ok_or_else(|| {
             io::Error::new(
@@ -62,8 +74,8 @@ impl SmtpOutConnections {
         Ok(report)
     }
 
-    async fn connect_and_send(&self, socket: &Path, job: &DeliveryJob) -> io::Result<UnixStream> {
-        let mut stream = ipc::connect(socket, CONNECT_TIMEOUT).await?;
+    async fn connect_and_send(&self, job: &DeliveryJob) -> io::Result<UnixStream> {
+        let mut stream = ipc::connect(&self.socket, CONNECT_TIMEOUT).await?;
         ipc::write_frame(&mut stream, job).await?;
         Ok(stream)
     }
@@ -71,18 +83,13 @@ impl SmtpOutConnections {
 
 /// Sends `job` to smtp-out and reports the outcome.
 pub fn deliver(
-    queue: &Queue,
     connections: &SmtpOutConnections,
     job: DeliveryJob,
     events: mpsc::UnboundedSender<Event>,
 ) {
-    let socket = queue.private_socket(protocol::SMTP_OUT);
     let connections = connections.clone();
     tokio::spawn(async move {
-        let result = connections
-            .call(&socket, &job)
-            .await
-            .map_err(|e| e.to_string());
+        let result = connections.call(&job).await.map_err(|e| e.to_string());
         let _ = events.send(Event::JobDone { job, result });
     });
 }
@@ -146,13 +153,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let socket = dir.path().join("smtp-out.sock");
         let listener = UnixListener::bind(&socket).unwrap();
-        let connections = SmtpOutConnections::default();
+        let connections = SmtpOutConnections::to(socket.clone());
 
         // Two jobs, one after the other: the server accepts only once.
         let server = serve_one_connection(&listener, 2);
         let client = async {
-            connections.call(&socket, &job()).await.unwrap();
-            connections.call(&socket, &job()).await.unwrap();
+            connections.call(&job()).await.unwrap();
+            connections.call(&job()).await.unwrap();
         };
         tokio::time::timeout(Duration::from_secs(5), async {
             tokio::join!(server, client)
@@ -168,7 +175,7 @@ mod tests {
         let server = serve_one_connection(&listener, 1);
         let third = job();
         let (_, report) = tokio::time::timeout(Duration::from_secs(5), async {
-            tokio::join!(server, connections.call(&socket, &third))
+            tokio::join!(server, connections.call(&third))
         })
         .await
         .expect("the job answered on a new connection");

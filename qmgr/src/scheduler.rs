@@ -105,6 +105,7 @@ impl Scheduler {
         modules: Modules,
     ) -> Self {
         let destinations = Destinations::new(policy.clone());
+        let smtp_out = dispatch::SmtpOutConnections::new(&queue);
         Self {
             queue,
             policy,
@@ -121,7 +122,7 @@ impl Scheduler {
             frozen: false,
             wake_at: None,
             modules,
-            smtp_out: dispatch::SmtpOutConnections::default(),
+            smtp_out,
         }
     }
 
@@ -278,7 +279,7 @@ impl Scheduler {
             {
                 Decision::Dispatch => {
                     self.running += 1;
-                    dispatch::deliver(&self.queue, &self.smtp_out, job, self.events.clone());
+                    dispatch::deliver(&self.smtp_out, job, self.events.clone());
                 }
                 Decision::Wait(at) => {
                     if let Some(at) = at {

@@ -42,20 +42,9 @@ async fn dns(agent: &SmtpOut, command: DnsCommand) -> ControlResponse {
             Ok(answer) => ControlResponse::Done(describe(&domain, &answer)),
             Err(error) => ControlResponse::Error(format!("{domain}: {error:?}")),
         },
-        DnsCommand::ListOverrides => ControlResponse::Overrides(
-            agent
-                .config
-                .delivery
-                .domains
-                .iter()
-                .filter_map(|(domain, policy)| {
-                    policy
-                        .mx_override
-                        .as_ref()
-                        .map(|target| (domain.clone(), target.to_string()))
-                })
-                .collect(),
-        ),
+        DnsCommand::ListOverrides => {
+            ControlResponse::Overrides(agent.config.delivery.mx_overrides())
+        }
     }
 }
 

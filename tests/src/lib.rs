@@ -189,7 +189,11 @@ impl Empath {
     /// Writes `config` into a new temp dir, starts `empath --config` there
     /// and waits until it has published its listening addresses.
     pub fn start(config: TestConfig) -> Self {
-        let dir = test_dir();
+        Self::start_in(test_dir(), config)
+    }
+
+    /// Starts the master in `dir`, which the instance then owns.
+    pub(crate) fn start_in(dir: TempDir, config: TestConfig) -> Self {
         let dir_path = dir.path().to_owned();
         let config_path = config.write_to(&dir_path);
         let spool = dir_path.join("spool");

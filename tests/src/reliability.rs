@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
-use tempfile::TempDir;
 
 use crate::procfs::{self, ProcInfo};
 use crate::run::run_bounded;
@@ -24,24 +23,6 @@ impl Empath {
         let dir = test_dir();
         prepare(dir.path());
         Self::start_in(dir, config)
-    }
-
-    fn start_in(dir: TempDir, config: TestConfig) -> Self {
-        let dir_path = dir.path().to_owned();
-        let config_path = config.write_to(&dir_path);
-        let spool = dir_path.join("spool");
-        let child = spawn_master(&dir_path, &config_path);
-        let mut empath = Self {
-            dir: Some(dir),
-            dir_path,
-            config_path,
-            spool,
-            child,
-            exit: None,
-            smtp_addrs: Vec::new(),
-        };
-        empath.smtp_addrs = empath.wait_for_listeners(config.listener_count());
-        empath
     }
 
     /// SIGKILLs the master, as a crash or the OOM killer would, and waits

@@ -153,21 +153,32 @@ fn finish(
     );
 }
 
-#[test]
-fn damaged_files_in_incoming_go_to_corrupt_while_mail_flows() {
-    let (sink, empath, messages, sending) = start();
+fn wait_mail_flowing(sink: &Sink, empath: &Empath) {
     empath.wait_until("mail to flow", DELIVERY_TIMEOUT, || {
         (sink.message_count() >= 10)
             .then_some(())
             .ok_or("waiting".to_owned())
     });
+}
 
-    let mut names = Vec::new();
-    for (id, bytes, what) in damaged_files() {
-        plant(&empath, QueueState::Incoming, &id.to_string(), &bytes);
-        println!("planted {what} as incoming/{id}");
-        names.push(id.to_string());
-    }
+/// Plants every kind of damaged file in `state` and returns their names.
+fn plant_damaged(empath: &Empath, state: QueueState) -> Vec<String> {
+    damaged_files()
+        .into_iter()
+        .map(|(id, bytes, what)| {
+            plant(empath, state, &id.to_string(), &bytes);
+            println!("planted {what} as {}/{id}", state.dir_name());
+            id.to_string()
+        })
+        .collect()
+}
+
+#[test]
+fn damaged_files_in_incoming_go_to_corrupt_while_mail_flows() {
+    let (sink, empath, messages, sending) = start();
+    wait_mail_flowing(&sink, &empath);
+
+    let mut names = plant_damaged(&empath, QueueState::Incoming);
     // A file whose name is not a queue ID at all.
     plant(&empath, QueueState::Incoming, "not-a-queue-id", b"junk");
     names.push("not-a-queue-id".to_owned());
@@ -182,12 +193,7 @@ fn damaged_files_in_incoming_go_to_corrupt_while_mail_flows() {
 #[test]
 fn damaged_files_in_deferred_go_to_corrupt_when_qmgr_restarts() {
     let (sink, empath, messages, sending) = start();
-    let mut names = Vec::new();
-    for (id, bytes, what) in damaged_files() {
-        plant(&empath, QueueState::Deferred, &id.to_string(), &bytes);
-        println!("planted {what} as deferred/{id}");
-        names.push(id.to_string());
-    }
+    let names = plant_damaged(&empath, QueueState::Deferred);
     let killed = empath.kill9_child(QMGR);
     empath.wait_restarted(QMGR, &killed, Duration::from_secs(30));
 
@@ -201,17 +207,8 @@ fn damaged_files_in_deferred_go_to_corrupt_when_qmgr_restarts() {
 #[test]
 fn damaged_files_in_deferred_go_to_corrupt_while_mail_flows() {
     let (sink, empath, messages, sending) = start();
-    empath.wait_until("mail to flow", DELIVERY_TIMEOUT, || {
-        (sink.message_count() >= 10)
-            .then_some(())
-            .ok_or("waiting".to_owned())
-    });
-    let mut names = Vec::new();
-    for (id, bytes, what) in damaged_files() {
-        plant(&empath, QueueState::Deferred, &id.to_string(), &bytes);
-        println!("planted {what} as deferred/{id}");
-        names.push(id.to_string());
-    }
+    wait_mail_flowing(&sink, &empath);
+    let names = plant_damaged(&empath, QueueState::Deferred);
     wait_quarantined(&empath, &names);
     assert_logged(&empath, &names);
     finish(&sink, &empath, &messages, sending, names.len());

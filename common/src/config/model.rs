@@ -185,6 +185,22 @@ pub struct Delivery {
     pub circuit_breaker: CircuitBreaker,
 }
 
+impl Delivery {
+    /// `(domain, host:port)` of every domain with an `mx_override`, in
+    /// domain order: what `empathctl dns list-overrides` shows.
+    pub fn mx_overrides(&self) -> Vec<(String, String)> {
+        self.domains
+            .iter()
+            .filter_map(|(domain, policy)| {
+                policy
+                    .mx_override
+                    .as_ref()
+                    .map(|target| (domain.clone(), target.to_string()))
+            })
+            .collect()
+    }
+}
+
 impl Default for Delivery {
     fn default() -> Self {
         Self {

@@ -187,7 +187,6 @@ impl Queue {
         let path = self.content_path(id);
         let file = safeio::create_new(&path)?;
         Ok(ContentWriter {
-            path,
             file: BufWriter::with_capacity(64 * 1024, file),
             written: 0,
         })
@@ -211,38 +210,33 @@ impl Queue {
         Ok((file, len))
     }
 
-    /// Makes a sealed content file (see [`ContentWriter::seal`]) the
-    /// message's entry in `incoming/`, with a hard link: no second file and
-    /// no rename. Follow with [`Queue::sync_new_entries`] before telling
-    /// anyone the message is queued.
-    pub fn link_new(&self, id: QueueId) -> io::Result<()> {
-        std::fs::hard_link(
-            self.content_path(id),
-            self.envelope_path(QueueState::Incoming, id),
-        )
-    }
-
-    /// Makes a new message visible in `incoming/`: the envelope goes to
-    /// `tmp/`, is fsynced and renamed, and both directory entries (content
-    /// and envelope) are fsynced. After this returns, the message survives a
-    /// crash; only then may smtpd answer 250.
-    pub fn commit_new(&self, envelope: &Envelope) -> io::Result<()> {
-        self.stage_new(envelope)?;
-        self.sync_new_entries()
-    }
-
-    /// The first half of [`Queue::commit_new`]: the envelope is written,
-    /// fsynced and renamed into `incoming/`, but the directory entries are
-    /// not durable yet. Follow with [`Queue::sync_new_entries`] before
-    /// telling anyone the message is queued.
-    pub fn stage_new(&self, envelope: &Envelope) -> io::Result<()> {
-        let target = self.envelope_path(QueueState::Incoming, envelope.id);
-        safeio::write_then_rename(&self.tmp_path(envelope.id), &target, &encode(envelope))
+    /// Queues a new message: seals `envelope` onto the end of its content
+    /// file, hard-links that file into `incoming/` (no second file, no
+    /// rename) and fsyncs it once. Linking before the fsync lets a
+    /// journaling filesystem commit the content, the inode and the link
+    /// together; a crash before the fsync leaves at worst a truncated file,
+    /// which has no valid trailer and is quarantined, and no 250 was sent
+    /// for it. Follow with [`Queue::sync_new_entries`] (shared by all the
+    /// messages of a group commit) before telling anyone it is queued. On
+    /// error nothing of the message is left.
+    pub fn stage_new(&self, content: ContentWriter, envelope: &Envelope) -> io::Result<()> {
+        let id = envelope.id;
+        let staged = content.seal(envelope).and_then(|file| {
+            std::fs::hard_link(
+                self.content_path(id),
+                self.envelope_path(QueueState::Incoming, id),
+            )?;
+            file.sync_all()
+        });
+        if staged.is_err() {
+            self.unstage_new(id);
+        }
+        staged
     }
 
     /// Makes the directory entries of new messages in `data/` and
-    /// `incoming/` durable. One call covers every message linked or staged
-    /// before it started, which is what makes group commit work. `data/`
+    /// `incoming/` durable. One call covers every message staged before it
+    /// started, which is what makes group commit work. `data/`
     /// goes first: an `incoming/` entry never outlives its content's.
     pub fn sync_new_entries(&self) -> io::Result<()> {
         safeio::fsync_dir(&self.root.join(DATA))?;
@@ -408,7 +402,6 @@ pub struct Listing {
 
 /// The content file of a message being received.
 pub struct ContentWriter {
-    path: PathBuf,
     file: BufWriter<File>,
     written: u64,
 }
@@ -425,19 +418,9 @@ impl ContentWriter {
     }
 
     /// Ends the content: appends the message's first envelope and the
-    /// trailer, and fsyncs the file, once. `envelope.content_size` must be
-    /// [`ContentWriter::written`]. Returns the content size.
-    pub fn seal(self, envelope: &Envelope) -> io::Result<u64> {
-        let size = self.written;
-        self.seal_unsynced(envelope)?.sync_all()?;
-        Ok(size)
-    }
-
-    /// Like [`ContentWriter::seal`], but leaves the fsync to the caller, who
-    /// may first link the file into `incoming/`: on a journaling filesystem
-    /// one fsync of the file then commits the content, the file's creation
-    /// and the link together.
-    pub fn seal_unsynced(mut self, envelope: &Envelope) -> io::Result<File> {
+    /// trailer (see [`sealed`]), and hands back the file, not yet fsynced.
+    /// `envelope.content_size` must be [`ContentWriter::written`].
+    fn seal(mut self, envelope: &Envelope) -> io::Result<File> {
         let size = self.written;
         if envelope.content_size != size {
             return Err(io::Error::new(
@@ -450,18 +433,6 @@ impl ContentWriter {
         }
         self.file.write_all(&sealed::tail(envelope, size))?;
         self.file.into_inner().map_err(|e| e.into_error())
-    }
-
-    /// Flushes and fsyncs content that is not sealed (its envelope lives in
-    /// a file of its own); returns its size.
-    pub fn finish(self) -> io::Result<u64> {
-        let file = self.file.into_inner().map_err(|e| e.into_error())?;
-        file.sync_all()?;
-        Ok(self.written)
-    }
-
-    pub fn path(&self) -> &Path {
-        &self.path
     }
 }
 
@@ -497,11 +468,9 @@ mod tests {
     #[test]
     fn message_moves_through_the_states() {
         let (_dir, queue) = queue();
-        let id = QueueId::generate();
-        let mut content = queue.create_content(id).unwrap();
-        content.write_all(b"hello").unwrap();
-        assert_eq!(content.finish().unwrap(), 5);
-        queue.commit_new(&envelope(id)).unwrap();
+        let queued = sealed(&queue, b"hello");
+        assert_eq!(queued.content_size, 5);
+        let id = queued.id;
         assert_eq!(queue.locate(id), Some(QueueState::Incoming));
 
         queue
@@ -528,8 +497,7 @@ mod tests {
         content.write_all(body).unwrap();
         let mut sealed = envelope(id);
         sealed.content_size = content.written();
-        content.seal(&sealed).unwrap();
-        queue.link_new(id).unwrap();
+        queue.stage_new(content, &sealed).unwrap();
         queue.sync_new_entries().unwrap();
         sealed
     }
@@ -575,6 +543,18 @@ mod tests {
     }
 
     #[test]
+    fn a_failed_staging_leaves_nothing() {
+        let (_dir, queue) = queue();
+        let id = QueueId::generate();
+        let mut content = queue.create_content(id).unwrap();
+        content.write_all(b"four").unwrap();
+        // The envelope claims 5 bytes: sealing refuses it.
+        assert!(queue.stage_new(content, &envelope(id)).is_err());
+        assert_eq!(queue.locate(id), None);
+        assert!(!queue.content_path(id).exists());
+    }
+
+    #[test]
     fn a_truncated_sealed_file_is_corrupt() {
         let (_dir, queue) = queue();
         let env = sealed(&queue, b"Subject: y\r\n\r\nbody\r\n");
@@ -595,8 +575,9 @@ mod tests {
     #[test]
     fn corrupt_envelope_is_reported_and_quarantined() {
         let (_dir, queue) = queue();
+        // An envelope file of its own, as qmgr rewrites it.
         let id = QueueId::generate();
-        queue.commit_new(&envelope(id)).unwrap();
+        queue.rewrite(QueueState::Incoming, &envelope(id)).unwrap();
         let path = queue.root().join("incoming").join(id.to_string());
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
@@ -611,8 +592,7 @@ mod tests {
     #[test]
     fn listing_separates_strays() {
         let (_dir, queue) = queue();
-        let id = QueueId::generate();
-        queue.commit_new(&envelope(id)).unwrap();
+        let id = sealed(&queue, b"hello").id;
         std::fs::write(queue.root().join("incoming").join("junk"), b"x").unwrap();
         let listing = queue.list(QueueState::Incoming).unwrap();
         assert_eq!(listing.ids, vec![id]);
@@ -622,11 +602,9 @@ mod tests {
     #[test]
     fn orphan_content_is_swept_but_queued_content_kept() {
         let (_dir, queue) = queue();
-        let queued = QueueId::generate();
-        queue.create_content(queued).unwrap().finish().unwrap();
-        queue.commit_new(&envelope(queued)).unwrap();
+        let queued = sealed(&queue, b"hello").id;
         let orphan = QueueId::generate();
-        queue.create_content(orphan).unwrap().finish().unwrap();
+        drop(queue.create_content(orphan).unwrap());
         assert_eq!(queue.sweep_orphan_content(Duration::ZERO).unwrap(), 1);
         assert!(queue.content_path(queued).exists());
         assert!(!queue.content_path(orphan).exists());
