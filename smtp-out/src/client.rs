@@ -9,10 +9,11 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use empath_common::config::ClientTimeouts;
-use empath_common::smtp::Reply;
+use empath_common::smtp::{Reply, ReplyLine};
 use rustls::pki_types::ServerName;
 use tokio::io::{
-    AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf,
+    AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
+    ReadBuf,
 };
 use tokio::net::TcpStream;
 use tokio_rustls::TlsConnector;
@@ -61,6 +62,15 @@ impl SessionError {
             _ => None,
         }
     }
+}
+
+/// What [`Connection::unread`] found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Unread {
+    Nothing,
+    Bytes(usize),
+    Closed,
+    Failed(String),
 }
 
 /// A TCP connection before or after STARTTLS.
@@ -216,13 +226,17 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
             .map_err(|_| SessionError::Timeout { phase, secs })?
     }
 
+    /// Reads one reply line by line, checking each against the grammar as
+    /// it arrives: a malformed line ends the session, so that nothing a
+    /// broken server sends is ever taken for a reply.
     async fn read_reply_untimed(&mut self, phase: &'static str) -> Result<Reply, SessionError> {
-        let mut lines = Vec::new();
+        let protocol = |detail: String| SessionError::Protocol { phase, detail };
+        let mut raw_lines = Vec::new();
         loop {
-            let mut line = Vec::new();
+            let mut raw = Vec::new();
             let read = (&mut self.stream)
                 .take(MAX_LINE as u64)
-                .read_until(b'\n', &mut line)
+                .read_until(b'\n', &mut raw)
                 .await
                 .map_err(|e| SessionError::Io {
                     phase,
@@ -234,28 +248,63 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
                     detail: "server closed the connection".into(),
                 });
             }
-            let text = String::from_utf8_lossy(&line)
-                .trim_end_matches(['\r', '\n'])
+            if !raw.ends_with(b"\n") {
+                let detail = if raw.len() >= MAX_LINE {
+                    format!("reply line longer than {MAX_LINE} bytes")
+                } else {
+                    "server closed the connection in the middle of a reply line".into()
+                };
+                return Err(protocol(detail));
+            }
+            let text = String::from_utf8_lossy(&raw)
+                .trim_end_matches('\n')
+                .trim_end_matches('\r')
                 .to_owned();
-            let last = text.as_bytes().get(3) != Some(&b'-');
-            lines.push(text);
-            if last {
+            let line = ReplyLine::parse(&text).map_err(|e| protocol(e.to_string()))?;
+            let continues = line.continues;
+            raw_lines.push(text);
+            if !continues {
                 break;
             }
-            if lines.len() >= MAX_REPLY_LINES {
-                return Err(SessionError::Protocol {
-                    phase,
-                    detail: "reply too long".into(),
-                });
+            if raw_lines.len() >= MAX_REPLY_LINES {
+                return Err(protocol("reply too long".into()));
             }
         }
-        Reply::parse_lines(&lines).ok_or_else(|| SessionError::Protocol {
-            phase,
-            detail: format!(
-                "not an SMTP reply: {:?}",
-                lines.first().map(String::as_str).unwrap_or("")
-            ),
+        Reply::parse_lines(&raw_lines).map_err(|e| protocol(e.to_string()))
+    }
+
+    /// What the server has sent that was not read yet, without waiting.
+    /// Used to check that the server sent nothing it was not asked for:
+    /// before the end of data any reply is premature (a server replies to
+    /// the end of data, not during it), and after the last reply more
+    /// bytes mean the replies are out of step with the commands. Either
+    /// way, the replies on this connection cannot be trusted.
+    pub async fn unread(&mut self) -> Unread {
+        std::future::poll_fn(|cx| {
+            Poll::Ready(match Pin::new(&mut self.stream).poll_fill_buf(cx) {
+                Poll::Ready(Ok([])) => Unread::Closed,
+                Poll::Ready(Ok(buffered)) => Unread::Bytes(buffered.len()),
+                Poll::Ready(Err(error)) => Unread::Failed(error.to_string()),
+                Poll::Pending => Unread::Nothing,
+            })
         })
+        .await
+    }
+
+    /// Fails unless nothing is waiting to be read (see [`Self::unread`]).
+    pub async fn expect_silence(&mut self, phase: &'static str) -> Result<(), SessionError> {
+        match self.unread().await {
+            Unread::Nothing => Ok(()),
+            Unread::Bytes(bytes) => Err(SessionError::Protocol {
+                phase,
+                detail: format!("server sent {bytes} bytes that answer no command"),
+            }),
+            Unread::Closed => Err(SessionError::Io {
+                phase,
+                detail: "server closed the connection".into(),
+            }),
+            Unread::Failed(detail) => Err(SessionError::Io { phase, detail }),
+        }
     }
 
     pub async fn send(
@@ -298,7 +347,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     pub async fn hello(&mut self, name: &str) -> Result<Reply, SessionError> {
         let secs = self.timeouts.ehlo_secs;
         let reply = self.command("EHLO", secs, &format!("EHLO {name}")).await?;
-        if reply.is_positive() {
+        if reply.is_completion() {
             self.extensions = reply
                 .text
                 .lines()

@@ -27,6 +27,7 @@ use dns::MxResolver;
 use pool::Pool;
 use route::{NoRoute, Target};
 use tls::TlsConfigs;
+use transaction::{Finished, Reuse};
 
 struct SmtpOut {
     config: Config,
@@ -182,29 +183,41 @@ impl SmtpOut {
             require_tls: policy.require_tls,
         };
         if let Some(mut connection) = self.pool.take(&key) {
-            match self.transaction(&mut connection, job, remote).await {
-                Ok(results) => {
-                    self.keep(key, connection).await;
-                    return Ok(results);
-                }
-                // The server closed the idle connection before MAIL was
-                // answered: nothing was sent yet, so a new one is safe.
-                Err(error) if error.phase() == Some("MAIL FROM") => {
-                    tracing::debug!(server = %remote, %error, "kept connection was closed; opening a new one");
+            match self
+                .transaction(&mut connection, job, remote, Reuse::Kept)
+                .await
+            {
+                Ok(finished) => return Ok(self.keep(key, connection, finished).await),
+                // The kept connection failed its RSET check (the server
+                // closed it while idle, or it is out of step): the server
+                // accepted nothing on it, so a new connection is safe.
+                Err(error) if error.phase() == Some(transaction::RSET_PHASE) => {
+                    tracing::debug!(server = %remote, %error, "kept connection failed its check; opening a new one");
                 }
                 Err(error) => return Err(error),
             }
         }
         let mut connection = self.open(target, policy, &job.domain).await?;
-        let results = self.transaction(&mut connection, job, remote).await?;
-        self.keep(key, connection).await;
-        Ok(results)
+        let finished = self
+            .transaction(&mut connection, job, remote, Reuse::Fresh)
+            .await?;
+        Ok(self.keep(key, connection, finished).await)
     }
 
-    async fn keep(&self, key: pool::Key, connection: Connection<Stream>) {
-        if let Some(mut connection) = self.pool.put(key, connection) {
+    /// Keeps the connection for the next message if the transaction left
+    /// it in step; otherwise it is closed.
+    async fn keep(
+        &self,
+        key: pool::Key,
+        connection: Connection<Stream>,
+        finished: Finished,
+    ) -> Vec<RecipientResult> {
+        if finished.reusable
+            && let Some(mut connection) = self.pool.put(key, connection)
+        {
             connection.quit().await;
         }
+        finished.results
     }
 
     async fn transaction(
@@ -212,7 +225,8 @@ impl SmtpOut {
         connection: &mut Connection<Stream>,
         job: &DeliveryJob,
         remote: &str,
-    ) -> Result<Vec<RecipientResult>, SessionError> {
+        reuse: Reuse,
+    ) -> Result<Finished, SessionError> {
         let queue = self.queue.clone();
         let id = job.id;
         let opened = tokio::task::spawn_blocking(move || read_queued_content(&queue, id))
@@ -223,7 +237,7 @@ impl SmtpOut {
             phase: "opening queued content",
             detail: e.to_string(),
         })?;
-        transaction::run(connection, job, &mut content, remote).await
+        transaction::run(connection, job, &mut content, remote, reuse).await
     }
 
     /// Connects, greets, and negotiates TLS as the policy says.
@@ -236,7 +250,7 @@ impl SmtpOut {
         let mut connection =
             client::connect(target.addr, &self.config.delivery.smtp_timeouts).await?;
         let greeting = connection.greeting().await?;
-        if !greeting.is_positive() {
+        if !greeting.is_completion() {
             return Err(SessionError::Protocol {
                 phase: "greeting",
                 detail: greeting.to_string(),
@@ -279,7 +293,7 @@ impl SmtpOut {
 
     async fn hello(&self, connection: &mut Connection<Stream>) -> Result<(), SessionError> {
         let hello = connection.hello(&self.hostname).await?;
-        if hello.is_positive() {
+        if hello.is_completion() {
             Ok(())
         } else {
             Err(SessionError::Protocol {

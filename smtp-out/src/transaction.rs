@@ -1,52 +1,200 @@
 //! One mail transaction (MAIL, RCPT..., DATA) on an open connection, with
 //! one result per recipient.
+//!
+//! The invariant this module keeps: a recipient is Delivered only when the
+//! server answered 2xx to the end-of-data marker, after the whole content
+//! and the marker were written, and the server had sent nothing before it
+//! was asked to. Any reply that breaks the grammar or the command/reply
+//! order is a protocol error ([`SessionError::Protocol`]): the caller
+//! defers every recipient with 4.5.0 and closes the connection.
 
 use empath_common::protocol::{DeliveryJob, Outcome, RecipientResult};
 use empath_common::smtp::Reply;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::client::{Connection, DotStuffer, SessionError};
+use crate::client::{Connection, DotStuffer, SessionError, Unread};
 
 const CHUNK: usize = 64 * 1024;
 
-/// The outcome a reply means for a recipient.
-pub fn outcome_of(reply: &Reply) -> Outcome {
-    if reply.is_positive() {
-        Outcome::Delivered
-    } else if reply.is_transient() {
-        Outcome::Deferred
-    } else {
-        Outcome::Failed
+/// The phase name of the RSET that checks a reused connection; an error
+/// in it means the connection, not the message, failed.
+pub const RSET_PHASE: &str = "RSET";
+
+/// How a transaction ended.
+#[derive(Debug)]
+pub struct Finished {
+    pub results: Vec<RecipientResult>,
+    /// Every command got exactly one reply and nothing else is waiting:
+    /// the connection may carry another message.
+    pub reusable: bool,
+}
+
+/// Whether the connection carried a message before.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reuse {
+    Fresh,
+    /// Kept from an earlier transaction: verified with RSET first, as
+    /// Postfix's smtp(8) does, so a server that dropped or desynchronised
+    /// the idle connection is found out before anything is sent.
+    Kept,
+}
+
+/// What a reply to MAIL, RCPT or the end of data means. Only 2xx, 4xx and
+/// 5xx are answers to these commands; anything else is a protocol error.
+fn verdict(phase: &'static str, reply: &Reply) -> Result<Option<Outcome>, SessionError> {
+    match reply.code / 100 {
+        2 => Ok(None),
+        4 => Ok(Some(Outcome::Deferred)),
+        5 => Ok(Some(Outcome::Failed)),
+        _ => Err(unexpected(phase, reply)),
+    }
+}
+
+fn unexpected(phase: &'static str, reply: &Reply) -> SessionError {
+    SessionError::Protocol {
+        phase,
+        detail: format!("unexpected reply: {reply}"),
+    }
+}
+
+/// The reply to DATA: 354 invites the content; 4xx/5xx refuse the message
+/// for every accepted recipient. A 2xx here would claim delivery of a
+/// message that was never sent: a protocol error, never a success.
+enum DataReply {
+    GoAhead,
+    Refused(Outcome, Reply),
+}
+
+fn data_reply(reply: Reply) -> Result<DataReply, SessionError> {
+    match reply.code {
+        354 => Ok(DataReply::GoAhead),
+        400..=599 => Ok(DataReply::Refused(
+            if reply.is_transient() {
+                Outcome::Deferred
+            } else {
+                Outcome::Failed
+            },
+            reply,
+        )),
+        _ => Err(unexpected("DATA", &reply)),
     }
 }
 
 /// Runs the transaction. A [`SessionError`] means the connection failed
-/// before every recipient had an answer; results known so far are lost,
-/// and the caller defers the job.
+/// before every recipient had a trustworthy answer; results known so far
+/// are dropped, and the caller defers the job.
 pub async fn run<S, C>(
     connection: &mut Connection<S>,
     job: &DeliveryJob,
     content: &mut C,
     remote: &str,
-) -> Result<Vec<RecipientResult>, SessionError>
+    reuse: Reuse,
+) -> Result<Finished, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
     C: AsyncRead + Unpin,
 {
     let timeouts = connection.timeouts().clone();
-    let result = |index, reply: &Reply| RecipientResult {
+    let result = |index, outcome, reply: &Reply| RecipientResult {
         index,
-        outcome: outcome_of(reply),
+        outcome,
         remote: Some(remote.to_owned()),
         reply: reply.clone(),
     };
-    let all = |reply: &Reply| {
-        job.recipients
-            .iter()
-            .map(|r| result(r.index, reply))
-            .collect::<Vec<_>>()
+
+    let mail = mail_command(connection, job);
+    let envelope = if connection.offers("PIPELINING") {
+        pipelined(connection, job, &mail, reuse).await?
+    } else {
+        one_by_one(connection, job, &mail, reuse).await?
     };
 
+    if let Some(refused) = verdict("MAIL FROM", &envelope.mail)? {
+        let results = job
+            .recipients
+            .iter()
+            .map(|r| result(r.index, refused, &envelope.mail))
+            .collect();
+        // No transaction is open; a pipelined DATA may still have to be
+        // ended.
+        let reusable = match envelope.data.map(data_reply) {
+            Some(Ok(DataReply::GoAhead)) => finish_unwanted_data(connection).await?,
+            Some(Ok(DataReply::Refused(..))) | None => true,
+            Some(Err(_)) => false,
+        };
+        return Ok(Finished { results, reusable });
+    }
+    let mut results = Vec::with_capacity(job.recipients.len());
+    let mut accepted = Vec::new();
+    for (recipient, reply) in job.recipients.iter().zip(&envelope.rcpts) {
+        match verdict("RCPT TO", reply)? {
+            None => accepted.push(recipient.index),
+            Some(refused) => results.push(result(recipient.index, refused, reply)),
+        }
+    }
+    if accepted.is_empty() {
+        // MAIL was accepted: end the transaction, so the next MAIL on this
+        // connection is not a nested one.
+        let reusable = match envelope.data.map(data_reply) {
+            Some(Ok(DataReply::GoAhead)) => finish_unwanted_data(connection).await?,
+            Some(Ok(DataReply::Refused(..))) | None => reset(connection).await,
+            // A 2xx for a message without recipients: out of step.
+            Some(Err(_)) => false,
+        };
+        return Ok(Finished { results, reusable });
+    }
+    let data = match envelope.data {
+        Some(data) => data,
+        None => {
+            connection
+                .command("DATA", timeouts.data_secs, "DATA")
+                .await?
+        }
+    };
+    match data_reply(data)? {
+        DataReply::Refused(outcome, reply) => {
+            results.extend(accepted.iter().map(|&index| result(index, outcome, &reply)));
+            // A refused DATA leaves the server's transaction open (RFC 5321
+            // section 4.1.1.4): without RSET, the next MAIL on this
+            // connection would be a nested MAIL.
+            let reusable = reset(connection).await;
+            return Ok(Finished { results, reusable });
+        }
+        DataReply::GoAhead => {}
+    }
+    // More replies than commands so far: out of step.
+    connection.expect_silence("DATA").await?;
+    send_content(connection, content, timeouts.data_secs).await?;
+    let end_of_data = connection
+        .read_reply("end of data", timeouts.data_secs)
+        .await?;
+    let outcome = verdict("end of data", &end_of_data)?;
+    // A reply that was already waiting behind this one means this one was
+    // sent too early (during the content) and cannot be trusted.
+    let reusable = match connection.unread().await {
+        Unread::Nothing => true,
+        Unread::Bytes(bytes) => {
+            return Err(SessionError::Protocol {
+                phase: "end of data",
+                detail: format!("{bytes} more bytes after the reply to the end of data"),
+            });
+        }
+        // The server hung up after answering: the answer stands.
+        Unread::Closed | Unread::Failed(_) => false,
+    };
+    let outcome = outcome.unwrap_or(Outcome::Delivered);
+    results.extend(
+        accepted
+            .into_iter()
+            .map(|index| result(index, outcome, &end_of_data)),
+    );
+    Ok(Finished { results, reusable })
+}
+
+fn mail_command<S: AsyncRead + AsyncWrite + Unpin>(
+    connection: &Connection<S>,
+    job: &DeliveryJob,
+) -> String {
     let mut mail = format!("MAIL FROM:<{}>", job.sender);
     if connection.offers("SIZE") {
         mail.push_str(&format!(" SIZE={}", job.content_size));
@@ -54,124 +202,118 @@ where
     if job.smtputf8 && connection.offers("SMTPUTF8") {
         mail.push_str(" SMTPUTF8");
     }
-    let (mail_reply, rcpt_replies, data_reply) = if connection.offers("PIPELINING") {
-        pipelined(connection, job, &mail).await?
-    } else {
-        one_by_one(connection, job, &mail).await?
-    };
-    let Some(mut rcpt_replies) = rcpt_replies else {
-        return Ok(all(&mail_reply));
-    };
-
-    let mut results = Vec::with_capacity(job.recipients.len());
-    let mut accepted = Vec::new();
-    for (recipient, reply) in job.recipients.iter().zip(rcpt_replies.drain(..)) {
-        if reply.is_positive() {
-            accepted.push(recipient.index);
-        } else {
-            results.push(result(recipient.index, &reply));
-        }
-    }
-    let Some(data_reply) = data_reply else {
-        // Sent one by one, and nobody was accepted: nothing to send.
-        reset(connection).await;
-        return Ok(results);
-    };
-    if data_reply.code != 354 {
-        if !accepted.is_empty() {
-            results.extend(accepted.into_iter().map(|index| result(index, &data_reply)));
-        }
-        // A refused DATA leaves the server's transaction open (RFC 5321
-        // section 4.1.1.4): without RSET, the next MAIL on this connection
-        // would be a nested MAIL.
-        reset(connection).await;
-        return Ok(results);
-    }
-    if accepted.is_empty() {
-        // A pipelined DATA the server took although it refused every
-        // recipient: send an empty message, so the session stays in step.
-        connection
-            .send("DATA", timeouts.data_secs, b".\r\n")
-            .await?;
-        connection
-            .read_reply("end of data", timeouts.data_secs)
-            .await?;
-        return Ok(results);
-    }
-    send_content(connection, content, timeouts.data_secs).await?;
-    let final_reply = connection
-        .read_reply("end of data", timeouts.data_secs)
-        .await?;
-    results.extend(
-        accepted
-            .into_iter()
-            .map(|index| result(index, &final_reply)),
-    );
-    Ok(results)
+    mail
 }
 
-/// Ends an unfinished transaction so the connection can be reused. The
-/// results are already known, so a failure here only matters to the next
-/// transaction, which then fails on its own and gets a fresh connection.
-async fn reset<S>(connection: &mut Connection<S>)
+/// The server accepted DATA although it had no recipient for the message
+/// (a pipelined DATA goes out before the RCPT replies are known): send an
+/// empty message, so the session stays in step. Returns whether the
+/// connection is still in step.
+async fn finish_unwanted_data<S>(connection: &mut Connection<S>) -> Result<bool, SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let secs = connection.timeouts().data_secs;
+    connection.send("DATA", secs, b".\r\n").await?;
+    connection.read_reply("end of data", secs).await?;
+    Ok(connection.unread().await == Unread::Nothing)
+}
+
+/// Ends an unfinished transaction. The results are already known, so a
+/// failure here only means the connection is not reused.
+async fn reset<S>(connection: &mut Connection<S>) -> bool
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let secs = connection.timeouts().mail_from_secs;
-    match connection.command("RSET", secs, "RSET").await {
-        Ok(reply) if reply.is_positive() => {}
-        Ok(reply) => tracing::debug!(%reply, "RSET refused"),
-        Err(error) => tracing::debug!(%error, "RSET failed"),
+    match connection.command(RSET_PHASE, secs, "RSET").await {
+        Ok(reply) if reply.is_completion() => connection.unread().await == Unread::Nothing,
+        Ok(reply) => {
+            tracing::debug!(%reply, "RSET refused");
+            false
+        }
+        Err(error) => {
+            tracing::debug!(%error, "RSET failed");
+            false
+        }
     }
 }
 
-/// Replies to MAIL, to each RCPT (`None` when MAIL was refused), and to
-/// DATA (`None` when it was not sent).
-type Replies = (Reply, Option<Vec<Reply>>, Option<Reply>);
+/// The replies to the envelope commands: MAIL, each RCPT (empty when MAIL
+/// was refused without pipelining), and DATA (`None` when not sent yet).
+struct EnvelopeReplies {
+    mail: Reply,
+    rcpts: Vec<Reply>,
+    data: Option<Reply>,
+}
 
-/// RFC 2920: MAIL, every RCPT and DATA in one write, then the replies in
-/// order.
+/// Reads the reply to the RSET that checks a kept connection.
+async fn check_reset<S>(connection: &mut Connection<S>) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let secs = connection.timeouts().mail_from_secs;
+    let reply = connection.read_reply(RSET_PHASE, secs).await?;
+    if reply.is_completion() {
+        Ok(())
+    } else {
+        Err(unexpected(RSET_PHASE, &reply))
+    }
+}
+
+/// RFC 2920: [RSET,] MAIL, every RCPT and DATA in one write, then exactly
+/// one reply per command, in order.
 async fn pipelined<S>(
     connection: &mut Connection<S>,
     job: &DeliveryJob,
     mail: &str,
-) -> Result<Replies, SessionError>
+    reuse: Reuse,
+) -> Result<EnvelopeReplies, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let timeouts = connection.timeouts().clone();
-    let mut batch = format!("{mail}\r\n");
+    let mut batch = String::new();
+    if reuse == Reuse::Kept {
+        batch.push_str("RSET\r\n");
+    }
+    batch.push_str(mail);
+    batch.push_str("\r\n");
     for recipient in &job.recipients {
         batch.push_str(&format!("RCPT TO:<{}>\r\n", recipient.address));
     }
     batch.push_str("DATA\r\n");
+    let first_phase = match reuse {
+        Reuse::Kept => RSET_PHASE,
+        Reuse::Fresh => "MAIL FROM",
+    };
     connection
-        .send("MAIL FROM", timeouts.mail_from_secs, batch.as_bytes())
+        .send(first_phase, timeouts.mail_from_secs, batch.as_bytes())
         .await?;
-    let mail_reply = connection
+    if reuse == Reuse::Kept {
+        check_reset(connection).await?;
+    }
+    // Each reply is checked as it arrives: one that cannot answer its
+    // command means the replies are out of step, and waiting for the rest
+    // would only end in a timeout.
+    let mail = connection
         .read_reply("MAIL FROM", timeouts.mail_from_secs)
         .await?;
-    let mut rcpt_replies = Vec::with_capacity(job.recipients.len());
+    verdict("MAIL FROM", &mail)?;
+    let mut rcpts = Vec::with_capacity(job.recipients.len());
     for _ in &job.recipients {
-        rcpt_replies.push(
-            connection
-                .read_reply("RCPT TO", timeouts.rcpt_to_secs)
-                .await?,
-        );
+        let reply = connection
+            .read_reply("RCPT TO", timeouts.rcpt_to_secs)
+            .await?;
+        verdict("RCPT TO", &reply)?;
+        rcpts.push(reply);
     }
-    let data_reply = connection.read_reply("DATA", timeouts.data_secs).await?;
-    if !mail_reply.is_positive() {
-        if data_reply.code == 354 {
-            connection
-                .send("DATA", timeouts.data_secs, b".\r\n")
-                .await?;
-            connection
-                .read_reply("end of data", timeouts.data_secs)
-                .await?;
-        }
-        return Ok((mail_reply, None, None));
-    }
-    Ok((mail_reply, Some(rcpt_replies), Some(data_reply)))
+    let data = connection.read_reply("DATA", timeouts.data_secs).await?;
+    Ok(EnvelopeReplies {
+        mail,
+        rcpts,
+        data: Some(data),
+    })
 }
 
 /// Without PIPELINING: each command waits for its reply, and DATA is only
@@ -180,35 +322,43 @@ async fn one_by_one<S>(
     connection: &mut Connection<S>,
     job: &DeliveryJob,
     mail: &str,
-) -> Result<Replies, SessionError>
+    reuse: Reuse,
+) -> Result<EnvelopeReplies, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
 {
     let timeouts = connection.timeouts().clone();
-    let mail_reply = connection
+    if reuse == Reuse::Kept {
+        connection
+            .send(RSET_PHASE, timeouts.mail_from_secs, b"RSET\r\n")
+            .await?;
+        check_reset(connection).await?;
+    }
+    let mail = connection
         .command("MAIL FROM", timeouts.mail_from_secs, mail)
         .await?;
-    if !mail_reply.is_positive() {
-        return Ok((mail_reply, None, None));
-    }
-    let mut rcpt_replies = Vec::with_capacity(job.recipients.len());
-    for recipient in &job.recipients {
-        let line = format!("RCPT TO:<{}>", recipient.address);
-        rcpt_replies.push(
-            connection
+    let mut rcpts = Vec::with_capacity(job.recipients.len());
+    if verdict("MAIL FROM", &mail)?.is_none() {
+        for recipient in &job.recipients {
+            let line = format!("RCPT TO:<{}>", recipient.address);
+            let reply = connection
                 .command("RCPT TO", timeouts.rcpt_to_secs, &line)
-                .await?,
-        );
+                .await?;
+            verdict("RCPT TO", &reply)?;
+            rcpts.push(reply);
+        }
     }
-    if !rcpt_replies.iter().any(Reply::is_positive) {
-        return Ok((mail_reply, Some(rcpt_replies), None));
-    }
-    let data_reply = connection
-        .command("DATA", timeouts.data_secs, "DATA")
-        .await?;
-    Ok((mail_reply, Some(rcpt_replies), Some(data_reply)))
+    Ok(EnvelopeReplies {
+        mail,
+        rcpts,
+        data: None,
+    })
 }
 
+/// Writes the dot-stuffed content and the end-of-data marker. Before each
+/// piece, checks that the server has not replied yet: a reply during the
+/// content is premature, and taking it as the answer to the end of data
+/// would record a delivery the server never made.
 async fn send_content<S, C>(
     connection: &mut Connection<S>,
     content: &mut C,
@@ -234,8 +384,10 @@ where
         }
         out.clear();
         stuffer.stuff(&buffer[..read], &mut out);
+        connection.expect_silence("DATA").await?;
         connection.send("DATA", secs, &out).await?;
     }
+    connection.expect_silence("DATA").await?;
     connection.send("DATA", secs, stuffer.finish()).await
 }
 
@@ -244,7 +396,7 @@ mod tests {
     use super::*;
     use empath_common::protocol::JobRecipient;
     use empath_common::queue::QueueId;
-    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader, DuplexStream};
 
     fn job() -> DeliveryJob {
         DeliveryJob {
@@ -260,51 +412,328 @@ mod tests {
         }
     }
 
+    /// The scripted server side of a test connection.
+    struct Server(BufReader<DuplexStream>);
+
+    impl Server {
+        /// Reads one line, without its line ending.
+        async fn line(&mut self) -> String {
+            let mut line = String::new();
+            self.0.read_line(&mut line).await.unwrap();
+            line.trim_end().to_owned()
+        }
+
+        async fn lines(&mut self, count: usize) -> Vec<String> {
+            let mut lines = Vec::new();
+            for _ in 0..count {
+                lines.push(self.line().await);
+            }
+            lines
+        }
+
+        async fn say(&mut self, bytes: &[u8]) {
+            self.0.get_mut().write_all(bytes).await.unwrap();
+        }
+
+        /// Keeps the connection open until the client drops it, so the
+        /// client does not see it closed.
+        async fn until_closed(mut self) {
+            let mut rest = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut self.0, &mut rest).await;
+        }
+
+        /// Reads content lines up to and including the final `.`.
+        async fn content(&mut self) -> usize {
+            let mut lines = 0;
+            while self.line().await != "." {
+                lines += 1;
+            }
+            lines
+        }
+    }
+
+    /// Runs one transaction for `job()` with `content` against `script`,
+    /// on a connection offering `extensions`.
+    async fn transact<F, Fut>(
+        extensions: &[&str],
+        reuse: Reuse,
+        content: &[u8],
+        buffer: usize,
+        script: F,
+    ) -> Result<Finished, SessionError>
+    where
+        F: FnOnce(Server) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let (client, server) = tokio::io::duplex(buffer);
+        let server = tokio::spawn(script(Server(BufReader::new(server))));
+        let mut connection = Connection::over(client, extensions);
+        let mut content = content;
+        let result = run(&mut connection, &job(), &mut content, "mx:25", reuse).await;
+        drop(connection);
+        server.await.unwrap();
+        result
+    }
+
+    fn is_protocol_error(result: &Result<Finished, SessionError>) -> bool {
+        matches!(result, Err(SessionError::Protocol { .. }))
+    }
+
     /// A server that refuses the only recipient and then DATA must get an
     /// RSET, or the next transaction on the connection is a nested MAIL.
     #[tokio::test]
     async fn refused_data_is_followed_by_rset() {
-        let (client, server) = tokio::io::duplex(4096);
-        let server = tokio::spawn(async move {
-            let mut server = BufReader::new(server);
-            let mut commands = Vec::new();
-            let mut line = String::new();
-            // MAIL, RCPT and DATA arrive in one pipelined batch.
-            for _ in 0..3 {
-                line.clear();
-                server.read_line(&mut line).await.unwrap();
-                commands.push(line.trim_end().to_owned());
-            }
-            server
-                .get_mut()
-                .write_all(
+        let finished = transact(
+            &["PIPELINING"],
+            Reuse::Fresh,
+            b"hello",
+            4096,
+            |mut s| async move {
+                assert_eq!(s.lines(3).await[2], "DATA");
+                s.say(
                     b"250 2.1.0 ok\r\n550 5.1.1 no such user\r\n554 5.5.1 no valid recipients\r\n",
                 )
-                .await
-                .unwrap();
-            line.clear();
-            server.read_line(&mut line).await.unwrap();
-            commands.push(line.trim_end().to_owned());
-            server
-                .get_mut()
-                .write_all(b"250 2.0.0 ok\r\n")
-                .await
-                .unwrap();
-            commands
-        });
-        let mut connection = Connection::over(client, &["PIPELINING"]);
-        let mut content: &[u8] = b"hello";
-        let results = run(&mut connection, &job(), &mut content, "mx:25")
-            .await
-            .unwrap();
-        assert_eq!(results.len(), 1);
-        assert_eq!(results[0].outcome, Outcome::Failed);
-        assert_eq!(results[0].reply.code, 550);
-        let commands = server.await.unwrap();
-        assert_eq!(
-            commands.last().map(String::as_str),
-            Some("RSET"),
-            "{commands:?}"
+                .await;
+                assert_eq!(s.line().await, "RSET");
+                s.say(b"250 2.0.0 ok\r\n").await;
+                s.until_closed().await;
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(finished.results.len(), 1);
+        assert_eq!(finished.results[0].outcome, Outcome::Failed);
+        assert_eq!(finished.results[0].reply.code, 550);
+        assert!(finished.reusable);
+    }
+
+    #[tokio::test]
+    async fn a_clean_transaction_delivers_and_may_be_reused() {
+        let finished = transact(
+            &["PIPELINING"],
+            Reuse::Fresh,
+            b"hello\r\n",
+            4096,
+            |mut s| async move {
+                s.lines(3).await;
+                s.say(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+                assert_eq!(s.content().await, 1);
+                s.say(b"250 2.0.0 queued\r\n").await;
+                s.until_closed().await;
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(finished.results[0].outcome, Outcome::Delivered);
+        assert!(finished.reusable);
+    }
+
+    /// A 2xx to DATA claims a message that was never sent.
+    #[tokio::test]
+    async fn a_2xx_reply_to_data_is_a_protocol_error() {
+        for extensions in [&["PIPELINING"][..], &[][..]] {
+            let pipelining = !extensions.is_empty();
+            let result = transact(
+                extensions,
+                Reuse::Fresh,
+                b"hello\r\n",
+                4096,
+                move |mut s| async move {
+                    if pipelining {
+                        s.lines(3).await;
+                        s.say(b"250 ok\r\n250 ok\r\n250 DATA accepted without content\r\n")
+                            .await;
+                    } else {
+                        for reply in [&b"250 ok\r\n"[..], b"250 ok\r\n", b"250 DATA accepted\r\n"] {
+                            s.line().await;
+                            s.say(reply).await;
+                        }
+                    }
+                },
+            )
+            .await;
+            assert!(is_protocol_error(&result), "{extensions:?}: {result:?}");
+        }
+    }
+
+    /// A reply that arrives while the content is still being sent is not
+    /// the answer to the end of data.
+    #[tokio::test]
+    async fn a_reply_during_the_content_is_a_protocol_error() {
+        // Larger than one write, through a small pipe: the client is still
+        // writing when the early reply arrives.
+        let content = "line of content\r\n".repeat(20_000);
+        let result = transact(
+            &["PIPELINING"],
+            Reuse::Fresh,
+            content.as_bytes(),
+            1024,
+            |mut s| async move {
+                s.lines(3).await;
+                s.say(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+                s.line().await;
+                s.say(b"250 ok early\r\n").await;
+                // Read on, so the client is not stuck writing.
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s.0, &mut sink).await;
+            },
+        )
+        .await;
+        assert!(is_protocol_error(&result), "{result:?}");
+    }
+
+    /// Two replies after the end of data: the first was premature.
+    #[tokio::test]
+    async fn more_replies_after_the_end_of_data_are_a_protocol_error() {
+        let result = transact(
+            &["PIPELINING"],
+            Reuse::Fresh,
+            b"x\r\n",
+            4096,
+            |mut s| async move {
+                s.lines(3).await;
+                s.say(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+                s.content().await;
+                s.say(b"250 ok\r\n250 ok\r\n").await;
+            },
+        )
+        .await;
+        assert!(is_protocol_error(&result), "{result:?}");
+    }
+
+    /// Replies out of step with a pipelined batch: one too many before the
+    /// 354, or one missing.
+    #[tokio::test]
+    async fn out_of_step_pipelining_replies_are_protocol_errors() {
+        let extra = transact(
+            &["PIPELINING"],
+            Reuse::Fresh,
+            b"x\r\n",
+            4096,
+            |mut s| async move {
+                s.lines(3).await;
+                s.say(b"250 ok\r\n250 ok\r\n354 go\r\n250 extra\r\n").await;
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s.0, &mut sink).await;
+            },
+        )
+        .await;
+        assert!(is_protocol_error(&extra), "{extra:?}");
+        let missing = transact(
+            &["PIPELINING"],
+            Reuse::Fresh,
+            b"x\r\n",
+            4096,
+            |mut s| async move {
+                s.lines(3).await;
+                // No reply to RCPT: the 354 lands on it.
+                s.say(b"250 ok\r\n354 go\r\n").await;
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s.0, &mut sink).await;
+            },
+        )
+        .await;
+        assert!(is_protocol_error(&missing), "{missing:?}");
+    }
+
+    #[tokio::test]
+    async fn malformed_replies_are_protocol_errors() {
+        for bad in [&b"2500 x\r\n"[..], b"250\0x\r\n", b"25\r\n", b"abc\r\n"] {
+            let result = transact(
+                &["PIPELINING"],
+                Reuse::Fresh,
+                b"x\r\n",
+                4096,
+                move |mut s| async move {
+                    s.lines(3).await;
+                    s.say(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+                    s.content().await;
+                    s.say(bad).await;
+                },
+            )
+            .await;
+            assert!(
+                is_protocol_error(&result),
+                "{:?}: {result:?}",
+                String::from_utf8_lossy(bad)
+            );
+        }
+    }
+
+    /// A kept connection is checked with RSET, pipelined ahead of MAIL; a
+    /// stale reply queued on it shifts every later reply, so DATA gets a
+    /// 250 instead of 354.
+    #[tokio::test]
+    async fn a_kept_connection_is_checked_with_rset() {
+        let clean = transact(
+            &["PIPELINING"],
+            Reuse::Kept,
+            b"x\r\n",
+            4096,
+            |mut s| async move {
+                assert_eq!(s.lines(4).await[0], "RSET");
+                s.say(b"250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n").await;
+                s.content().await;
+                s.say(b"250 ok\r\n").await;
+            },
+        )
+        .await
+        .unwrap();
+        assert_eq!(clean.results[0].outcome, Outcome::Delivered);
+        let stale = transact(
+            &["PIPELINING"],
+            Reuse::Kept,
+            b"x\r\n",
+            4096,
+            |mut s| async move {
+                s.lines(4).await;
+                s.say(b"250 stale\r\n250 reset\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+                    .await;
+                let mut sink = Vec::new();
+                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s.0, &mut sink).await;
+            },
+        )
+        .await;
+        assert!(is_protocol_error(&stale), "{stale:?}");
+        let refused = transact(&[], Reuse::Kept, b"x\r\n", 4096, |mut s| async move {
+            assert_eq!(s.line().await, "RSET");
+            s.say(b"500 what\r\n").await;
+        })
+        .await;
+        assert!(
+            matches!(&refused, Err(e) if e.phase() == Some(RSET_PHASE)),
+            "{refused:?}"
         );
+    }
+
+    /// The server hangs up after 354: nothing is delivered.
+    #[tokio::test]
+    async fn a_close_before_the_final_reply_delivers_nothing() {
+        let result = transact(
+            &["PIPELINING"],
+            Reuse::Fresh,
+            b"x\r\n",
+            4096,
+            |mut s| async move {
+                s.lines(3).await;
+                s.say(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+                s.content().await;
+            },
+        )
+        .await;
+        assert!(matches!(result, Err(SessionError::Io { .. })), "{result:?}");
+    }
+
+    /// 3xx to RCPT is not an answer RCPT can have.
+    #[tokio::test]
+    async fn an_intermediate_reply_to_rcpt_is_a_protocol_error() {
+        let result = transact(&[], Reuse::Fresh, b"x\r\n", 4096, |mut s| async move {
+            s.line().await;
+            s.say(b"250 ok\r\n").await;
+            s.line().await;
+            s.say(b"354 go\r\n").await;
+        })
+        .await;
+        assert!(is_protocol_error(&result), "{result:?}");
     }
 }

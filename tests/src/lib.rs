@@ -26,6 +26,7 @@ pub mod modules;
 pub mod mx;
 pub mod procfs;
 pub mod reliability;
+pub mod rogue;
 pub mod run;
 pub mod sink;
 pub mod smtpd;
