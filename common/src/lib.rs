@@ -5,6 +5,7 @@
 //! and message types, logging, and the SMTP types shared by the daemons.
 
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod daemon;
 pub mod ipc;

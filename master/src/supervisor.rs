@@ -178,6 +178,15 @@ pub async fn run(
     // Before any smtpd starts, so that every connection is counted.
     let anvil = crate::anvil::Anvil::new(&config);
     let _anvil_task = crate::anvil::start(&anvil, &queue, settings.run_as);
+    // Before any daemon starts: smtp-out reads it to recognise its own
+    // listeners as a mail loop.
+    let addrs: String = bound.addrs.iter().map(|a| format!("{a}\n")).collect();
+    listeners::publish(&queue, "listeners", &addrs).map_err(|e| {
+        format!(
+            "cannot write {}: {e}",
+            queue.root_file("listeners").display()
+        )
+    })?;
     let listen_fds = spawn::raw_fds(&bound.sockets);
     let mut slots: Vec<SlotHandle> = names
         .iter()
@@ -207,13 +216,6 @@ pub async fn run(
     status
         .listeners_bound
         .store(true, std::sync::atomic::Ordering::SeqCst);
-    let addrs: String = bound.addrs.iter().map(|a| format!("{a}\n")).collect();
-    listeners::publish(&queue, "listeners", &addrs).map_err(|e| {
-        format!(
-            "cannot write {}: {e}",
-            queue.root_file("listeners").display()
-        )
-    })?;
 
     let shared_config = Arc::new(RwLock::new(Arc::clone(&config)));
     let http = start_http(&config, &queue, &shared_config, &status);

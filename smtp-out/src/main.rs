@@ -5,6 +5,7 @@ mod cache;
 mod client;
 mod control;
 mod dns;
+mod myself;
 mod pool;
 mod route;
 mod tls;
@@ -24,6 +25,7 @@ use tokio::net::UnixStream;
 
 use client::{Connection, SessionError, Stream};
 use dns::MxResolver;
+use myself::Myself;
 use pool::Pool;
 use route::{NoRoute, Target};
 use tls::TlsConfigs;
@@ -36,6 +38,7 @@ struct SmtpOut {
     resolver: MxResolver,
     tls: TlsConfigs,
     pool: Pool,
+    myself: Myself,
 }
 
 /// The TLS policy for one destination domain.
@@ -56,7 +59,9 @@ async fn main() {
         tracing::error!(%error, "cannot set up TLS");
         std::process::exit(1);
     });
+    let myself = Myself::discover(&started.queue, &started.config.hostname());
     let agent = Arc::new(SmtpOut {
+        myself,
         hostname: started.config.hostname(),
         pool: Pool::new(Duration::from_secs(
             started.config.delivery.connection_idle_secs,
@@ -130,15 +135,16 @@ impl SmtpOut {
     }
 
     async fn deliver(&self, job: &DeliveryJob) -> DeliveryReport {
-        let targets = match route::targets(&self.config, &self.resolver, &job.domain).await {
-            Ok(targets) => targets,
-            Err(NoRoute::Permanent(reply)) => {
-                return everyone(job, Outcome::Failed, None, &reply, false);
-            }
-            Err(NoRoute::Temporary(reply)) => {
-                return everyone(job, Outcome::Deferred, None, &reply, true);
-            }
-        };
+        let targets =
+            match route::targets(&self.config, &self.resolver, &self.myself, &job.domain).await {
+                Ok(targets) => targets,
+                Err(NoRoute::Permanent(reply)) => {
+                    return everyone(job, Outcome::Failed, None, &reply, false);
+                }
+                Err(NoRoute::Temporary(reply)) => {
+                    return everyone(job, Outcome::Deferred, None, &reply, true);
+                }
+            };
         let policy = self.tls_policy(&job.domain);
         let mut last_error = None;
         for target in &targets {

@@ -12,7 +12,9 @@ use empath_common::protocol::{DeliveryJob, Outcome, RecipientResult};
 use empath_common::smtp::Reply;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::client::{Connection, DotStuffer, SessionError, Unread};
+use empath_common::content::wire::DataEncoder;
+
+use crate::client::{Connection, SessionError, Unread};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -368,7 +370,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     C: AsyncRead + Unpin,
 {
-    let mut stuffer = DotStuffer::default();
+    let mut encoder = DataEncoder::new();
     let mut buffer = vec![0u8; CHUNK];
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
     loop {
@@ -383,12 +385,14 @@ where
             break;
         }
         out.clear();
-        stuffer.stuff(&buffer[..read], &mut out);
+        encoder.encode(&buffer[..read], &mut out);
         connection.expect_silence("DATA").await?;
         connection.send("DATA", secs, &out).await?;
     }
+    out.clear();
+    encoder.finish(&mut out);
     connection.expect_silence("DATA").await?;
-    connection.send("DATA", secs, stuffer.finish()).await
+    connection.send("DATA", secs, &out).await
 }
 
 #[cfg(test)]

@@ -22,13 +22,14 @@ use tokio::time::Instant;
 
 use crate::auth::{self, Mechanism};
 use crate::cleanup_client::{CHUNK_SIZE, CleanupClient};
-use crate::data_decoder::DataDecoder;
+use crate::data_decoder::{BareLineEndings, DataDecoder};
 use crate::lines::{self, Line, MAX_COMMAND_LINE};
 use crate::module_hooks::ModuleHooks;
 use crate::parser::{Command, parse_command};
 use crate::reply;
 use crate::session::{Action, Session};
 use crate::settings::Settings;
+use empath_common::config::BareLineEndings as BareLineEndingsPolicy;
 
 /// A client stream: TCP, a TLS stream over it, or a test pipe.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -150,6 +151,7 @@ struct Chunks {
     sink: Option<CleanupClient>,
     size: u64,
     too_big: bool,
+    bare_line_endings: BareLineEndings,
 }
 
 impl Connection {
@@ -428,6 +430,7 @@ impl Connection {
                     sink: self.open_submission().await,
                     size: 0,
                     too_big: false,
+                    bare_line_endings: BareLineEndings::default(),
                 }
             }
         };
@@ -444,7 +447,11 @@ impl Connection {
                 sink.abort().await;
             }
         }
-        self.read_chunk(size, Some(&mut chunks.sink)).await?;
+        self.read_chunk(
+            size,
+            Some((&mut chunks.sink, &mut chunks.bare_line_endings)),
+        )
+        .await?;
         if chunks.too_big {
             tracing::info!(client = %self.peer, size = chunks.size, "message rejected: too big");
             self.session.finish_transaction();
@@ -460,6 +467,12 @@ impl Connection {
             chunks.sink = Some(sink);
             self.chunks = Some(chunks);
             self.send(&reply::chunk_ok(size));
+            return Ok(());
+        }
+        if chunks.bare_line_endings.found() && self.rejects_bare_line_endings() {
+            sink.abort().await;
+            self.session.finish_transaction();
+            self.send(&reply::bare_line_endings());
             return Ok(());
         }
         let reply = self.commit(sink, chunks.size).await;
@@ -487,7 +500,7 @@ impl Connection {
     async fn read_chunk(
         &mut self,
         size: u64,
-        mut sink: Option<&mut Option<CleanupClient>>,
+        mut sink: Option<(&mut Option<CleanupClient>, &mut BareLineEndings)>,
     ) -> Result<(), End> {
         let mut remaining = size;
         let mut piece = Vec::with_capacity(CHUNK_SIZE.min(READ_BUFFER));
@@ -511,12 +524,14 @@ impl Connection {
             {
                 copy.extend_from_slice(&piece);
             }
-            if let Some(slot) = sink.as_deref_mut()
-                && let Some(open) = slot
-                && let Err(error) = open.write(&piece).await
-            {
-                tracing::warn!(client = %self.peer, %error, "lost cleanup while receiving a message");
-                *slot = None;
+            if let Some((slot, bare_line_endings)) = &mut sink {
+                bare_line_endings.scan(&piece);
+                if let Some(open) = slot
+                    && let Err(error) = open.write(&piece).await
+                {
+                    tracing::warn!(client = %self.peer, %error, "lost cleanup while receiving a message");
+                    **slot = None;
+                }
             }
         }
         Ok(())
@@ -602,7 +617,15 @@ impl Connection {
                 reply::message_too_big()
             }
             Received::QueueFailed => reply::queue_error(),
-            Received::Complete { sink, size } => self.commit(sink, size).await,
+            Received::Complete {
+                sink,
+                bare_line_endings: true,
+                ..
+            } if self.rejects_bare_line_endings() => {
+                sink.abort().await;
+                reply::bare_line_endings()
+            }
+            Received::Complete { sink, size, .. } => self.commit(sink, size).await,
         };
         self.session.finish_transaction();
         self.send(&reply);
@@ -703,9 +726,23 @@ impl Connection {
         }
         Ok(match sink {
             _ if too_big => Received::TooBig { size },
-            Some(sink) => Received::Complete { sink, size },
+            Some(sink) => Received::Complete {
+                sink,
+                size,
+                bare_line_endings: decoder.saw_bare_line_endings(),
+            },
             None => Received::QueueFailed,
         })
+    }
+
+    /// `smtpd.bare_line_endings: reject`: a message with a bare CR or LF is
+    /// refused (after its end, which is never one of them).
+    fn rejects_bare_line_endings(&self) -> bool {
+        let reject = self.settings.bare_line_endings == BareLineEndingsPolicy::Reject;
+        if reject {
+            tracing::info!(client = %self.peer, "message rejected: bare CR or LF");
+        }
+        reject
     }
 
     fn submission(&self) -> Option<Submission> {
@@ -771,8 +808,14 @@ impl Block {
 
 /// How the message data ended.
 enum Received {
-    Complete { sink: CleanupClient, size: u64 },
-    TooBig { size: u64 },
+    Complete {
+        sink: CleanupClient,
+        size: u64,
+        bare_line_endings: bool,
+    },
+    TooBig {
+        size: u64,
+    },
     QueueFailed,
 }
 

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use empath_common::config::{Extension, ListenerFields, ServerTimeouts, Smtpd};
+use empath_common::config::{BareLineEndings, Extension, ListenerFields, ServerTimeouts, Smtpd};
 use empath_modules::Modules;
 
 use crate::auth::AuthState;
@@ -38,6 +38,8 @@ pub struct Settings {
     pub expn_code: u16,
     /// The plugin modules, loaded once per process.
     pub modules: Arc<Modules>,
+    /// Whether a bare CR or LF refuses a message.
+    pub bare_line_endings: BareLineEndings,
 }
 
 /// Server timeouts (RFC 5321 section 4.5.3.2) as durations.
@@ -102,6 +104,7 @@ impl Settings {
             vrfy_code: smtpd.vrfy_code,
             expn_code: smtpd.expn_code,
             modules,
+            bare_line_endings: smtpd.bare_line_endings,
         }
     }
 
@@ -126,6 +129,7 @@ impl Settings {
             vrfy_code: 252,
             expn_code: 502,
             modules: Arc::new(Modules::default()),
+            bare_line_endings: BareLineEndings::default(),
         }
     }
 }

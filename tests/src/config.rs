@@ -26,6 +26,8 @@ pub struct TestConfig {
     sections: BTreeMap<String, String>,
     /// Extra top-level RON fields, written verbatim.
     raw: Vec<String>,
+    /// Arguments for the master after `--config FILE`.
+    master_args: Vec<String>,
 }
 
 impl Default for TestConfig {
@@ -57,6 +59,7 @@ impl Default for TestConfig {
                 ("shutdown_timeout_secs", "5"),
             ]),
             raw: Vec::new(),
+            master_args: Vec::new(),
         }
     }
 }
@@ -129,6 +132,16 @@ impl TestConfig {
     }
 
     /// How many listeners the config declares.
+    /// Starts the master with `--log-format FORMAT` (human, json, syslog).
+    pub fn log_format(mut self, format: &str) -> Self {
+        self.master_args = vec!["--log-format".to_owned(), format.to_owned()];
+        self
+    }
+
+    pub fn master_args(&self) -> &[String] {
+        &self.master_args
+    }
+
     pub fn listener_count(&self) -> usize {
         self.listeners.len()
     }

@@ -30,6 +30,7 @@ pub mod rogue;
 pub mod run;
 pub mod sink;
 pub mod smtpd;
+pub mod wire;
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -181,6 +182,8 @@ pub struct Empath {
     config_path: PathBuf,
     spool: PathBuf,
     child: Child,
+    /// The master's arguments after `--config FILE`.
+    master_args: Vec<String>,
     /// Set once the master has been reaped.
     exit: Option<ExitStatus>,
     smtp_addrs: Vec<SocketAddr>,
@@ -198,13 +201,15 @@ impl Empath {
         let dir_path = dir.path().to_owned();
         let config_path = config.write_to(&dir_path);
         let spool = dir_path.join("spool");
-        let child = spawn_master(&dir_path, &config_path);
+        let master_args = config.master_args().to_vec();
+        let child = spawn_master(&dir_path, &config_path, &master_args);
         let mut empath = Self {
             dir: Some(dir),
             dir_path,
             config_path,
             spool,
             child,
+            master_args,
             exit: None,
             smtp_addrs: Vec::new(),
         };
@@ -476,7 +481,7 @@ impl Drop for Empath {
 const STDOUT_FILE: &str = "empath.stdout";
 const STDERR_FILE: &str = "empath.stderr";
 
-fn spawn_master(dir: &Path, config_path: &Path) -> Child {
+fn spawn_master(dir: &Path, config_path: &Path, args: &[String]) -> Child {
     let output = |name: &str| {
         let path = dir.join(name);
         File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
@@ -485,6 +490,7 @@ fn spawn_master(dir: &Path, config_path: &Path) -> Child {
     command
         .arg("--config")
         .arg(config_path)
+        .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(output(STDOUT_FILE))

@@ -4,6 +4,7 @@
 //! with their line and column. Checks that span several keys run after
 //! parsing and name the key and the line where it is written.
 
+mod cleanup;
 mod dns;
 mod dsn;
 mod master;
@@ -14,11 +15,12 @@ mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use cleanup::{Cleanup, DEFAULT_HOPCOUNT_LIMIT};
 pub use dns::{Dns, Nameserver};
 pub use dsn::{DEFAULT_MAX_RETURN_SIZE, Dsn};
 pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
-pub use smtpd::{Auth as SmtpdAuth, Network, Smtpd, is_bcrypt_hash};
+pub use smtpd::{Auth as SmtpdAuth, BareLineEndings, Network, Smtpd, is_bcrypt_hash};
 pub use values::{Extension, HostPort, ListenAddr, Listener};
 
 /// The default location of the config file.
@@ -99,6 +101,27 @@ impl Config {
     /// The host name for banners and headers.
     pub fn hostname(&self) -> String {
         self.empath.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    /// The largest message cleanup queues from an smtpd: the largest
+    /// listener limit (each listener's own limit is smtpd's to enforce).
+    pub fn smtp_message_size_limit(&self) -> u64 {
+        self.smtp_controller
+            .listeners
+            .iter()
+            .flat_map(|listener| &listener.extensions)
+            .filter_map(|extension| match extension {
+                Extension::Size(size) => Some(*size),
+                _ => None,
+            })
+            .fold(self.smtpd.max_message_size, u64::max)
+    }
+
+    /// The largest message cleanup queues from a local user (sendmail,
+    /// the maildrop): `smtpd.max_message_size`, Postfix's
+    /// `message_size_limit`.
+    pub fn local_message_size_limit(&self) -> u64 {
+        self.smtpd.max_message_size
     }
 }
 
@@ -202,6 +225,7 @@ fn validate(config: &Empath) -> Result<(), Invalid> {
     }
     dsn::validate(&config.dsn)?;
     smtpd::validate(&config.smtpd)?;
+    cleanup::validate(&config.cleanup)?;
     Ok(())
 }
 

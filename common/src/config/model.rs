@@ -12,6 +12,7 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::cleanup::Cleanup;
 use super::dns::Dns;
 use super::dsn::Dsn;
 use super::master::Supervisor;
@@ -52,6 +53,9 @@ pub struct Empath {
     pub health: Health,
     #[serde(default)]
     pub dsn: Dsn,
+    /// What cleanup checks in every message.
+    #[serde(default)]
+    pub cleanup: Cleanup,
     /// Where the master finds the daemon executables. Defaults to the
     /// directory that holds the `empath` executable itself.
     #[serde(default)]

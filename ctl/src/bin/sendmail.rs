@@ -53,6 +53,17 @@ fn main() -> ExitCode {
             "no recipient addresses found (give them as arguments or use -t)",
         );
     }
+    // cleanup would refuse it, or set a drop file that large aside.
+    let limit = config.local_message_size_limit();
+    if message.len() as u64 > limit {
+        return fail(
+            EX_DATAERR,
+            &format!(
+                "message of {} bytes is larger than the limit of {limit} (smtpd.max_message_size)",
+                message.len()
+            ),
+        );
+    }
     let queue = Queue::new(config.spool.path.clone());
     let drop = DropFile {
         sender,
