@@ -40,6 +40,7 @@ DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-bounce
 SBIN_PROGRAMS = empath empathctl sendmail
 BIN_PROGRAMS = mailq
 MAN1 = man/mailq.1 man/sendmail.1
+MAN3 = man/empath-modules.3
 MAN5 = man/empath.config.ron.5
 MAN8 = man/empath.8 man/empathctl.8
 
@@ -68,8 +69,9 @@ install:
 	$(INSTALL) -m 0644 $(LIBEMPATH) $(DESTDIR)$(LIBDIR)/libempath.so
 	$(INSTALL) -m 0644 modules/include/empath.h $(DESTDIR)$(INCLUDEDIR)/empath.h
 	@if [ -z "$(DESTDIR)" ]; then $(LDCONFIG) || echo "$(LDCONFIG) failed: link modules with -Wl,-rpath,$(LIBDIR)" >&2; fi
-	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	$(INSTALL) -m 0644 $(MAN1) $(DESTDIR)$(MANDIR)/man1/
+	$(INSTALL) -m 0644 $(MAN3) $(DESTDIR)$(MANDIR)/man3/
 	$(INSTALL) -m 0644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
 	$(INSTALL) -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
 	$(INSTALL) -d $(DESTDIR)$(SYSCONFDIR)/empath
@@ -92,6 +94,7 @@ uninstall:
 	rm -rf $(DESTDIR)$(LIBEXECDIR)/empath $(DESTDIR)$(DATADIR)/empath
 	rm -f $(DESTDIR)$(LIBDIR)/libempath.so $(DESTDIR)$(INCLUDEDIR)/empath.h
 	for f in $(notdir $(MAN1)); do rm -f $(DESTDIR)$(MANDIR)/man1/$$f; done
+	for f in $(notdir $(MAN3)); do rm -f $(DESTDIR)$(MANDIR)/man3/$$f; done
 	for f in $(notdir $(MAN5)); do rm -f $(DESTDIR)$(MANDIR)/man5/$$f; done
 	for f in $(notdir $(MAN8)); do rm -f $(DESTDIR)$(MANDIR)/man8/$$f; done
 	rm -f $(DESTDIR)$(SYSTEMDDIR)/empath.service $(DESTDIR)$(SYSCONFDIR)/init.d/empath $(DESTDIR)$(SYSCONFDIR)/logrotate.d/empath

@@ -75,6 +75,7 @@ fn make_install_lays_out_a_working_tree() {
         "share/man/man8/empath.8",
         "share/man/man5/empath.config.ron.5",
         "share/man/man1/mailq.1",
+        "share/man/man3/empath-modules.3",
         "etc/empath/empath.config.ron",
         "etc/init.d/empath",
         "etc/logrotate.d/empath",
