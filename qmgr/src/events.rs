@@ -124,5 +124,5 @@ fn emit(
         delivery: Some(delivery),
         ..ModuleContext::default()
     };
-    modules.emit(event, &mut context, &[]);
+    empath_modules::blocking(|| modules.emit(event, &mut context, &[]));
 }
