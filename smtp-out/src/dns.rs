@@ -146,6 +146,8 @@ impl MxResolver {
     pub async fn resolve(&self, domain: &str) -> Result<Answer, LookupError> {
         let key = domain.to_ascii_lowercase();
         let metrics = empath_common::metrics::get();
+        // Not `if let Some(..) = self.cache().get(..)`: the guard would live
+        // through the block, and `notify` locks the cache again.
         let cached = self.cache().get(&key, Instant::now());
         if let Some(answer) = cached {
             tracing::debug!(domain = %key, "MX answer from cache");
