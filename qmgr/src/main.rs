@@ -53,12 +53,7 @@ async fn main() {
     };
     // A module that cannot be loaded stops qmgr with the reason: better
     // than delivering without the module the operator configured.
-    let modules = match empath_modules::Modules::load(
-        config
-            .modules
-            .iter()
-            .map(|m| (m.name.as_path(), m.arguments.as_slice())),
-    ) {
+    let modules = match empath_modules::Modules::load_configured(&config.modules) {
         Ok(modules) => modules,
         Err(error) => {
             tracing::error!(%error, "cannot load modules");

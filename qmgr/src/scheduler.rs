@@ -279,6 +279,8 @@ impl Scheduler {
             {
                 Decision::Dispatch => {
                     self.running += 1;
+                    let envelope = self.active.get(&job.id).map(|m| &m.envelope);
+                    events::attempt(&self.modules, envelope, &job);
                     dispatch::deliver(&self.smtp_out, job, self.events.clone());
                 }
                 Decision::Wait(at) => {
@@ -404,7 +406,7 @@ impl Scheduler {
                 .delivery_attempt(metric_status(result.outcome), &job.domain);
         }
         jobs::apply(&mut message.envelope, report, unix_now());
-        events::report(&self.modules, &message.envelope, report);
+        events::report(&self.modules, &message.envelope, job, report);
         message.running_jobs = message.running_jobs.saturating_sub(1);
         if message.running_jobs == 0 {
             self.finish(job.id);

@@ -5,6 +5,7 @@ mod cache;
 mod client;
 mod control;
 mod dns;
+mod module_events;
 mod myself;
 mod pool;
 mod route;
@@ -51,10 +52,20 @@ struct TlsPolicy {
 #[tokio::main]
 async fn main() {
     let started = daemon::start("smtp-out");
-    let resolver = MxResolver::new(&started.config.dns).unwrap_or_else(|error| {
-        tracing::error!(%error, "cannot set up DNS");
-        std::process::exit(1);
-    });
+    // As in smtpd and qmgr: a module that cannot be loaded is a config
+    // error (EX_CONFIG, 78), reported with its reason.
+    let modules =
+        empath_modules::Modules::load_configured(&started.config.modules).unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot load modules");
+            eprintln!("empath-smtp-out: cannot load modules: {error}");
+            std::process::exit(78);
+        });
+    let resolver = MxResolver::new(&started.config.dns)
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot set up DNS");
+            std::process::exit(1);
+        })
+        .observed_by(module_events::dns_lookups(Arc::new(modules)));
     let tls = TlsConfigs::new().unwrap_or_else(|error| {
         tracing::error!(%error, "cannot set up TLS");
         std::process::exit(1);

@@ -140,6 +140,7 @@ struct Connection {
 /// The commands whose acceptance the modules have a say in.
 #[derive(Clone, Copy)]
 enum Checked {
+    Ehlo,
     Mail,
     Rcpt,
 }
@@ -203,6 +204,7 @@ impl Connection {
                 Line::Complete(bytes) => {
                     let command = parse_command(&bytes);
                     let checked = match &command {
+                        Ok(Command::Ehlo(_) | Command::Helo(_)) => Some(Checked::Ehlo),
                         Ok(Command::Mail { .. }) => Some(Checked::Mail),
                         Ok(Command::Rcpt { .. }) => Some(Checked::Rcpt),
                         _ => None,
@@ -269,16 +271,30 @@ impl Connection {
         }
     }
 
-    /// MAIL or RCPT that smtpd accepted goes to the modules, which may
-    /// still refuse it: a refused MAIL starts no transaction, a refused
-    /// RCPT adds no recipient.
+    /// EHLO, MAIL or RCPT that smtpd accepted goes to the modules, which
+    /// may still refuse it: a refused EHLO leaves the client ungreeted, a
+    /// refused MAIL starts no transaction, a refused RCPT adds no recipient.
     fn ask_modules(&mut self, checked: Option<Checked>, action: Action) -> Action {
         let accepted = matches!(&action, Action::Reply(reply) if reply.is_positive());
+        if accepted && let Some(Checked::Ehlo) = checked {
+            let name = self
+                .session
+                .greeting()
+                .map(|g| g.name.clone())
+                .unwrap_or_default();
+            return match self.hooks.ehlo(&name) {
+                Ok(()) => action,
+                Err(refusal) => {
+                    self.session.forget_greeting();
+                    Action::Reply(refusal)
+                }
+            };
+        }
         let Some(transaction) = self.session.transaction().filter(|_| accepted) else {
             return action;
         };
         let verdict = match checked {
-            None => return action,
+            None | Some(Checked::Ehlo) => return action,
             Some(Checked::Mail) => {
                 let sender = transaction.sender.clone();
                 self.hooks.mail_from(&sender).inspect_err(|_| {
@@ -338,6 +354,7 @@ impl Connection {
             .unwrap_or("unknown");
         // "TLSv1_3" as people write it: "TLSv1.3".
         let version = version.replace('_', ".");
+        self.hooks.tls_established(&version, cipher);
         let description = format!("using {version} with cipher {cipher}");
         tracing::info!(client = %self.peer, tls = %description, "STARTTLS");
         self.tls = Some(description);
@@ -556,6 +573,7 @@ impl Connection {
 
     fn send(&mut self, reply: &Reply) {
         self.out.extend_from_slice(reply.to_wire().as_bytes());
+        self.hooks.replied(reply);
     }
 
     async fn flush(&mut self) -> Result<(), End> {
@@ -663,6 +681,7 @@ impl Connection {
                     client = %self.peer,
                     "queued"
                 );
+                self.hooks.message_received(&id.to_string(), size);
                 reply::queued(id)
             }
             // 250 only ever follows `Queued`, whatever cleanup says.

@@ -19,12 +19,7 @@ fn main() -> ExitCode {
     // Loaded once, before any session: a module that cannot be loaded is
     // a config error (EX_CONFIG), reported with its reason. Running
     // without a policy module the operator configured would be worse.
-    let modules = match empath_modules::Modules::load(
-        config
-            .modules
-            .iter()
-            .map(|m| (m.name.as_path(), m.arguments.as_slice())),
-    ) {
+    let modules = match empath_modules::Modules::load_configured(&config.modules) {
         Ok(modules) => Arc::new(modules),
         Err(error) => return fail_with(&format!("cannot load modules: {error}"), EX_CONFIG),
     };

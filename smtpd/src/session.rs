@@ -149,6 +149,12 @@ impl Session {
         self.authenticated = None;
     }
 
+    /// A plugin module refused the EHLO or HELO just accepted: the client
+    /// must greet again.
+    pub fn forget_greeting(&mut self) {
+        self.greeting = None;
+    }
+
     /// A plugin module refused the recipient that RCPT just accepted.
     pub fn drop_last_recipient(&mut self) {
         if let Some(transaction) = &mut self.transaction {
