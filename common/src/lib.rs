@@ -4,6 +4,7 @@
 //! the queue file format and every queue-directory operation, the IPC framing
 //! and message types, logging, and the SMTP types shared by the daemons.
 
+pub mod aliases;
 pub mod config;
 pub mod control;
 pub mod daemon;

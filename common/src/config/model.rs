@@ -14,6 +14,7 @@ use serde::Deserialize;
 
 use super::dns::Dns;
 use super::dsn::Dsn;
+use super::local::LocalDelivery;
 use super::master::Supervisor;
 use super::smtpd::Smtpd;
 use super::values::{Extension, HostPort, ListenAddr, Listener};
@@ -52,6 +53,9 @@ pub struct Empath {
     pub health: Health,
     #[serde(default)]
     pub dsn: Dsn,
+    /// Local delivery: this host's domains, aliases, mailboxes.
+    #[serde(default)]
+    pub local_delivery: LocalDelivery,
     /// Where the master finds the daemon executables. Defaults to the
     /// directory that holds the `empath` executable itself.
     #[serde(default)]
