@@ -9,6 +9,7 @@ pub mod config;
 pub mod control;
 pub mod daemon;
 pub mod ipc;
+pub mod local_recipients;
 pub mod logging;
 pub mod maildrop;
 pub mod metrics;

@@ -287,7 +287,10 @@ mod tests {
         compile(&source).unwrap();
         std::fs::write(&source, "root alice\n").unwrap();
         let error = compile(&source).unwrap_err().to_string();
-        assert!(error.ends_with("aliases:1: expected `name: targets`"), "{error}");
+        assert!(
+            error.ends_with("aliases:1: expected `name: targets`"),
+            "{error}"
+        );
         let map = AliasMap::new(&source);
         assert_eq!(map.lookup("root").unwrap().unwrap().value, "alice");
         let leftovers = std::fs::read_dir(dir.path()).unwrap().count();

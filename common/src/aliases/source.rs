@@ -118,7 +118,8 @@ mod tests {
 
     #[test]
     fn every_problem_is_reported_with_its_line() {
-        let errors = parse_source("ok: a\nno colon here\nroot: a\nroot: b\nempty:\nq: \"|x\n").unwrap_err();
+        let errors =
+            parse_source("ok: a\nno colon here\nroot: a\nroot: b\nempty:\nq: \"|x\n").unwrap_err();
         let lines: Vec<usize> = errors.iter().map(|e| e.line).collect();
         assert_eq!(lines, [2, 4, 5, 6]);
         assert!(errors[1].message.contains("already defined on line 3"));

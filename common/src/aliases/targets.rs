@@ -187,7 +187,10 @@ mod tests {
             parse_targets(":include:relative"),
             Err(TargetError::RelativeInclude(_))
         ));
-        assert!(matches!(parse_targets("|"), Err(TargetError::EmptyCommand(_))));
+        assert!(matches!(
+            parse_targets("|"),
+            Err(TargetError::EmptyCommand(_))
+        ));
         assert!(matches!(
             parse_targets("a b"),
             Err(TargetError::BadAddress(_))

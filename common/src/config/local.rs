@@ -299,17 +299,35 @@ mod tests {
         assert_eq!(local.allow_mail_to_commands.len(), 3);
         assert!(local.allow_mail_to_files.is_empty());
         assert_eq!(config.local_domains().domains(), ["example.org"]);
-        assert!(parse("        local_domains: [],").unwrap().local_domains().domains().is_empty());
+        assert!(
+            parse("        local_domains: [],")
+                .unwrap()
+                .local_domains()
+                .domains()
+                .is_empty()
+        );
     }
 
     #[test]
     fn bad_values_name_the_key_and_line() {
         for (line, key) in [
-            ("        default_privs: \"root\",", "local_delivery.default_privs"),
-            ("        home_mailbox: \"/var/mail/x\",", "local_delivery.home_mailbox"),
-            ("        local_domains: [\"a b\"],", "local_delivery.local_domains"),
+            (
+                "        default_privs: \"root\",",
+                "local_delivery.default_privs",
+            ),
+            (
+                "        home_mailbox: \"/var/mail/x\",",
+                "local_delivery.home_mailbox",
+            ),
+            (
+                "        local_domains: [\"a b\"],",
+                "local_delivery.local_domains",
+            ),
             ("        origin: \"\",", "local_delivery.origin"),
-            ("        lock_timeout_secs: 0,", "local_delivery.lock_timeout_secs"),
+            (
+                "        lock_timeout_secs: 0,",
+                "local_delivery.lock_timeout_secs",
+            ),
         ] {
             let error = parse(line).unwrap_err();
             assert_eq!(error.line, Some(6), "{error}");
