@@ -29,7 +29,7 @@ TARGET_DIR ?= target
 BUILT = $(TARGET_DIR)/$(PROFILE)
 CARGO_PROFILE_FLAG = $(if $(filter release,$(PROFILE)),--release,--profile $(PROFILE))
 
-DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-bounce
+DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-local empath-bounce
 SBIN_PROGRAMS = empath empathctl sendmail
 BIN_PROGRAMS = mailq
 MAN1 = man/mailq.1 man/sendmail.1

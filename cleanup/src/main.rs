@@ -12,6 +12,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
+use empath_common::config::LocalDomains;
 use empath_common::daemon;
 use empath_common::ipc::{read_frame, write_frame};
 use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
@@ -27,6 +28,9 @@ use notifier::Notifier;
 struct Cleanup {
     queue: Queue,
     hostname: String,
+    /// Qualifies the unqualified addresses of local submissions
+    /// (`sendmail root`).
+    domains: LocalDomains,
     group_commit: GroupCommit,
     notifier: Notifier,
 }
@@ -53,6 +57,7 @@ async fn main() {
     let started = daemon::start("cleanup");
     let cleanup = Arc::new(Cleanup {
         hostname: started.config.hostname(),
+        domains: started.config.local_domains(),
         group_commit: GroupCommit::start(started.queue.clone()),
         notifier: Notifier::start(started.queue.private_socket(protocol::QMGR)),
         queue: started.queue,
@@ -101,8 +106,12 @@ impl Cleanup {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "expected Begin"));
             };
             if let Some(client) = &local_client {
-                submission =
-                    local_submission(submission.sender, submission.recipients, client.clone());
+                submission = local_submission(
+                    &self.domains,
+                    submission.sender,
+                    submission.recipients,
+                    client.clone(),
+                );
             }
             let trusted = local_client.is_none();
             let Some(reply) = self.submission(&mut reader, submission, trusted).await else {
@@ -193,6 +202,7 @@ impl Cleanup {
             for dropped in pending {
                 let recipients = dropped.drop.recipients.iter().map(Recipient::new).collect();
                 let submission = local_submission(
+                    &self.domains,
                     dropped.drop.sender,
                     recipients,
                     local::client_for_uid(dropped.owner),
@@ -268,13 +278,19 @@ fn write_error(error: &io::Error) -> CleanupReply {
 }
 
 /// A submission from a local user: only the sender, the recipients and the
-/// content come from the user.
-fn local_submission(sender: String, recipients: Vec<Recipient>, client: ClientInfo) -> Submission {
+/// content come from the user. Unqualified addresses (`root`) get the
+/// origin domain.
+fn local_submission(
+    domains: &LocalDomains,
+    sender: String,
+    recipients: Vec<Recipient>,
+    client: ClientInfo,
+) -> Submission {
     Submission {
-        sender,
+        sender: domains.qualify(&sender),
         recipients: recipients
             .into_iter()
-            .map(|r| Recipient::new(r.address))
+            .map(|r| Recipient::new(domains.qualify(&r.address)))
             .collect(),
         client,
         dsn: DsnParams::default(),

@@ -26,10 +26,14 @@ pub struct LocalRecipients {
 
 impl LocalRecipients {
     pub fn new(config: &Config) -> Self {
-        Self {
-            domains: config.local_domains(),
-            aliases: AliasMaps::new(&config.local_delivery.alias_maps),
-        }
+        Self::with(
+            config.local_domains(),
+            AliasMaps::new(&config.local_delivery.alias_maps),
+        )
+    }
+
+    pub fn with(domains: LocalDomains, aliases: AliasMaps) -> Self {
+        Self { domains, aliases }
     }
 
     pub fn domains(&self) -> &LocalDomains {

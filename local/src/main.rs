@@ -45,6 +45,18 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    // A root agent's socket goes to the daemons' user (the owner of
+    // private/), so that qmgr can connect.
+    if agent.privileged
+        && let Some(private) = path.parent()
+        && let Ok(meta) = std::fs::metadata(private)
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let Err(error) = std::os::unix::fs::chown(&path, Some(meta.uid()), Some(meta.gid())) {
+            tracing::error!(%error, socket = %path.display(), "cannot give the socket to the daemons' user");
+            std::process::exit(1);
+        }
+    }
     tracing::info!(
         socket = %path.display(),
         domains = ?agent.domains().domains(),

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use empath_common::daemon;
+use empath_common::local_recipients::LocalRecipients;
 use empath_common::protocol::{ANVIL, CLEANUP};
 use empath_smtpd::anvil::AnvilClient;
 use empath_smtpd::auth::AuthState;
 use empath_smtpd::limits::ConnectionLimits;
 use empath_smtpd::listeners;
+use empath_smtpd::local::LocalPolicy;
 use empath_smtpd::relay::RelayPolicy;
 use empath_smtpd::settings::Settings;
 use empath_smtpd::tls::TlsSlot;
@@ -43,7 +45,12 @@ fn main() -> ExitCode {
     raise_fd_limit();
     let hostname = config.hostname();
     let cleanup_socket = queue.private_socket(CLEANUP);
-    let relay = Arc::new(RelayPolicy::new(&hostname, &config.smtpd));
+    let relay = Arc::new(RelayPolicy::new(
+        &hostname,
+        &config.smtpd,
+        &config.local_domains(),
+    ));
+    let local = LocalPolicy::new(LocalRecipients::new(&config));
     let limits = ConnectionLimits::new(
         config.smtpd.max_connections,
         config.smtpd.max_connections_per_ip,
@@ -71,6 +78,7 @@ fn main() -> ExitCode {
                 &config.smtpd,
                 cleanup_socket.clone(),
                 Arc::clone(&relay),
+                local.clone(),
                 auth.clone(),
                 Arc::clone(&modules),
             );

@@ -9,6 +9,7 @@ use empath_common::config::{Extension, ListenerFields, ServerTimeouts, Smtpd};
 use empath_modules::Modules;
 
 use crate::auth::AuthState;
+use crate::local::LocalPolicy;
 use crate::relay::RelayPolicy;
 use crate::tls::TlsSlot;
 
@@ -29,6 +30,8 @@ pub struct Settings {
     pub cleanup_socket: PathBuf,
     /// Who may send to which domains.
     pub relay: Arc<RelayPolicy>,
+    /// This host's own recipients and the origin of unqualified addresses.
+    pub local: LocalPolicy,
     /// STARTTLS, where the listener configures it.
     pub tls: Option<Arc<TlsSlot>>,
     /// AUTH, where users are configured.
@@ -75,6 +78,7 @@ impl Settings {
         smtpd: &Smtpd,
         cleanup_socket: PathBuf,
         relay: Arc<RelayPolicy>,
+        local: LocalPolicy,
         auth: Option<Arc<AuthState>>,
         modules: Arc<Modules>,
     ) -> Self {
@@ -97,6 +101,7 @@ impl Settings {
             metadata: listener.context.clone(),
             cleanup_socket,
             relay,
+            local,
             tls,
             auth,
             vrfy_code: smtpd.vrfy_code,
@@ -121,6 +126,7 @@ impl Settings {
             metadata: BTreeMap::new(),
             cleanup_socket,
             relay: Arc::new(RelayPolicy::with(&[hostname], &everyone)),
+            local: LocalPolicy::default(),
             tls: None,
             auth: None,
             vrfy_code: 252,
