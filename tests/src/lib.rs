@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod deliveries;
 pub mod dns;
 pub mod dsn;
+pub mod local;
 pub mod mail;
 pub mod master;
 pub mod modules;
