@@ -262,12 +262,7 @@ impl<'a> Job<'a> {
             tracing::warn!(file = %path.display(), owner, "ignoring a .forward file that its user does not own");
             return Ok(None);
         }
-        let text = String::from_utf8_lossy(&content);
-        let text: String = text
-            .lines()
-            .filter(|line| !line.trim_start().starts_with('#'))
-            .collect::<Vec<_>>()
-            .join("\n");
+        let text = list_text(&content);
         if text.trim().is_empty() {
             return Ok(None);
         }
@@ -316,7 +311,7 @@ impl<'a> Job<'a> {
             }
             Ok(Some(file)) => file,
         };
-        let targets = match parse_targets(&String::from_utf8_lossy(&content)) {
+        let targets = match parse_targets(&list_text(&content)) {
             Ok(targets) => targets,
             Err(error) => {
                 return Status::deferred(
@@ -562,4 +557,13 @@ impl<'a> Job<'a> {
             }
         }
     }
+}
+
+/// A `.forward` or `:include:` file without its comment lines.
+fn list_text(content: &[u8]) -> String {
+    String::from_utf8_lossy(content)
+        .lines()
+        .filter(|line| !line.trim_start().starts_with('#'))
+        .collect::<Vec<_>>()
+        .join("\n")
 }

@@ -190,14 +190,22 @@ impl TestConfig {
             );
         }
         out.push_str("        },\n    ),\n");
-        let test_dir = spool.parent().unwrap_or(spool).to_string_lossy().into_owned();
+        let test_dir = spool
+            .parent()
+            .unwrap_or(spool)
+            .to_string_lossy()
+            .into_owned();
         let mut local = self.local_delivery.clone();
         local
             .entry("mail_spool_directory".to_owned())
             .or_insert_with(|| ron_string(&format!("{test_dir}/mail")));
         out.push_str("    local_delivery: (\n");
         for (key, value) in &local {
-            let _ = writeln!(out, "        {key}: {},", value.replace("__TEST_DIR__", &test_dir));
+            let _ = writeln!(
+                out,
+                "        {key}: {},",
+                value.replace("__TEST_DIR__", &test_dir)
+            );
         }
         out.push_str("    ),\n");
         for (key, value) in &self.sections {

@@ -168,9 +168,10 @@ pub fn read_mailbox(kind: &str, path: &Path) -> Vec<MailboxMessage> {
         path.display(),
         output.combined()
     );
-    let values: Vec<serde_json::Value> =
-        serde_json::from_str(output.stdout.trim()).unwrap_or_else(|e| panic!("{e}: {}", output.stdout));
-    let text = |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).map(str::to_owned);
+    let values: Vec<serde_json::Value> = serde_json::from_str(output.stdout.trim())
+        .unwrap_or_else(|e| panic!("{e}: {}", output.stdout));
+    let text =
+        |v: &serde_json::Value, key: &str| v.get(key).and_then(|s| s.as_str()).map(str::to_owned);
     values
         .iter()
         .map(|v| MailboxMessage {
@@ -179,7 +180,11 @@ pub fn read_mailbox(kind: &str, path: &Path) -> Vec<MailboxMessage> {
             delivered_to: v
                 .get("delivered_to")
                 .and_then(|d| d.as_array())
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_owned)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_owned))
+                        .collect()
+                })
                 .unwrap_or_default(),
             subject: text(v, "subject"),
             body: text(v, "body").unwrap_or_default(),

@@ -21,14 +21,18 @@ fn wait_for_messages(
     path: &std::path::Path,
     count: usize,
 ) -> Vec<empath_tests::local::MailboxMessage> {
-    empath.wait_until(&format!("{count} messages in {}", path.display()), DELIVERY_TIMEOUT, || {
-        let messages = read_mailbox(kind, path);
-        if messages.len() >= count {
-            Ok(messages)
-        } else {
-            Err(format!("{} messages", messages.len()))
-        }
-    })
+    empath.wait_until(
+        &format!("{count} messages in {}", path.display()),
+        DELIVERY_TIMEOUT,
+        || {
+            let messages = read_mailbox(kind, path);
+            if messages.len() >= count {
+                Ok(messages)
+            } else {
+                Err(format!("{} messages", messages.len()))
+            }
+        },
+    )
 }
 
 #[test]
@@ -37,7 +41,10 @@ fn sendmail_root_and_smtp_to_root_reach_the_mbox_root_is_aliased_to() {
     let empath = Empath::start(TestConfig::new().with_aliases());
     empath.set_aliases(&format!("# who reads root's mail\nroot: {}\n", alice.name));
 
-    let sent = empath.sendmail(&["root"], "Subject: from cron\n\nhi\nFrom the start of a line\n");
+    let sent = empath.sendmail(
+        &["root"],
+        "Subject: from cron\n\nhi\nFrom the start of a line\n",
+    );
     assert!(sent.status.success(), "sendmail: {}", sent.combined());
     let answer = smtp_try(
         empath.smtp_addr(),
@@ -60,8 +67,17 @@ fn sendmail_root_and_smtp_to_root_reach_the_mbox_root_is_aliased_to() {
         [format!("{}@mx.empath.test", alice.name)],
         "{cron:?}"
     );
-    assert!(cron.return_path.as_deref().is_some_and(|r| r.contains("@mx.empath.test")));
-    assert!(cron.from_line.as_deref().is_some_and(|f| f.contains("@mx.empath.test")), "{cron:?}");
+    assert!(
+        cron.return_path
+            .as_deref()
+            .is_some_and(|r| r.contains("@mx.empath.test"))
+    );
+    assert!(
+        cron.from_line
+            .as_deref()
+            .is_some_and(|f| f.contains("@mx.empath.test")),
+        "{cron:?}"
+    );
     // mbox readers keep the `>` of a quoted line (mboxo, as Postfix writes).
     assert_eq!(cron.body.trim_end(), "hi\n>From the start of a line");
     let smtp = messages
@@ -69,7 +85,11 @@ fn sendmail_root_and_smtp_to_root_reach_the_mbox_root_is_aliased_to() {
         .find(|m| m.subject.as_deref() == Some("over smtp"))
         .unwrap_or_else(|| panic!("no SMTP message in {messages:?}"));
     assert_eq!(smtp.return_path.as_deref(), Some("<someone@client.test>"));
-    assert!(smtp.from_line.as_deref().is_some_and(|f| f.starts_with("someone@client.test ")));
+    assert!(
+        smtp.from_line
+            .as_deref()
+            .is_some_and(|f| f.starts_with("someone@client.test "))
+    );
     assert_eq!(smtp.body.trim_end(), "hello root");
 
     // The mailbox belongs to the user, readable by nobody else; no lock
@@ -118,9 +138,14 @@ fn twenty_parallel_deliveries_to_one_mbox_are_all_intact() {
     let to = format!("{}@localhost", bob.name);
     let messages = mail::generate(20, "sender@client.test", &[to.as_str()]);
     let outbox = mail::write_eml_files(&empath.dir().join("outbox"), &messages);
-    let report = SmtpSend::new(empath.smtp_addr(), "sender@client.test", &[to.as_str()], &outbox)
-        .threads(20)
-        .run();
+    let report = SmtpSend::new(
+        empath.smtp_addr(),
+        "sender@client.test",
+        &[to.as_str()],
+        &outbox,
+    )
+    .threads(20)
+    .run();
     report.assert_all_accepted(20, || empath.log_tail());
     let mbox = empath.mail_spool().join(&bob.name);
     wait_for_messages(&empath, "mbox", &mbox, 20);
@@ -136,9 +161,19 @@ fn twenty_parallel_deliveries_to_one_mbox_are_all_intact() {
         let body = text.split_once("\n\n").map_or("", |(_, b)| b);
         let quoted: String = body
             .lines()
-            .map(|l| if l.starts_with("From ") { format!(">{l}\n") } else { format!("{l}\n") })
+            .map(|l| {
+                if l.starts_with("From ") {
+                    format!(">{l}\n")
+                } else {
+                    format!("{l}\n")
+                }
+            })
             .collect();
-        assert!(raw.contains(&quoted), "message {} is not intact in the mbox", message.id);
+        assert!(
+            raw.contains(&quoted),
+            "message {} is not intact in the mbox",
+            message.id
+        );
     }
 }
 
@@ -168,5 +203,10 @@ fn maildir_under_the_home_directory() {
         .expect("entry");
     let meta = file.metadata().expect("metadata");
     assert_eq!(meta.uid(), carol.uid, "written as the user");
-    assert_eq!(std::fs::read_dir(maildir.join("tmp")).expect("tmp/").count(), 0);
+    assert_eq!(
+        std::fs::read_dir(maildir.join("tmp"))
+            .expect("tmp/")
+            .count(),
+        0
+    );
 }
