@@ -72,16 +72,16 @@ fn main() -> ExitCode {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| listener.socket.0.to_string());
             tracing::info!(%address, "listening");
-            let settings = Settings::for_listener(
+            let mut settings = Settings::for_listener(
                 hostname.clone(),
                 listener,
                 &config.smtpd,
                 cleanup_socket.clone(),
                 Arc::clone(&relay),
-                local.clone(),
                 auth.clone(),
                 Arc::clone(&modules),
             );
+            settings.local = local.clone();
             tls_slots.extend(settings.tls.clone());
             accepting.spawn(listeners::accept_loop(
                 socket,

@@ -78,7 +78,6 @@ impl Settings {
         smtpd: &Smtpd,
         cleanup_socket: PathBuf,
         relay: Arc<RelayPolicy>,
-        local: LocalPolicy,
         auth: Option<Arc<AuthState>>,
         modules: Arc<Modules>,
     ) -> Self {
@@ -101,7 +100,8 @@ impl Settings {
             metadata: listener.context.clone(),
             cleanup_socket,
             relay,
-            local,
+            // Set by the caller that knows the local domains.
+            local: LocalPolicy::default(),
             tls,
             auth,
             vrfy_code: smtpd.vrfy_code,

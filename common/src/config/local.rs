@@ -160,7 +160,7 @@ impl LocalDomains {
     /// Whether mail for `domain` is delivered here.
     pub fn contains(&self, domain: &str) -> bool {
         let domain = normalize_domain(domain);
-        self.domains.iter().any(|d| *d == domain)
+        self.domains.contains(&domain)
     }
 
     /// Whether `address` is delivered here: its domain is local, or it has
