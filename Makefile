@@ -30,11 +30,11 @@ BUILT = $(TARGET_DIR)/$(PROFILE)
 CARGO_PROFILE_FLAG = $(if $(filter release,$(PROFILE)),--release,--profile $(PROFILE))
 
 DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-local empath-bounce
-SBIN_PROGRAMS = empath empathctl sendmail
+SBIN_PROGRAMS = empath empathctl sendmail newaliases
 BIN_PROGRAMS = mailq
 MAN1 = man/mailq.1 man/sendmail.1
-MAN5 = man/empath.config.ron.5
-MAN8 = man/empath.8 man/empathctl.8
+MAN5 = man/empath.config.ron.5 man/aliases.5
+MAN8 = man/empath.8 man/empathctl.8 man/empath-local.8 man/newaliases.8
 
 INSTALL ?= install
 # Installed copies of the units and scripts point at the chosen directories.
