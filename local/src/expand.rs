@@ -435,6 +435,16 @@ impl<'a> Job<'a> {
             };
             return self.helper(user, &request, &input);
         };
+        // mailbox_directory is made on first use (the dev set-up starts
+        // with no ./var/mail); the system's spool directory never is.
+        if settings.mailbox_directory.is_some()
+            && let Err(error) = std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o755)
+                .create(&spool)
+        {
+            return DeliveryError::io(&spool, &error).status();
+        }
         let path = spool.join(&user.name);
         if maildir {
             if let Err(error) = self.user_directory(&path, user) {
