@@ -12,6 +12,7 @@ use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
+use empath_common::config::LocalDomains;
 use empath_common::daemon;
 use empath_common::ipc::{read_frame, write_frame};
 use empath_common::maildrop::DropError;
@@ -32,6 +33,9 @@ struct Cleanup {
     daemon_limits: Limits,
     /// For messages from local users.
     local_limits: Limits,
+    /// Qualifies the unqualified addresses of local submissions
+    /// (`sendmail root`).
+    domains: LocalDomains,
     group_commit: GroupCommit,
     notifier: Notifier,
 }
@@ -76,6 +80,7 @@ async fn main() {
             size: started.config.local_message_size_limit(),
             hops,
         },
+        domains: started.config.local_domains(),
         group_commit: GroupCommit::start(started.queue.clone()),
         notifier: Notifier::start(started.queue.private_socket(protocol::QMGR)),
         queue: started.queue,
@@ -124,8 +129,12 @@ impl Cleanup {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "expected Begin"));
             };
             if let Some(client) = &local_client {
-                submission =
-                    local_submission(submission.sender, submission.recipients, client.clone());
+                submission = local_submission(
+                    &self.domains,
+                    submission.sender,
+                    submission.recipients,
+                    client.clone(),
+                );
             }
             let trusted = local_client.is_none();
             let Some(reply) = self.submission(&mut reader, submission, trusted).await else {
@@ -263,6 +272,7 @@ impl Cleanup {
             .map(Recipient::new)
             .collect();
         let submission = local_submission(
+            &self.domains,
             stream.header.sender.clone(),
             recipients,
             local::client_for_uid(dropped.owner),
@@ -342,13 +352,19 @@ fn refused(error: RefusedError) -> CleanupReply {
 }
 
 /// A submission from a local user: only the sender, the recipients and the
-/// content come from the user.
-fn local_submission(sender: String, recipients: Vec<Recipient>, client: ClientInfo) -> Submission {
+/// content come from the user. Unqualified addresses (`root`) get the
+/// origin domain.
+fn local_submission(
+    domains: &LocalDomains,
+    sender: String,
+    recipients: Vec<Recipient>,
+    client: ClientInfo,
+) -> Submission {
     Submission {
-        sender,
+        sender: domains.qualify(&sender),
         recipients: recipients
             .into_iter()
-            .map(|r| Recipient::new(r.address))
+            .map(|r| Recipient::new(domains.qualify(&r.address)))
             .collect(),
         client,
         dsn: DsnParams::default(),

@@ -1,6 +1,7 @@
 //! Talking to the delivery agents: each job and each bounce request runs on
 //! its own task and reports back to the scheduler as an [`Event`]. Jobs
-//! reuse idle connections to smtp-out.
+//! reuse idle connections to their agent (smtp-out or empath-local, as
+//! `transport` routes them).
 
 use std::io;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::scheduler::Event;
+use crate::transport::{Router, Transport};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -81,13 +83,34 @@ impl SmtpOutConnections {
     }
 }
 
-/// Sends `job` to smtp-out and reports the outcome.
-pub fn deliver(
-    connections: &SmtpOutConnections,
-    job: DeliveryJob,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let connections = connections.clone();
+/// The delivery agents' connections, and the router that picks one.
+#[derive(Clone)]
+pub struct Agents {
+    router: Router,
+    smtp_out: SmtpOutConnections,
+    local: SmtpOutConnections,
+}
+
+impl Agents {
+    pub fn new(queue: &Queue, router: Router) -> Self {
+        Self {
+            router,
+            smtp_out: SmtpOutConnections::new(queue),
+            local: SmtpOutConnections::to(queue.private_socket(Transport::Local.service())),
+        }
+    }
+
+    fn for_job(&self, job: &DeliveryJob) -> &SmtpOutConnections {
+        match self.router.for_domain(&job.domain) {
+            Transport::Smtp => &self.smtp_out,
+            Transport::Local => &self.local,
+        }
+    }
+}
+
+/// Sends `job` to its delivery agent and reports the outcome.
+pub fn deliver(agents: &Agents, job: DeliveryJob, events: mpsc::UnboundedSender<Event>) {
+    let connections = agents.for_job(&job).clone();
     tokio::spawn(async move {
         let result = connections.call(&job).await.map_err(|e| e.to_string());
         let _ = events.send(Event::JobDone { job, result });

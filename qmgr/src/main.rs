@@ -11,6 +11,7 @@ mod jobs;
 mod retry;
 mod scheduler;
 mod throttle;
+mod transport;
 
 use std::io;
 use std::time::Duration;
@@ -68,6 +69,7 @@ async fn main() {
         config.dsn.clone(),
         events.clone(),
         modules,
+        transport::Router::new(&config),
     );
     tokio::task::block_in_place(|| scheduler.recover());
 

@@ -93,7 +93,7 @@ pub struct Scheduler {
     wake_at: Option<Instant>,
     /// Plugin modules that want delivery events.
     modules: Modules,
-    smtp_out: dispatch::SmtpOutConnections,
+    agents: dispatch::Agents,
 }
 
 impl Scheduler {
@@ -103,9 +103,10 @@ impl Scheduler {
         dsn: Dsn,
         events: mpsc::UnboundedSender<Event>,
         modules: Modules,
+        router: crate::transport::Router,
     ) -> Self {
         let destinations = Destinations::new(policy.clone());
-        let smtp_out = dispatch::SmtpOutConnections::new(&queue);
+        let agents = dispatch::Agents::new(&queue, router);
         Self {
             queue,
             policy,
@@ -122,7 +123,7 @@ impl Scheduler {
             frozen: false,
             wake_at: None,
             modules,
-            smtp_out,
+            agents,
         }
     }
 
@@ -281,7 +282,7 @@ impl Scheduler {
                     self.running += 1;
                     let envelope = self.active.get(&job.id).map(|m| &m.envelope);
                     events::attempt(&self.modules, envelope, &job);
-                    dispatch::deliver(&self.smtp_out, job, self.events.clone());
+                    dispatch::deliver(&self.agents, job, self.events.clone());
                 }
                 Decision::Wait(at) => {
                     if let Some(at) = at {

@@ -210,6 +210,7 @@ impl Connection {
                         _ => None,
                     };
                     let action = self.session.handle(command);
+                    let action = self.verify_local(checked, action).await;
                     self.ask_modules(checked, action)
                 }
                 Line::TooLong => Action::Reply(self.session.line_too_long()),
@@ -267,6 +268,45 @@ impl Connection {
                 self.chunks = None;
                 self.data_copy = None;
                 self.hooks.end_transaction();
+            }
+        }
+    }
+
+    /// A recipient at a local domain that smtpd accepted must be a user or
+    /// an alias: otherwise 550 5.1.1 and it is not added. The lookup
+    /// blocks (alias index, user database), so it leaves the async thread.
+    async fn verify_local(&mut self, checked: Option<Checked>, action: Action) -> Action {
+        let accepted = matches!(&action, Action::Reply(reply) if reply.is_positive());
+        if !accepted || !matches!(checked, Some(Checked::Rcpt)) {
+            return action;
+        }
+        let Some(recipient) = self
+            .session
+            .transaction()
+            .and_then(|t| t.recipients.last())
+            .map(|r| r.address.clone())
+        else {
+            return action;
+        };
+        if !self.settings.local.is_local(&recipient) {
+            return action;
+        }
+        let local = self.settings.local.clone();
+        let refusal = tokio::task::spawn_blocking(move || {
+            let refusal = local.verify(&recipient);
+            (recipient, refusal)
+        })
+        .await;
+        match refusal {
+            Ok((_, None)) => action,
+            Ok((recipient, Some(refusal))) => {
+                tracing::info!(client = %self.peer, %recipient, reply = %refusal, "local recipient refused");
+                self.session.drop_last_recipient();
+                Action::Reply(refusal)
+            }
+            Err(_) => {
+                self.session.drop_last_recipient();
+                Action::Reply(Reply::new(451, "4.3.0", "Temporary lookup failure"))
             }
         }
     }

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use empath_common::daemon;
+use empath_common::local_recipients::LocalRecipients;
 use empath_common::protocol::{ANVIL, CLEANUP};
 use empath_smtpd::anvil::AnvilClient;
 use empath_smtpd::auth::AuthState;
 use empath_smtpd::limits::ConnectionLimits;
 use empath_smtpd::listeners;
+use empath_smtpd::local::LocalPolicy;
 use empath_smtpd::relay::RelayPolicy;
 use empath_smtpd::settings::Settings;
 use empath_smtpd::tls::TlsSlot;
@@ -38,7 +40,12 @@ fn main() -> ExitCode {
     raise_fd_limit();
     let hostname = config.hostname();
     let cleanup_socket = queue.private_socket(CLEANUP);
-    let relay = Arc::new(RelayPolicy::new(&hostname, &config.smtpd));
+    let relay = Arc::new(RelayPolicy::new(
+        &hostname,
+        &config.smtpd,
+        &config.local_domains(),
+    ));
+    let local = LocalPolicy::new(LocalRecipients::new(&config));
     let limits = ConnectionLimits::new(
         config.smtpd.max_connections,
         config.smtpd.max_connections_per_ip,
@@ -60,7 +67,7 @@ fn main() -> ExitCode {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| listener.socket.0.to_string());
             tracing::info!(%address, "listening");
-            let settings = Settings::for_listener(
+            let mut settings = Settings::for_listener(
                 hostname.clone(),
                 listener,
                 &config.smtpd,
@@ -69,6 +76,7 @@ fn main() -> ExitCode {
                 auth.clone(),
                 Arc::clone(&modules),
             );
+            settings.local = local.clone();
             tls_slots.extend(settings.tls.clone());
             accepting.spawn(listeners::accept_loop(
                 socket,

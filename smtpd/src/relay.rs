@@ -1,11 +1,12 @@
 //! The relay policy: which recipients a client may send to. Mail for our
-//! own domains (`relay_domains` and the host name) is accepted from anyone;
+//! own domains (`relay_domains`, the host name and the local domains) is
+//! accepted from anyone;
 //! mail for any other domain only from `mynetworks` or an authenticated
 //! client. Anything else would make us an open relay.
 
 use std::net::IpAddr;
 
-use empath_common::config::{Network, Smtpd};
+use empath_common::config::{LocalDomains, Network, Smtpd};
 
 #[derive(Debug, Clone, Default)]
 pub struct RelayPolicy {
@@ -17,13 +18,14 @@ pub struct RelayPolicy {
 }
 
 impl RelayPolicy {
-    pub fn new(hostname: &str, config: &Smtpd) -> Self {
+    pub fn new(hostname: &str, config: &Smtpd, local: &LocalDomains) -> Self {
         let mut local_domains: Vec<String> = config
             .relay_domains
             .iter()
             .map(|d| d.to_ascii_lowercase())
             .collect();
         local_domains.push(hostname.to_ascii_lowercase());
+        local_domains.extend(local.domains().iter().cloned());
         Self {
             local_domains,
             mynetworks: config.mynetworks.clone(),

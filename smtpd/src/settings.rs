@@ -9,6 +9,7 @@ use empath_common::config::{BareLineEndings, Extension, ListenerFields, ServerTi
 use empath_modules::Modules;
 
 use crate::auth::AuthState;
+use crate::local::LocalPolicy;
 use crate::relay::RelayPolicy;
 use crate::tls::TlsSlot;
 
@@ -29,6 +30,8 @@ pub struct Settings {
     pub cleanup_socket: PathBuf,
     /// Who may send to which domains.
     pub relay: Arc<RelayPolicy>,
+    /// This host's own recipients and the origin of unqualified addresses.
+    pub local: LocalPolicy,
     /// STARTTLS, where the listener configures it.
     pub tls: Option<Arc<TlsSlot>>,
     /// AUTH, where users are configured.
@@ -99,6 +102,8 @@ impl Settings {
             metadata: listener.context.clone(),
             cleanup_socket,
             relay,
+            // Set by the caller that knows the local domains.
+            local: LocalPolicy::default(),
             tls,
             auth,
             vrfy_code: smtpd.vrfy_code,
@@ -124,6 +129,7 @@ impl Settings {
             metadata: BTreeMap::new(),
             cleanup_socket,
             relay: Arc::new(RelayPolicy::with(&[hostname], &everyone)),
+            local: LocalPolicy::default(),
             tls: None,
             auth: None,
             vrfy_code: 252,

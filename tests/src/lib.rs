@@ -20,6 +20,7 @@ pub mod ctl;
 pub mod deliveries;
 pub mod dns;
 pub mod dsn;
+pub mod local;
 pub mod mail;
 pub mod master;
 pub mod modules;
@@ -59,7 +60,10 @@ pub const CLEANUP: &str = "empath-cleanup";
 pub const QMGR: &str = "empath-qmgr";
 pub const SMTP_OUT: &str = "empath-smtp-out";
 pub const BOUNCE: &str = "empath-bounce";
-pub const DAEMONS: [&str; 5] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, BOUNCE];
+/// The local delivery agent: root when the master is (it switches to
+/// each recipient), like the master itself.
+pub const LOCAL: &str = "empath-local";
+pub const DAEMONS: [&str; 6] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE];
 
 /// How long the master may take to bind and publish its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

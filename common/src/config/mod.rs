@@ -7,6 +7,7 @@
 mod cleanup;
 mod dns;
 mod dsn;
+mod local;
 mod master;
 mod model;
 mod smtpd;
@@ -18,6 +19,7 @@ use std::path::{Path, PathBuf};
 pub use cleanup::{Cleanup, DEFAULT_HOPCOUNT_LIMIT};
 pub use dns::{Dns, Nameserver};
 pub use dsn::{DEFAULT_MAX_RETURN_SIZE, Dsn};
+pub use local::{LocalDelivery, LocalDomains, TargetSource};
 pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
 pub use smtpd::{Auth as SmtpdAuth, BareLineEndings, Network, Smtpd, is_bcrypt_hash};
@@ -88,6 +90,7 @@ impl Config {
         if let Ok(absolute) = std::path::absolute(&empath.spool.path) {
             empath.spool.path = absolute;
         }
+        empath.local_delivery.absolutize();
         validate(&empath).map_err(|(key, message)| ConfigError {
             path: path.to_owned(),
             line: line_of_key(text, key.rsplit('.').next().unwrap_or(&key)),
@@ -122,6 +125,24 @@ impl Config {
     /// `message_size_limit`.
     pub fn local_message_size_limit(&self) -> u64 {
         self.smtpd.max_message_size
+    }
+
+    /// The domains delivered on this host and the origin of unqualified
+    /// addresses (`local_delivery.local_domains` and `.origin`, by default
+    /// the host name, `localhost` and `localhost.localdomain`).
+    pub fn local_domains(&self) -> LocalDomains {
+        let hostname = self.hostname();
+        let local = &self.empath.local_delivery;
+        let origin = local.origin.clone().unwrap_or_else(|| hostname.clone());
+        let domains = match &local.local_domains {
+            Some(domains) => domains.clone(),
+            None => vec![
+                hostname,
+                "localhost".to_owned(),
+                "localhost.localdomain".to_owned(),
+            ],
+        };
+        LocalDomains::new(domains, &origin)
     }
 }
 
@@ -226,6 +247,7 @@ fn validate(config: &Empath) -> Result<(), Invalid> {
     dsn::validate(&config.dsn)?;
     smtpd::validate(&config.smtpd)?;
     cleanup::validate(&config.cleanup)?;
+    local::validate(&config.local_delivery)?;
     Ok(())
 }
 

@@ -15,6 +15,7 @@ use serde::Deserialize;
 use super::cleanup::Cleanup;
 use super::dns::Dns;
 use super::dsn::Dsn;
+use super::local::LocalDelivery;
 use super::master::Supervisor;
 use super::smtpd::Smtpd;
 use super::values::{Extension, HostPort, ListenAddr, Listener};
@@ -56,6 +57,9 @@ pub struct Empath {
     /// What cleanup checks in every message.
     #[serde(default)]
     pub cleanup: Cleanup,
+    /// Local delivery: this host's domains, aliases, mailboxes.
+    #[serde(default)]
+    pub local_delivery: LocalDelivery,
     /// Where the master finds the daemon executables. Defaults to the
     /// directory that holds the `empath` executable itself.
     #[serde(default)]

@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         .config
         .clone()
         .map_or_else(|| PathBuf::from(config::DEFAULT_PATH), PathBuf::from);
+    if options.initialize_aliases {
+        return empath_ctl::newaliases::run(&config_path, "sendmail");
+    }
     let config = match Config::load(&config_path) {
         Ok(config) => config,
         Err(error) => return fail(EX_CONFIG, &error.to_string()),
@@ -112,7 +115,8 @@ fn recipients(options: &Options, found: Vec<String>) -> Vec<String> {
     all
 }
 
-/// `login@hostname` for the calling user.
+/// `login@origin` for the calling user (`local_delivery.origin`, by
+/// default the host name).
 fn default_sender(config: &Config) -> String {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
@@ -120,7 +124,7 @@ fn default_sender(config: &Config) -> String {
         .map(|u| u.name)
         .or_else(|| std::env::var("LOGNAME").ok())
         .unwrap_or_else(|| "nobody".to_owned());
-    format!("{user}@{}", config.hostname())
+    format!("{user}@{}", config.local_domains().origin())
 }
 
 enum Submit {
