@@ -183,15 +183,6 @@ pub async fn run(
     // Before any smtpd starts, so that every connection is counted.
     let anvil = crate::anvil::Anvil::new(&config);
     let _anvil_task = crate::anvil::start(&anvil, &queue, settings.run_as);
-    // Before any daemon starts: smtp-out reads it to recognise its own
-    // listeners as a mail loop.
-    let addrs: String = bound.addrs.iter().map(|a| format!("{a}\n")).collect();
-    listeners::publish(&queue, "listeners", &addrs).map_err(|e| {
-        format!(
-            "cannot write {}: {e}",
-            queue.root_file("listeners").display()
-        )
-    })?;
     let listen_fds = spawn::raw_fds(&bound.sockets);
     let mut slots: Vec<SlotHandle> = names
         .iter()
@@ -222,6 +213,16 @@ pub async fn run(
         .listeners_bound
         .store(true, std::sync::atomic::Ordering::SeqCst);
 
+    // Once the daemons are on their way: tests and operators take it as
+    // the sign that the master is up. smtp-out reads it (at its first
+    // delivery) to recognise its own listeners as a mail loop.
+    let addrs: String = bound.addrs.iter().map(|a| format!("{a}\n")).collect();
+    listeners::publish(&queue, "listeners", &addrs).map_err(|e| {
+        format!(
+            "cannot write {}: {e}",
+            queue.root_file("listeners").display()
+        )
+    })?;
     let shared_config = Arc::new(RwLock::new(Arc::clone(&config)));
     let http = start_http(&config, &queue, &shared_config, &status);
     let mut control =

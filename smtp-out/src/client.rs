@@ -15,7 +15,7 @@ use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
     ReadBuf,
 };
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -76,6 +76,8 @@ pub enum Unread {
 /// A TCP connection before or after STARTTLS.
 pub enum Stream {
     Plain(TcpStream),
+    /// An LMTP server's Unix socket.
+    Unix(UnixStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -87,6 +89,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -100,6 +103,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -107,6 +111,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -114,6 +119,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -153,6 +159,30 @@ pub async fn connect(
     })
 }
 
+/// Connects to an LMTP server's Unix socket.
+pub async fn connect_unix(
+    path: &std::path::Path,
+    timeouts: &ClientTimeouts,
+) -> Result<Connection<Stream>, SessionError> {
+    let secs = timeouts.connect_secs;
+    let stream = tokio::time::timeout(Duration::from_secs(secs), UnixStream::connect(path))
+        .await
+        .map_err(|_| SessionError::Timeout {
+            phase: "connect",
+            secs,
+        })?
+        .map_err(|e| SessionError::Connect {
+            host: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(Connection {
+        stream: BufReader::new(Stream::Unix(stream)),
+        timeouts: timeouts.clone(),
+        extensions: Vec::new(),
+        tls: None,
+    })
+}
+
 impl Connection<Stream> {
     /// STARTTLS (RFC 3207) after a positive `220`: the handshake, checking
     /// the certificate against `server_name` as `config` says. The caller
@@ -174,7 +204,7 @@ impl Connection<Stream> {
         let name = ServerName::try_from(server_name.to_owned())
             .map_err(|e| fail(format!("invalid server name: {e}")))?;
         let Stream::Plain(tcp) = self.stream.into_inner() else {
-            return Err(fail("TLS is already active".into()));
+            return Err(fail("TLS is already active, or not over TCP".into()));
         };
         let handshake = TlsConnector::from(config).connect(name, tcp);
         let tls = tokio::time::timeout(Duration::from_secs(secs), handshake)
@@ -358,6 +388,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         }
         self.extensions.clear();
         self.command("HELO", secs, &format!("HELO {name}")).await
+    }
+
+    /// LHLO (RFC 2033): LMTP has no HELO to fall back to.
+    pub async fn lhlo(&mut self, name: &str) -> Result<Reply, SessionError> {
+        let secs = self.timeouts.ehlo_secs;
+        let reply = self.command("LHLO", secs, &format!("LHLO {name}")).await?;
+        if !reply.is_completion() {
+            return Err(SessionError::Protocol {
+                phase: "LHLO",
+                detail: reply.to_string(),
+            });
+        }
+        self.extensions = reply
+            .text
+            .lines()
+            .skip(1)
+            .map(|l| l.trim().to_ascii_uppercase())
+            .collect();
+        Ok(reply)
     }
 
     pub fn offers(&self, extension: &str) -> bool {

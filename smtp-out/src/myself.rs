@@ -20,18 +20,13 @@ pub struct Myself {
 
 impl Myself {
     /// Reads the master's `listeners` file and the host's interface
-    /// addresses. Blocking: call it once, at start.
-    pub fn discover(queue: &Queue, hostname: &str) -> Self {
-        let listeners = std::fs::read_to_string(queue.root_file("listeners"))
-            .map(|text| {
-                text.lines()
-                    .filter_map(|line| line.trim().parse().ok())
-                    .collect()
-            })
-            .unwrap_or_else(|error| {
-                tracing::warn!(%error, "cannot read the master's listeners: mail loops through them are not recognised");
-                Vec::new()
-            });
+    /// addresses. Blocking. Fails while the master has not written the
+    /// file yet (it does once it has started the daemons).
+    pub fn discover(queue: &Queue, hostname: &str) -> std::io::Result<Self> {
+        let listeners = std::fs::read_to_string(queue.root_file("listeners"))?
+            .lines()
+            .filter_map(|line| line.trim().parse().ok())
+            .collect();
         let local_ips = nix::ifaddrs::getifaddrs()
             .map(|addrs| {
                 addrs
@@ -45,7 +40,7 @@ impl Myself {
                     .collect()
             })
             .unwrap_or_default();
-        Self::new(hostname, listeners, local_ips)
+        Ok(Self::new(hostname, listeners, local_ips))
     }
 
     pub fn new(hostname: &str, listeners: Vec<SocketAddr>, local_ips: Vec<IpAddr>) -> Self {

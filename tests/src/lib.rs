@@ -19,6 +19,7 @@ pub mod config;
 pub mod ctl;
 pub mod deliveries;
 pub mod dns;
+pub mod dovecot;
 pub mod dsn;
 pub mod local;
 pub mod mail;

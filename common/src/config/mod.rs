@@ -23,7 +23,7 @@ pub use local::{LocalDelivery, LocalDomains, TargetSource};
 pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
 pub use smtpd::{Auth as SmtpdAuth, BareLineEndings, Network, Smtpd, is_bcrypt_hash};
-pub use values::{Extension, HostPort, ListenAddr, Listener};
+pub use values::{DomainTransport, Extension, HostPort, ListenAddr, Listener, LmtpEndpoint};
 
 /// The default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/empath/empath.config.ron";
