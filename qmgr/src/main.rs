@@ -10,6 +10,7 @@ mod events;
 mod jobs;
 mod retry;
 mod scheduler;
+mod store;
 mod throttle;
 mod transport;
 
@@ -63,13 +64,14 @@ async fn main() {
         }
     };
     let (events, mut inbox) = mpsc::unbounded_channel();
+    let couriers = dispatch::Agents::new(&queue, transport::Router::new(&config));
     let mut scheduler = Scheduler::new(
         queue,
         config.delivery.clone(),
         config.dsn.clone(),
         events.clone(),
         modules,
-        transport::Router::new(&config),
+        couriers,
     );
     tokio::task::block_in_place(|| scheduler.recover());
 
@@ -112,6 +114,7 @@ async fn main() {
             _ = scan.tick() => tokio::task::block_in_place(|| {
                 scheduler.scan_incoming();
                 scheduler.scan_deferred();
+                scheduler.evict_idle_destinations();
             }),
             _ = due.tick() => {}
             _ = sweep.tick() => tokio::task::block_in_place(|| scheduler.sweep()),
