@@ -108,6 +108,9 @@ mod tests {
         notifier.queued(first);
         notifier.queued(second);
         let (mut stream, _) = listener.accept().await.unwrap();
+        empath_common::ipc::hello_server(&mut stream, "qmgr")
+            .await
+            .unwrap();
         assert_eq!(incoming(next_notice(&mut stream).await), Some(first));
         assert_eq!(incoming(next_notice(&mut stream).await), Some(second));
 
@@ -121,6 +124,9 @@ mod tests {
         let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
             .await
             .expect("a new connection after the restart")
+            .unwrap();
+        empath_common::ipc::hello_server(&mut stream, "qmgr")
+            .await
             .unwrap();
         assert_eq!(incoming(next_notice(&mut stream).await), Some(third));
     }

@@ -113,18 +113,20 @@ pub fn bind_socket_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener>
 }
 
 /// Accepts connections on `listener` forever, running `handle` for each on
-/// its own task. Errors of one connection are logged and end only it.
+/// its own task after the hello (see [`crate::ipc`]). Errors of one
+/// connection are logged and end only it.
 pub async fn serve<F, Fut>(
     listener: UnixListener,
     service: &'static str,
     handle: F,
 ) -> io::Result<()>
 where
-    F: Fn(UnixStream) -> Fut,
+    F: Fn(UnixStream) -> Fut + Send + Sync + 'static,
     Fut: Future<Output = io::Result<()>> + Send + 'static,
 {
+    let handle = std::sync::Arc::new(handle);
     loop {
-        let (stream, _) = match listener.accept().await {
+        let (mut stream, _) = match listener.accept().await {
             Ok(accepted) => accepted,
             Err(e) => {
                 tracing::warn!(service, error = %e, "accept failed");
@@ -133,9 +135,22 @@ where
             }
         };
         mark_serving();
-        let connection = handle(stream);
+        let handle = std::sync::Arc::clone(&handle);
+        // The hello on the connection's own task: a client that is slow to
+        // send it holds up nobody else.
         tokio::spawn(async move {
-            if let Err(e) = connection.await {
+            let greeted = tokio::time::timeout(
+                std::time::Duration::from_secs(10),
+                crate::ipc::hello_server(&mut stream, service),
+            )
+            .await;
+            match greeted {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) if e.kind() == io::ErrorKind::UnexpectedEof => return,
+                Ok(Err(e)) => return tracing::error!(service, error = %e, "connection refused"),
+                Err(_) => return tracing::warn!(service, "a client sent no hello in time"),
+            }
+            if let Err(e) = handle(stream).await {
                 tracing::warn!(service, error = %e, "connection ended with an error");
             }
         });

@@ -1,5 +1,13 @@
 //! IPC framing over Unix stream sockets: a 4-byte big-endian length, then a
 //! postcard-encoded value. The same framing carries every daemon protocol.
+//!
+//! Every connection starts with a [`Hello`] each way, carrying
+//! [`PROTOCOL_VERSION`]. postcard encodes fields by position, so two
+//! Empath versions whose frames differ would misread each other; during an
+//! upgrade (new binaries, daemons restarted one at a time) the hello makes
+//! such a pair refuse to talk, with a log line that says why, instead.
+//! [`connect`] and `daemon::serve` exchange it, so no protocol client or
+//! server can forget to.
 
 use std::io;
 use std::path::Path;
@@ -12,6 +20,85 @@ use tokio::net::UnixStream;
 
 /// Frames larger than this are refused: a peer sending one is broken.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// The version of every frame type the daemons exchange (`protocol`,
+/// `control`, the metrics snapshot). Bump it whenever one changes its
+/// encoding; `common/tests/protocol_pins.rs` fails until it is bumped.
+pub const PROTOCOL_VERSION: u32 = 2;
+
+const HELLO_MAGIC: [u8; 4] = *b"EMPH";
+
+/// The first frame each way on every connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+pub struct Hello {
+    magic: [u8; 4],
+    version: u32,
+}
+
+impl Hello {
+    pub fn ours() -> Self {
+        Self {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION,
+        }
+    }
+}
+
+fn version_error(peer: &str, detail: String) -> io::Error {
+    io::Error::new(
+        io::ErrorKind::InvalidData,
+        format!(
+            "{peer}: {detail} (this program speaks Empath IPC version {PROTOCOL_VERSION}; a daemon of another Empath version is still running? restart it)"
+        ),
+    )
+}
+
+/// The client's side of the hello: ours out, the server's in and checked.
+pub async fn hello_client<S>(stream: &mut S, peer: &str) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    write_frame(stream, &Hello::ours()).await?;
+    match read_frame::<_, Hello>(stream).await {
+        Ok(Some(hello)) if hello == Hello::ours() => Ok(()),
+        Ok(Some(hello)) if hello.magic == HELLO_MAGIC => Err(version_error(
+            peer,
+            format!("the server speaks Empath IPC version {}", hello.version),
+        )),
+        Ok(_) | Err(_) => Err(version_error(
+            peer,
+            "the server did not answer the hello (an older Empath?)".to_owned(),
+        )),
+    }
+}
+
+/// The server's side: the client's hello in and checked, ours out (also
+/// on a mismatch, so the client can say why).
+pub async fn hello_server<S>(stream: &mut S, service: &str) -> io::Result<()>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
+    let theirs = read_frame::<_, Hello>(stream).await;
+    let _ = write_frame(stream, &Hello::ours()).await;
+    match theirs {
+        Ok(Some(hello)) if hello == Hello::ours() => Ok(()),
+        Ok(Some(hello)) if hello.magic == HELLO_MAGIC => Err(version_error(
+            service,
+            format!(
+                "refused a client that speaks Empath IPC version {}",
+                hello.version
+            ),
+        )),
+        Ok(None) => Err(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "client left before its hello",
+        )),
+        Ok(Some(_)) | Err(_) => Err(version_error(
+            service,
+            "refused a client that did not start with a hello (an older Empath?)".to_owned(),
+        )),
+    }
+}
 
 pub async fn write_frame<W, T>(writer: &mut W, value: &T) -> io::Result<()>
 where
@@ -78,9 +165,17 @@ where
     })
 }
 
-/// Connects to a daemon socket, with a bound on the time it may take.
+/// Connects to a daemon socket and exchanges the hello, with a bound on
+/// the time it may take.
 pub async fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
-    tokio::time::timeout(timeout, UnixStream::connect(path))
+    let connecting = async {
+        let mut stream = UnixStream::connect(path)
+            .await
+            .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))?;
+        hello_client(&mut stream, &path.display().to_string()).await?;
+        Ok(stream)
+    };
+    tokio::time::timeout(timeout, connecting)
         .await
         .map_err(|_| {
             io::Error::new(
@@ -88,7 +183,6 @@ pub async fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
                 format!("connecting to {}", path.display()),
             )
         })?
-        .map_err(|e| io::Error::new(e.kind(), format!("{}: {e}", path.display())))
 }
 
 /// Sends one frame on a fresh connection and does not wait for a reply:
@@ -101,6 +195,50 @@ pub async fn notify<T: Serialize>(path: &Path, value: &T) -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn the_hello_refuses_another_version_and_says_why() {
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let (ours, theirs) = tokio::join!(
+            hello_client(&mut client, "qmgr.sock"),
+            hello_server(&mut server, "qmgr")
+        );
+        assert!(ours.is_ok() && theirs.is_ok());
+
+        // A client of another version.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let other = Hello {
+            magic: HELLO_MAGIC,
+            version: PROTOCOL_VERSION + 1,
+        };
+        let (sent, refused) = tokio::join!(
+            write_frame(&mut client, &other),
+            hello_server(&mut server, "qmgr")
+        );
+        sent.unwrap();
+        let error = refused.unwrap_err().to_string();
+        assert!(
+            error.contains(&format!("version {}", PROTOCOL_VERSION + 1)),
+            "{error}"
+        );
+        let answer: Option<Hello> = read_frame(&mut client).await.unwrap();
+        assert_eq!(answer, Some(Hello::ours()));
+
+        // An old client that starts with its request.
+        let (mut client, mut server) = tokio::io::duplex(1024);
+        let request = ("a request".to_owned(), 7u64);
+        let (sent, refused) = tokio::join!(
+            write_frame(&mut client, &request),
+            hello_server(&mut server, "qmgr")
+        );
+        sent.unwrap();
+        assert!(
+            refused
+                .unwrap_err()
+                .to_string()
+                .contains("did not start with a hello")
+        );
+    }
 
     #[tokio::test]
     async fn frames_round_trip_and_eof_is_clean() {

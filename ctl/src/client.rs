@@ -71,6 +71,13 @@ pub async fn send(
     let mut stream = tokio::net::UnixStream::connect(socket)
         .await
         .map_err(classify)?;
+    tokio::time::timeout(
+        REQUEST_TIMEOUT,
+        ipc::hello_client(&mut stream, &socket.display().to_string()),
+    )
+    .await
+    .map_err(|_| ClientError::Timeout(socket.to_owned(), REQUEST_TIMEOUT))?
+    .map_err(|e| ClientError::Io(socket.to_owned(), e))?;
     let envelope = ControlEnvelope { token, request };
     tokio::time::timeout(REQUEST_TIMEOUT, ipc::call(&mut stream, &envelope))
         .await

@@ -148,6 +148,10 @@ async fn serve(anvil: Arc<Anvil>, listener: UnixListener) {
 
 /// One smtpd, until it closes its connection.
 async fn client(anvil: Arc<Anvil>, mut stream: UnixStream) {
+    if let Err(error) = empath_common::ipc::hello_server(&mut stream, "anvil").await {
+        tracing::error!(%error, "anvil: connection refused");
+        return;
+    }
     let mut held = Held::default();
     if let Err(error) = requests(&anvil, &mut stream, &mut held).await {
         tracing::warn!(%error, "anvil: a client connection failed");

@@ -99,6 +99,10 @@ impl Control {
 
     async fn connection(&self, mut stream: UnixStream) -> std::io::Result<()> {
         let caller = Caller::of(&stream)?;
+        if let Err(error) = ipc::hello_server(&mut stream, "control").await {
+            tracing::warn!(user = %caller.user, %error, "control connection refused");
+            return Ok(());
+        }
         while let Some(envelope) = read_frame::<_, ControlEnvelope>(&mut stream).await? {
             let command = format!("{:?}", envelope.request);
             let response = match self.authorize(&caller, envelope.token.as_deref()) {

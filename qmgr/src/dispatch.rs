@@ -207,6 +207,7 @@ mod tests {
     /// Answers `jobs` jobs on one accepted connection, then closes it.
     async fn serve_one_connection(listener: &UnixListener, jobs: usize) {
         let (mut stream, _) = listener.accept().await.unwrap();
+        ipc::hello_server(&mut stream, "smtp-out").await.unwrap();
         for _ in 0..jobs {
             let _job: DeliveryJob = ipc::read_frame(&mut stream).await.unwrap().unwrap();
             let report = DeliveryReport {

@@ -165,6 +165,9 @@ mod tests {
     /// the rest per IP, and records every request.
     async fn fake_master(listener: UnixListener, grants: usize) -> Vec<AnvilRequest> {
         let (mut stream, _) = listener.accept().await.unwrap();
+        empath_common::ipc::hello_server(&mut stream, "anvil")
+            .await
+            .unwrap();
         let mut seen = Vec::new();
         let mut granted = 0;
         while let Ok(Some(request)) = read_frame::<_, AnvilRequest>(&mut stream).await {

@@ -275,3 +275,60 @@ fn mail_deferred_on_a_full_disk_is_delivered_when_space_returns() {
     empath.stop();
     drop(mount);
 }
+
+/// During an upgrade, daemons of two versions may meet: they refuse to
+/// talk, and the log says why, instead of misreading each other's frames.
+#[test]
+fn a_daemon_of_another_protocol_version_is_refused_with_a_clear_log_line() {
+    use std::io::{Read, Write};
+    use std::os::unix::net::UnixStream;
+
+    let sink = Sink::start();
+    let empath = Empath::start(TestConfig::new().mx_override("sink.test", sink.addr()));
+    let socket = empath.spool().join("private/cleanup.sock");
+    empath.wait_until("cleanup to listen", TIMEOUT, || {
+        UnixStream::connect(&socket).map(drop).map_err(|e| e.to_string())
+    });
+    // A hello from a newer Empath: length, then postcard("EMPH", version).
+    let version = empath_common::ipc::PROTOCOL_VERSION + 1;
+    let mut frame = vec![0, 0, 0, 5];
+    frame.extend_from_slice(b"EMPH");
+    frame.push(u8::try_from(version).expect("a small version"));
+    let mut newer = UnixStream::connect(&socket).expect("connect");
+    newer.write_all(&frame).expect("hello");
+    newer
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .expect("timeout");
+    // Its own hello comes back, then the connection closes.
+    let mut answer = Vec::new();
+    newer.read_to_end(&mut answer).expect("read until closed");
+    assert_eq!(
+        &answer[4..8],
+        b"EMPH",
+        "no hello in the answer: {answer:?}"
+    );
+    // An old client that starts with a request.
+    let mut older = UnixStream::connect(&socket).expect("connect");
+    older.write_all(&[0, 0, 0, 1, 3]).expect("a bare request");
+    let mut rest = Vec::new();
+    let _ = older.read_to_end(&mut rest);
+    empath.wait_until("both refusals in the log", TIMEOUT, || {
+        let log = empath.log();
+        let newer_refused =
+            log.contains(&format!("refused a client that speaks Empath IPC version {version}"));
+        let older_refused = log.contains("did not start with a hello");
+        if newer_refused && older_refused {
+            Ok(())
+        } else {
+            Err(format!("newer refused: {newer_refused}, older refused: {older_refused}"))
+        }
+    });
+    // Mail still flows for clients of this version.
+    send(
+        &empath,
+        "after",
+        &mail::generate(1, SENDER, &["r@sink.test"]),
+        &["r@sink.test"],
+    );
+    empath.wait_queue_empty(TIMEOUT);
+}

@@ -196,6 +196,12 @@ impl FakeCleanup {
 
 async fn serve_submission(mut stream: tokio::net::UnixStream, behaviour: Behaviour) -> Recorded {
     let mut record = Recorded::default();
+    if empath_common::ipc::hello_server(&mut stream, "cleanup")
+        .await
+        .is_err()
+    {
+        return record;
+    }
     loop {
         let request: Option<CleanupRequest> = match read_frame(&mut stream).await {
             Ok(request) => request,
