@@ -15,7 +15,7 @@ use std::io;
 use std::sync::Arc;
 
 use empath_common::daemon;
-use empath_common::ipc::{read_frame, write_frame};
+use empath_common::ipc::write_frame;
 use empath_common::protocol::{self, BounceReply, BounceRequest};
 use empath_common::queue::{Envelope, Queue, QueueId, Ret};
 use empath_common::time::unix_now;
@@ -62,19 +62,19 @@ async fn main() {
         }
     };
     tracing::info!(socket = %path.display(), "bounce ready");
-    tokio::select! {
-        result = daemon::serve(listener, "bounce", move |stream| Arc::clone(&bounce).connection(stream)) => {
-            if let Err(error) = result {
-                tracing::error!(%error, "bounce stopped");
-            }
-        }
-        () = daemon::stop_requested() => tracing::info!("bounce stopping"),
+    tokio::spawn(daemon::drain_on_stop());
+    if let Err(error) = daemon::serve(listener, "bounce", move |stream| {
+        Arc::clone(&bounce).connection(stream)
+    })
+    .await
+    {
+        tracing::error!(%error, "bounce stopped");
     }
 }
 
 impl Bounce {
     async fn connection(self: Arc<Self>, mut stream: UnixStream) -> io::Result<()> {
-        while let Some(request) = read_frame::<_, BounceRequest>(&mut stream).await? {
+        while let Some(request) = daemon::next_request::<BounceRequest, _>(&mut stream).await? {
             let reply = match self.notify(&request).await {
                 Ok(dsn) => BounceReply::Done { dsn },
                 Err(error) => {

@@ -48,6 +48,14 @@ pub fn pending(queue: &Queue) -> io::Result<Vec<Dropped>> {
     Ok(found)
 }
 
+/// The lock one cleanup holds while it picks up drop files; `None` while
+/// another one holds it.
+pub fn lock_rounds(queue: &Queue) -> Option<File> {
+    let file = File::create(queue.root_file("maildrop.lock")).ok()?;
+    fs2::FileExt::try_lock_exclusive(&file).ok()?;
+    Some(file)
+}
+
 /// Opens a drop file for streaming.
 pub fn open(queue: &Queue, dropped: &Dropped) -> Result<DropStream<BufReader<File>>, DropError> {
     let file = File::open(queue.maildrop_dir().join(&dropped.name))?;

@@ -100,19 +100,28 @@ async fn main() {
     tracing::info!(socket = %private.display(), submit = %public.display(), "cleanup ready");
     let for_daemons = Arc::clone(&cleanup);
     let for_locals = Arc::clone(&cleanup);
+    // A stop lets every submission in progress finish and hear its
+    // answer: a message cleanup made durable must not get a 451, or the
+    // client sends it twice.
+    tokio::spawn(daemon::drain_on_stop());
+    let serving = async {
+        let (from_daemons, from_locals) = tokio::join!(
+            daemon::serve(daemons, "cleanup", move |stream| {
+                Arc::clone(&for_daemons).connection(stream, Origin::Daemon)
+            }),
+            daemon::serve(locals, "cleanup", move |stream| {
+                Arc::clone(&for_locals).connection(stream, Origin::Local)
+            }),
+        );
+        for result in [from_daemons, from_locals] {
+            if let Err(error) = result {
+                tracing::error!(%error, "cleanup stopped");
+            }
+        }
+    };
     tokio::select! {
-        result = daemon::serve(daemons, "cleanup", move |stream| Arc::clone(&for_daemons).connection(stream, Origin::Daemon)) => {
-            if let Err(error) = result {
-                tracing::error!(%error, "cleanup stopped");
-            }
-        }
-        result = daemon::serve(locals, "cleanup", move |stream| Arc::clone(&for_locals).connection(stream, Origin::Local)) => {
-            if let Err(error) = result {
-                tracing::error!(%error, "cleanup stopped");
-            }
-        }
+        () = serving => {}
         () = cleanup.pick_up_maildrop() => {}
-        () = daemon::stop_requested() => tracing::info!("cleanup stopping"),
     }
 }
 
@@ -124,7 +133,7 @@ impl Cleanup {
             Origin::Local => Some(local::client_for_uid(stream.peer_cred()?.uid())),
         };
         let (mut reader, mut writer) = stream.into_split();
-        while let Some(request) = read_frame::<_, CleanupRequest>(&mut reader).await? {
+        while let Some(request) = daemon::next_request::<CleanupRequest, _>(&mut reader).await? {
             let CleanupRequest::Begin(mut submission) = request else {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "expected Begin"));
             };
@@ -219,6 +228,15 @@ impl Cleanup {
         let mut tick = tokio::time::interval(MAILDROP_INTERVAL);
         loop {
             tick.tick().await;
+            if daemon::draining() {
+                return std::future::pending().await;
+            }
+            // During a reload the old cleanup and its successor run side by
+            // side: one round at a time, or a drop file could be queued twice.
+            let Some(_round) = tokio::task::block_in_place(|| local::lock_rounds(&self.queue))
+            else {
+                continue;
+            };
             let pending = match tokio::task::block_in_place(|| local::pending(&self.queue)) {
                 Ok(pending) => pending,
                 Err(error) => {

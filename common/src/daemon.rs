@@ -52,16 +52,73 @@ pub fn start(service: &'static str) -> Daemon {
 }
 
 static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static DRAIN_STARTED: tokio::sync::Notify = tokio::sync::Notify::const_new();
 
 /// Starts a graceful stop: work in progress finishes, new work is refused
-/// (smtpd ends each session after its current message).
+/// ([`serve`] stops accepting, [`next_request`] ends idle connections,
+/// smtpd ends each session after its current message, and idle sessions
+/// at once).
 pub fn begin_draining() {
     DRAINING.store(true, std::sync::atomic::Ordering::SeqCst);
+    DRAIN_STARTED.notify_waiters();
 }
 
 /// True once [`begin_draining`] was called.
 pub fn draining() -> bool {
     DRAINING.load(std::sync::atomic::Ordering::SeqCst)
+}
+
+/// Resolves once [`begin_draining`] was called.
+pub async fn draining_started() {
+    let notified = DRAIN_STARTED.notified();
+    tokio::pin!(notified);
+    // Registered before the check, so a drain starting in between is seen.
+    notified.as_mut().enable();
+    if draining() {
+        return;
+    }
+    notified.await;
+}
+
+/// Begins draining when the process is asked to stop (SIGTERM, SIGINT).
+pub async fn drain_on_stop() {
+    stop_requested().await;
+    tracing::info!("stopping: finishing the work in progress");
+    begin_draining();
+}
+
+/// A connection (or its read half) that can say when it is readable,
+/// without reading.
+pub trait Readable: tokio::io::AsyncRead + Unpin {
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send;
+}
+
+impl Readable for UnixStream {
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+impl Readable for tokio::net::unix::OwnedReadHalf {
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        self.readable()
+    }
+}
+
+/// The next request on a daemon connection, or `None` once the client
+/// closed it, or once the daemon drains while the connection is idle. A
+/// request that has begun to arrive is always read whole.
+pub async fn next_request<T, S>(stream: &mut S) -> io::Result<Option<T>>
+where
+    T: serde::de::DeserializeOwned,
+    S: Readable,
+{
+    tokio::select! {
+        biased;
+        ready = stream.wait_readable() => ready?,
+        () = draining_started() => return Ok(None),
+    }
+    crate::ipc::read_frame(stream).await
 }
 
 /// The environment variable naming the fd on which a daemon tells the
@@ -78,6 +135,25 @@ fn take_status_fd() {
         .filter(|fd| *fd > 2)
     {
         STATUS_FD.store(fd, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
+static READY_SENT: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Tells the master, once, that this daemon listens and can take work:
+/// during a reload the master retires the process this one replaces only
+/// then, so no client finds the service's socket without a listener.
+pub fn mark_ready() {
+    if READY_SENT.swap(true, std::sync::atomic::Ordering::SeqCst) {
+        return;
+    }
+    let fd = STATUS_FD.load(std::sync::atomic::Ordering::SeqCst);
+    if fd >= 0 {
+        // SAFETY: `fd` is the status pipe the master passed us; one byte
+        // written, the fd stays open for `mark_serving`.
+        unsafe {
+            let _ = nix::libc::write(fd, b"R".as_ptr().cast(), 1);
+        }
     }
 }
 
@@ -125,9 +201,16 @@ where
     Fut: Future<Output = io::Result<()>> + Send + 'static,
 {
     let handle = std::sync::Arc::new(handle);
+    let mut connections = tokio::task::JoinSet::new();
+    mark_ready();
     loop {
-        let (mut stream, _) = match listener.accept().await {
-            Ok(accepted) => accepted,
+        let accepted = tokio::select! {
+            biased;
+            () = draining_started() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let mut stream = match accepted {
+            Ok((stream, _)) => stream,
             Err(e) => {
                 tracing::warn!(service, error = %e, "accept failed");
                 tokio::time::sleep(std::time::Duration::from_millis(100)).await;
@@ -138,7 +221,7 @@ where
         let handle = std::sync::Arc::clone(&handle);
         // The hello on the connection's own task: a client that is slow to
         // send it holds up nobody else.
-        tokio::spawn(async move {
+        connections.spawn(async move {
             let greeted = tokio::time::timeout(
                 std::time::Duration::from_secs(10),
                 crate::ipc::hello_server(&mut stream, service),
@@ -154,7 +237,23 @@ where
                 tracing::warn!(service, error = %e, "connection ended with an error");
             }
         });
+        while connections.try_join_next().is_some() {}
     }
+    // Draining: no new connections; the open ones finish what they are
+    // doing (the master kills us at its deadline).
+    drop(listener);
+    while connections.join_next().await.is_some() {}
+    Ok(())
+}
+
+/// The signal the master sends a daemon it replaces during a reload:
+/// finish the work in progress undisturbed, take no new work, then exit.
+pub const RETIRE_SIGNAL: nix::sys::signal::Signal = nix::sys::signal::Signal::SIGUSR2;
+
+/// The stream of [`RETIRE_SIGNAL`]s. Create it at start: until it exists
+/// the signal's default action would kill the process.
+pub fn retire_signal() -> io::Result<tokio::signal::unix::Signal> {
+    tokio::signal::unix::signal(tokio::signal::unix::SignalKind::user_defined2())
 }
 
 /// Resolves when the process is asked to stop (SIGTERM or SIGINT).

@@ -63,12 +63,12 @@ async fn main() {
         privileged = agent.privileged,
         "local ready"
     );
-    tokio::select! {
-        result = daemon::serve(listener, "local", move |stream| Arc::clone(&agent).connection(stream)) => {
-            if let Err(error) = result {
-                tracing::error!(%error, "local stopped");
-            }
-        }
-        () = daemon::stop_requested() => tracing::info!("local stopping"),
+    tokio::spawn(daemon::drain_on_stop());
+    if let Err(error) = daemon::serve(listener, "local", move |stream| {
+        Arc::clone(&agent).connection(stream)
+    })
+    .await
+    {
+        tracing::error!(%error, "local stopped");
     }
 }

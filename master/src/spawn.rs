@@ -92,6 +92,10 @@ pub fn start(
         .arg(log_format.as_arg())
         .env("EMPATH_LISTEN_FDS", listen_fds.len().to_string())
         .env(STATUS_FD_ENV, status_target.to_string())
+        // A process group of its own: a Ctrl-C at a terminal (SIGINT to
+        // the foreground group) reaches the master alone, which then stops
+        // the daemons in pipeline order.
+        .process_group(0)
         .kill_on_drop(false);
     // Listeners first, the status pipe last: fds 3.., then 3 + n.
     let mut fds = listen_fds.to_vec();

@@ -459,6 +459,28 @@ impl Slot {
         }
     }
 
+    /// Starts a successor and waits (a little) until it listens.
+    async fn start_ready(&self) -> Option<Running> {
+        let mut running = self.start()?;
+        if let Some(pipe) = running.status_pipe.as_mut() {
+            let mut byte = [0u8; 1];
+            let ready = tokio::time::timeout(READY_TIMEOUT, pipe.read(&mut byte)).await;
+            match ready {
+                Ok(Ok(1)) if byte[0] == b'R' => {}
+                Ok(Ok(1)) => {
+                    running.served = true;
+                    running.status_pipe = None;
+                }
+                Ok(_) => running.status_pipe = None,
+                Err(_) => tracing::warn!(
+                    daemon = self.name,
+                    "the new daemon did not say it was ready in time; replacing the old one anyway"
+                ),
+            }
+        }
+        Some(running)
+    }
+
     fn start(&self) -> Option<Running> {
         match spawn::start(
             &self.settings.dir,
@@ -493,11 +515,11 @@ impl Slot {
     /// whether it served, and how long it lived.
     async fn watch(&mut self, mut running: Running) -> (Ended, bool, Duration) {
         loop {
-            let mut byte = [0u8; 1];
             let pipe = running.status_pipe.as_mut();
             let reading = async move {
+                let mut byte = [0u8; 1];
                 match pipe {
-                    Some(pipe) => pipe.read(&mut byte).await,
+                    Some(pipe) => pipe.read(&mut byte).await.map(|n| (n, byte[0])),
                     None => std::future::pending().await,
                 }
             };
@@ -508,9 +530,14 @@ impl Slot {
                     return (Ended::Exited(how), running.served, running.started.elapsed());
                 }
                 read = reading => {
-                    if matches!(read, Ok(1)) {
-                        running.served = true;
-                        tracing::debug!(daemon = self.name, "daemon is serving");
+                    match read {
+                        // Ready: listening. Serving comes later.
+                        Ok((1, b'R')) => continue,
+                        Ok((1, _)) => {
+                            running.served = true;
+                            tracing::debug!(daemon = self.name, "daemon is serving");
+                        }
+                        _ => {}
                     }
                     // Served, or the pipe is closed: stop reading it.
                     running.status_pipe = None;
@@ -547,13 +574,31 @@ impl Slot {
         }
     }
 
-    /// Restarts the daemon with the current config. smtpd's successor
-    /// starts first, so the listeners never go unserved; the others stop
-    /// first, since two of them on one queue could do work twice.
+    /// Restarts the daemon with the current config, so that no client
+    /// sees an error: the successor starts first (it takes over the
+    /// listeners, or binds the service's socket anew), then the old one
+    /// drains: it finishes what it is doing (sessions, submissions,
+    /// deliveries) and exits. Only qmgr stops first: two schedulers on one
+    /// queue would deliver everything twice (it holds the queue lock).
     async fn replace(&mut self, old: Running) -> Option<Running> {
         let deadline = Instant::now() + Duration::from_secs(self.config.shutdown_timeout_secs);
-        if self.name == SMTPD {
-            match self.start() {
+        if self.name != QMGR {
+            match self.start_ready().await {
+                Some(new) if self.name == SMTPD => {
+                    // Its sessions run to their own end, which the session
+                    // time limit bounds.
+                    let longest = self
+                        .config
+                        .smtp_controller
+                        .listeners
+                        .iter()
+                        .map(|l| l.timeouts.connection_secs)
+                        .max()
+                        .unwrap_or(0);
+                    let deadline = deadline.max(Instant::now() + Duration::from_secs(longest + 5));
+                    tokio::spawn(retire_child(self.name, old.child, deadline));
+                    Some(new)
+                }
                 Some(new) => {
                     tokio::spawn(stop_child(self.name, old.child, deadline));
                     Some(new)
@@ -585,6 +630,29 @@ impl Slot {
         }
     }
 }
+
+/// The retire signal (see `daemon::RETIRE_SIGNAL`), then SIGKILL if the
+/// daemon has not exited by `deadline`.
+async fn retire_child(name: &'static str, mut child: Child, deadline: Instant) {
+    if let Some(pid) = child.id().and_then(|pid| i32::try_from(pid).ok()) {
+        let _ = kill(Pid::from_raw(pid), empath_common::daemon::RETIRE_SIGNAL);
+    }
+    let grace = deadline.saturating_duration_since(Instant::now());
+    match tokio::time::timeout(grace, child.wait()).await {
+        Ok(_) => tracing::info!(daemon = name, "retired daemon exited"),
+        Err(_) => {
+            tracing::warn!(
+                daemon = name,
+                "retired daemon outlived its sessions' time limit; killing it"
+            );
+            let _ = child.kill().await;
+        }
+    }
+}
+
+/// How long a reload waits for a successor to listen before it retires
+/// the daemon it replaces.
+const READY_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// SIGTERM, then SIGKILL if the daemon has not exited by `deadline`.
 async fn stop_child(name: &'static str, mut child: Child, deadline: Instant) {

@@ -18,7 +18,7 @@ use std::time::Duration;
 
 use empath_common::config::{Config, DomainTransport, LmtpEndpoint};
 use empath_common::daemon;
-use empath_common::ipc::{read_frame, write_frame};
+use empath_common::ipc::write_frame;
 use empath_common::protocol::{self, DeliveryJob, DeliveryReport, Outcome, RecipientResult};
 use empath_common::queue::{Queue, QueueId};
 use empath_common::smtp::Reply;
@@ -104,13 +104,15 @@ async fn main() {
         }
     }
     tracing::info!(socket = %path.display(), nameservers = ?agent.config.dns.nameservers, "smtp-out ready");
-    tokio::select! {
-        result = daemon::serve(listener, "smtp-out", move |stream| Arc::clone(&agent).connection(stream)) => {
-            if let Err(error) = result {
-                tracing::error!(%error, "smtp-out stopped");
-            }
-        }
-        () = daemon::stop_requested() => tracing::info!("smtp-out stopping"),
+    // A stop lets the deliveries in progress finish: their results reach
+    // qmgr, none is cut off and counted as a failed attempt.
+    tokio::spawn(daemon::drain_on_stop());
+    if let Err(error) = daemon::serve(listener, "smtp-out", move |stream| {
+        Arc::clone(&agent).connection(stream)
+    })
+    .await
+    {
+        tracing::error!(%error, "smtp-out stopped");
     }
 }
 
@@ -127,7 +129,7 @@ async fn close_idle_connections(agent: Arc<SmtpOut>) {
 
 impl SmtpOut {
     async fn connection(self: Arc<Self>, mut stream: UnixStream) -> io::Result<()> {
-        while let Some(job) = read_frame::<_, DeliveryJob>(&mut stream).await? {
+        while let Some(job) = daemon::next_request::<DeliveryJob, _>(&mut stream).await? {
             let report = self.deliver(&job).await;
             write_frame(&mut stream, &report).await?;
         }

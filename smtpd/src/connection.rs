@@ -56,6 +56,8 @@ pub enum End {
     /// The TLS handshake failed; nothing more can be said in clear.
     TlsFailed(String),
     Io(io::Error),
+    /// smtpd is stopping and the session was idle.
+    Stopping,
 }
 
 impl End {
@@ -76,6 +78,7 @@ impl fmt::Display for End {
             Self::TooManyAuthFailures => f.write_str("too many authentication failures"),
             Self::RejectedByModule => f.write_str("rejected by a module"),
             Self::TlsFailed(error) => write!(f, "TLS handshake failed: {error}"),
+            Self::Stopping => f.write_str("smtpd is stopping"),
             Self::Io(error) => write!(f, "I/O error: {error}"),
         }
     }
@@ -602,6 +605,9 @@ impl Connection {
         if matches!(end, End::Timeout) {
             self.send(&reply::timeout(&self.settings.hostname));
         }
+        if matches!(end, End::Stopping) {
+            self.send(&reply::shutting_down(&self.settings.hostname));
+        }
         let goodbye = async {
             self.io.write_all(&self.out).await?;
             self.io.flush().await?;
@@ -633,15 +639,26 @@ impl Connection {
     async fn read_command(&mut self) -> Result<Line, End> {
         // Answer what we have before we may block: when the buffer holds
         // no complete line, the next read waits for the client.
-        if !self.io.buffer().contains(&b'\n') {
+        let waiting = !self.io.buffer().contains(&b'\n');
+        if waiting {
             self.flush().await?;
         }
-        within(
+        let reading = within(
             self.deadline,
             self.settings.timeouts.command,
             lines::read_line(&mut self.io, MAX_COMMAND_LINE),
-        )
-        .await
+        );
+        if !waiting {
+            return reading.await;
+        }
+        // A session waiting for its client's next command holds nothing a
+        // stop would lose: it gets 421 at once rather than holding smtpd
+        // until the stop's deadline.
+        tokio::select! {
+            biased;
+            line = reading => line,
+            () = empath_common::daemon::draining_started() => Err(End::Stopping),
+        }
     }
 
     /// DATA: opens the submission to cleanup, receives the message while

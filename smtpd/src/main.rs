@@ -55,6 +55,8 @@ fn main() -> ExitCode {
         // master never finds the default action (which would kill us).
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
+        let mut retire =
+            daemon::retire_signal().map_err(|e| format!("cannot handle the retire signal: {e}"))?;
         let auth = AuthState::new(&config.smtpd.auth);
         let anvil = AnvilClient::start(queue.private_socket(ANVIL));
         let mut tls_slots = Vec::new();
@@ -86,13 +88,36 @@ fn main() -> ExitCode {
             ));
         }
         accepting.spawn(reload_on_hangup(hangups, tls_slots, auth));
-        daemon::stop_requested().await;
-        // Stop accepting, then let the sessions in progress finish, for at
-        // most shutdown_timeout_secs (the master kills us after that).
+        daemon::mark_ready();
+        let active = &empath_common::metrics::get().smtp_connections_active;
+        let sessions_ended = async {
+            while active.get() > 0 {
+                tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        };
+        let stop = daemon::stop_requested();
+        tokio::pin!(stop);
+        tokio::select! {
+            () = &mut stop => {}
+            _ = retire.recv() => {
+                // A reload: a successor serves the listeners already. Ours
+                // take no new sessions, and the open ones run to their own
+                // end (QUIT, or their timeouts), undisturbed: a client
+                // never sees an error because of a reload.
+                tracing::info!("retiring: a new smtpd serves; finishing the open sessions");
+                accepting.abort_all();
+                tokio::select! {
+                    () = sessions_ended => return Ok(()),
+                    () = &mut stop => {}
+                }
+            }
+        }
+        // Stop: no new sessions; idle ones hear 421 at once, busy ones
+        // after their current message, for at most shutdown_timeout_secs
+        // (the master kills us after that).
         tracing::info!("stopping");
         accepting.abort_all();
         daemon::begin_draining();
-        let active = &empath_common::metrics::get().smtp_connections_active;
         let deadline = std::time::Instant::now()
             + std::time::Duration::from_secs(config.shutdown_timeout_secs);
         while active.get() > 0 && std::time::Instant::now() < deadline {

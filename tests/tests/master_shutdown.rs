@@ -101,4 +101,59 @@ fn sigterm_during_a_500_message_load_loses_nothing() {
     empath.wait_queue_empty(Duration::from_secs(60));
     let duplicates = sink.inspect(|arrived| Deliveries::new(arrived).duplicates());
     println!("duplicate deliveries across the SIGTERM: {duplicates}");
+    // A client told "no" will send the message again: nothing it was
+    // refused may have been queued anyway (cleanup finishes its
+    // submissions, and answers them, before it stops).
+    let refused: BTreeSet<usize> = messages
+        .iter()
+        .filter(|m| {
+            report
+                .results
+                .iter()
+                .any(|r| !r.ok && r.file == m.file_name())
+        })
+        .map(|m| m.id)
+        .collect();
+    let delivered_anyway: Vec<usize> = sink.inspect(|arrived| {
+        arrived
+            .iter()
+            .filter_map(|m| mail::test_id(&m.data))
+            .filter(|id| refused.contains(id))
+            .collect()
+    });
+    assert!(
+        delivered_anyway.is_empty(),
+        "refused but delivered (the client will send them twice): {delivered_anyway:?}"
+    );
+}
+
+/// An idle session does not hold up a stop: it hears 421 at once, and the
+/// master is gone well within its deadline.
+#[test]
+fn sigterm_with_an_idle_session_ends_it_at_once() {
+    let sink = Sink::start();
+    let mut empath = Empath::start(
+        TestConfig::new()
+            .mx_override("sink.test", sink.addr())
+            .section("shutdown_timeout_secs", "10"),
+    );
+    let mut idle =
+        empath_tests::smtpd::RawSmtp::connect(empath.smtp_addr(), TIMEOUT).expect("connect");
+    assert!(idle.reply().expect("greeting").starts_with("220"));
+    idle.send(b"EHLO idle.test\r\n").expect("EHLO");
+    assert!(idle.reply().expect("EHLO reply").starts_with("250"));
+    let started = std::time::Instant::now();
+    let (status, survivors) = empath.stop();
+    let took = started.elapsed();
+    assert!(
+        status.success() && survivors.is_empty(),
+        "{status} {survivors:?}"
+    );
+    assert!(
+        took < Duration::from_secs(5),
+        "the stop took {took:?} with an idle session (deadline 10 s)\n{}",
+        empath.log_tail()
+    );
+    let farewell = idle.reply().expect("a reply before the close");
+    assert!(farewell.starts_with("421"), "{farewell}");
 }

@@ -187,3 +187,55 @@ fn sighup_applies_a_valid_config_with_a_rolling_restart_and_ignores_an_invalid_o
     assert_eq!(first.message_count(), 1);
     empath.wait_queue_empty(RESTART_TIMEOUT);
 }
+
+/// A SIGHUP restarts every daemon, one at a time, while mail flows: not a
+/// single SMTP transaction may fail.
+#[test]
+fn sighup_during_a_2000_message_load_refuses_nothing() {
+    let sink = Sink::start();
+    let empath = Empath::start(TestConfig::new().mx_override("sink.test", sink.addr()));
+    let messages = mail::generate(2000, "sender@client.test", &["user@sink.test"]);
+    let outbox = mail::write_eml_files(&empath.dir().join("outbox"), &messages);
+    let client = SmtpSend::new(
+        empath.smtp_addr(),
+        "sender@client.test",
+        &["user@sink.test"],
+        &outbox,
+    )
+    .threads(8)
+    .timeout(Duration::from_secs(600));
+    let sending = std::thread::spawn(move || client.run());
+    for reloads in 1..=2 {
+        empath.wait_until("the load to be under way", Duration::from_secs(120), || {
+            let accepted = sink.message_count() + empath.queue_counts().data;
+            if accepted >= 400 * reloads {
+                Ok(())
+            } else {
+                Err(format!("{accepted} accepted"))
+            }
+        });
+        sighup(&empath);
+        empath.wait_until("the reload", Duration::from_secs(120), || {
+            let done = empath
+                .log()
+                .matches("config reloaded; every daemon runs with it")
+                .count();
+            if done >= reloads {
+                Ok(())
+            } else {
+                Err(format!("{done} reloads done"))
+            }
+        });
+    }
+    let report = sending.join().expect("the client thread");
+    let failures = report.failures();
+    assert!(
+        failures.is_empty(),
+        "{} transactions failed during the reloads, e.g. {:?}\n{}",
+        failures.len(),
+        failures.first(),
+        empath.log_tail()
+    );
+    report.assert_all_accepted(messages.len(), || empath.log_tail());
+    empath.wait_queue_empty(Duration::from_secs(240));
+}

@@ -287,7 +287,9 @@ fn a_daemon_of_another_protocol_version_is_refused_with_a_clear_log_line() {
     let empath = Empath::start(TestConfig::new().mx_override("sink.test", sink.addr()));
     let socket = empath.spool().join("private/cleanup.sock");
     empath.wait_until("cleanup to listen", TIMEOUT, || {
-        UnixStream::connect(&socket).map(drop).map_err(|e| e.to_string())
+        UnixStream::connect(&socket)
+            .map(drop)
+            .map_err(|e| e.to_string())
     });
     // A hello from a newer Empath: length, then postcard("EMPH", version).
     let version = empath_common::ipc::PROTOCOL_VERSION + 1;
@@ -302,11 +304,7 @@ fn a_daemon_of_another_protocol_version_is_refused_with_a_clear_log_line() {
     // Its own hello comes back, then the connection closes.
     let mut answer = Vec::new();
     newer.read_to_end(&mut answer).expect("read until closed");
-    assert_eq!(
-        &answer[4..8],
-        b"EMPH",
-        "no hello in the answer: {answer:?}"
-    );
+    assert_eq!(&answer[4..8], b"EMPH", "no hello in the answer: {answer:?}");
     // An old client that starts with a request.
     let mut older = UnixStream::connect(&socket).expect("connect");
     older.write_all(&[0, 0, 0, 1, 3]).expect("a bare request");
@@ -314,13 +312,16 @@ fn a_daemon_of_another_protocol_version_is_refused_with_a_clear_log_line() {
     let _ = older.read_to_end(&mut rest);
     empath.wait_until("both refusals in the log", TIMEOUT, || {
         let log = empath.log();
-        let newer_refused =
-            log.contains(&format!("refused a client that speaks Empath IPC version {version}"));
+        let newer_refused = log.contains(&format!(
+            "refused a client that speaks Empath IPC version {version}"
+        ));
         let older_refused = log.contains("did not start with a hello");
         if newer_refused && older_refused {
             Ok(())
         } else {
-            Err(format!("newer refused: {newer_refused}, older refused: {older_refused}"))
+            Err(format!(
+                "newer refused: {newer_refused}, older refused: {older_refused}"
+            ))
         }
     });
     // Mail still flows for clients of this version.
