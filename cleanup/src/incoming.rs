@@ -141,6 +141,7 @@ mod tests {
             dsn: DsnParams::default(),
             metadata: Default::default(),
             smtputf8: false,
+            queue_id: None,
         }
     }
 

@@ -280,5 +280,6 @@ fn local_submission(sender: String, recipients: Vec<Recipient>, client: ClientIn
         dsn: DsnParams::default(),
         metadata: Default::default(),
         smtputf8: false,
+        queue_id: None,
     }
 }

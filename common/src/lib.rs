@@ -7,6 +7,7 @@
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod edits;
 pub mod ipc;
 pub mod logging;
 pub mod maildrop;

@@ -6,6 +6,7 @@
 
 mod dns;
 mod dsn;
+mod mail_auth;
 mod master;
 mod model;
 mod smtpd;
@@ -16,6 +17,10 @@ use std::path::{Path, PathBuf};
 
 pub use dns::{Dns, Nameserver};
 pub use dsn::{DEFAULT_MAX_RETURN_SIZE, Dsn};
+pub use mail_auth::{
+    Auth as AuthChecks, DEFAULT_SIGNED_HEADERS, DefaultAction, Dkim, DkimKey, Milter, MilterAddress,
+    MilterFields,
+};
 pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
 pub use smtpd::{Auth as SmtpdAuth, Network, Smtpd, is_bcrypt_hash};
@@ -86,6 +91,11 @@ impl Config {
         if let Ok(absolute) = std::path::absolute(&empath.spool.path) {
             empath.spool.path = absolute;
         }
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
+            .unwrap_or_default();
+        mail_auth::resolve_paths(&mut empath.dkim, &base);
         validate(&empath).map_err(|(key, message)| ConfigError {
             path: path.to_owned(),
             line: line_of_key(text, key.rsplit('.').next().unwrap_or(&key)),
@@ -202,6 +212,12 @@ fn validate(config: &Empath) -> Result<(), Invalid> {
     }
     dsn::validate(&config.dsn)?;
     smtpd::validate(&config.smtpd)?;
+    mail_auth::validate(
+        &config.smtpd_milters,
+        &config.non_smtpd_milters,
+        &config.dkim,
+        &config.auth,
+    )?;
     Ok(())
 }
 
