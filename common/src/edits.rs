@@ -306,9 +306,7 @@ pub fn apply_to_envelope(
                     .retain(|r| !r.address.eq_ignore_ascii_case(&address));
             }
             Edit::Quarantine { reason } => {
-                if result.quarantine.is_none() {
-                    result.quarantine = Some(reason.clone());
-                }
+                result.quarantine.get_or_insert_with(|| reason.clone());
             }
             _ => {}
         }

@@ -728,6 +728,7 @@ impl Connection {
             // The listener's context, and what the modules set.
             metadata: self.hooks.metadata(),
             smtputf8: transaction.params.smtputf8,
+            queue_id: None,
         })
     }
 }

@@ -18,8 +18,8 @@ use std::path::{Path, PathBuf};
 pub use dns::{Dns, Nameserver};
 pub use dsn::{DEFAULT_MAX_RETURN_SIZE, Dsn};
 pub use mail_auth::{
-    Auth as AuthChecks, DEFAULT_SIGNED_HEADERS, DefaultAction, Dkim, DkimKey, Milter, MilterAddress,
-    MilterFields,
+    Auth as AuthChecks, DEFAULT_SIGNED_HEADERS, DefaultAction, Dkim, DkimKey, Milter,
+    MilterAddress, MilterFields,
 };
 pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
