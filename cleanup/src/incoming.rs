@@ -4,35 +4,84 @@
 use std::collections::BTreeMap;
 use std::io;
 
+use empath_common::edits::Edit;
 use empath_common::protocol::Submission;
 use empath_common::queue::{ContentWriter, Envelope, Queue, QueueId};
 use empath_common::time::unix_now;
 
 use crate::headers::{self, Stamp};
+use crate::rewrite;
+
+/// The metadata key under which a quarantined message keeps the reason.
+pub const QUARANTINE_METADATA: &str = "empath.quarantine";
 
 /// A submission between `Begin` and `End`.
 pub struct Incoming {
     id: QueueId,
     submission: Submission,
     content: ContentWriter,
-    /// The start of the message, held until its header section is complete.
+    /// The start of the message, held until its header section is complete
+    /// (or all of it, see `hold_all`).
     head: Option<Vec<u8>>,
+    /// Hold the whole message until `End`: it may still be edited (milter
+    /// changes, authentication results) and signed.
+    hold_all: bool,
+    /// Changes to make before the message is sealed.
+    edits: Vec<Edit>,
     hostname: String,
     arrival: u64,
 }
 
+/// Where a staged message went.
+pub enum Staged {
+    /// `incoming/`: its directory entries still need the group commit.
+    Incoming(Envelope),
+    /// `hold/` (a milter quarantined it), durable already.
+    Held { envelope: Envelope, reason: String },
+    /// Nothing is queued: the edits left no recipient.
+    Discarded,
+}
+
 impl Incoming {
-    pub fn start(queue: &Queue, hostname: &str, submission: Submission) -> io::Result<Self> {
-        let id = QueueId::generate();
+    /// Starts a message. With `hold_all` the content stays in memory until
+    /// the end, for [`Incoming::stage_edited`].
+    pub fn start(
+        queue: &Queue,
+        hostname: &str,
+        submission: Submission,
+        hold_all: bool,
+    ) -> io::Result<Self> {
+        let id = submission.queue_id.unwrap_or_else(QueueId::generate);
         let content = queue.create_content(id)?;
         Ok(Self {
             id,
             submission,
             content,
             head: Some(Vec::new()),
+            hold_all,
+            edits: Vec::new(),
             hostname: hostname.to_owned(),
             arrival: unix_now(),
         })
+    }
+
+    /// The submission's envelope, as the client sent it.
+    pub fn submission(&self) -> &Submission {
+        &self.submission
+    }
+
+    /// The whole content so far, when it is held.
+    pub fn held(&self) -> Option<&[u8]> {
+        self.head.as_deref().filter(|_| self.hold_all)
+    }
+
+    pub fn is_holding(&self) -> bool {
+        self.hold_all
+    }
+
+    /// Adds changes to make before the message is sealed.
+    pub fn add_edits(&mut self, edits: Vec<Edit>) {
+        self.edits.extend(edits);
     }
 
     pub fn id(&self) -> QueueId {
@@ -51,7 +100,9 @@ impl Incoming {
             return self.content.write_all(bytes);
         };
         head.extend_from_slice(bytes);
-        if headers::header_end(head).is_some() || head.len() > headers::MAX_HEADER_SCAN {
+        if !self.hold_all
+            && (headers::header_end(head).is_some() || head.len() > headers::MAX_HEADER_SCAN)
+        {
             self.write_head()?;
         }
         Ok(())
@@ -84,24 +135,90 @@ impl Incoming {
             self.abandon(queue);
             return Err(error);
         }
-        let submission = self.submission;
-        let envelope = Envelope {
+        let envelope = self.envelope();
+        queue.stage_new(self.content, &envelope)?;
+        Ok(envelope)
+    }
+
+    /// Queues a message held whole: the edits applied to content and
+    /// envelope, the trace headers added, then `sign` asked for signature
+    /// fields for the final message, which go on top. A quarantined
+    /// message goes to `hold/`; one left without recipients is dropped.
+    /// On error nothing of it is left.
+    pub fn stage_edited(
+        mut self,
+        queue: &Queue,
+        sign: impl FnOnce(&[u8], &Submission) -> Vec<u8>,
+    ) -> io::Result<Staged> {
+        let held = self.head.take().unwrap_or_default();
+        let submission = &self.submission;
+        let rewritten = rewrite::rewrite(
+            &held,
+            &self.edits,
+            &submission.sender,
+            &submission.recipients,
+        );
+        drop(held);
+        if rewritten.recipients.is_empty() {
+            self.abandon(queue);
+            return Ok(Staged::Discarded);
+        }
+        let section = &rewritten.content
+            [..headers::header_end(&rewritten.content).unwrap_or(rewritten.content.len())];
+        let recipients = &rewritten.recipients;
+        let stamp = Stamp {
             id: self.id,
-            sender: submission.sender,
-            recipients: submission.recipients,
+            hostname: &self.hostname,
+            client: &self.submission.client,
+            single_recipient: (recipients.len() == 1).then(|| recipients[0].address.as_str()),
+            now: self.arrival,
+        };
+        let mut message = headers::prefix(headers::scan(section), &stamp).into_bytes();
+        message.extend_from_slice(&rewritten.content);
+        self.submission.sender = rewritten.sender;
+        self.submission.recipients = rewritten.recipients;
+        let signatures = sign(&message, &self.submission);
+        let written = self
+            .content
+            .write_all(&signatures)
+            .and_then(|()| self.content.write_all(&message));
+        if let Err(error) = written {
+            self.abandon(queue);
+            return Err(error);
+        }
+        let mut envelope = self.envelope();
+        match rewritten.quarantine {
+            None => {
+                queue.stage_new(self.content, &envelope)?;
+                Ok(Staged::Incoming(envelope))
+            }
+            Some(reason) => {
+                envelope
+                    .metadata
+                    .insert(QUARANTINE_METADATA.to_owned(), reason.clone());
+                queue.stage_new_held(self.content, &envelope)?;
+                Ok(Staged::Held { envelope, reason })
+            }
+        }
+    }
+
+    fn envelope(&self) -> Envelope {
+        let submission = &self.submission;
+        Envelope {
+            id: self.id,
+            sender: submission.sender.clone(),
+            recipients: submission.recipients.clone(),
             arrival: self.arrival,
             attempts: 0,
             next_retry: None,
             last_error: None,
-            client: submission.client,
-            dsn: submission.dsn,
-            metadata: submission.metadata,
+            client: submission.client.clone(),
+            dsn: submission.dsn.clone(),
+            metadata: submission.metadata.clone(),
             content_size: self.content.written(),
             smtputf8: submission.smtputf8,
             delay_warned: false,
-        };
-        queue.stage_new(self.content, &envelope)?;
-        Ok(envelope)
+        }
     }
 
     /// Drops a submission that will not be committed.
@@ -151,7 +268,7 @@ mod tests {
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
         let original = b"Subject: hi\r\nMessage-ID: <a@b>\r\n\r\nline 1\r\n.line 2\r\n";
-        let mut incoming = Incoming::start(&queue, "mx.test", submission()).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), false).unwrap();
         // Split inside the header section, to exercise the buffering.
         incoming.push(&original[..5]).unwrap();
         incoming.push(&original[5..]).unwrap();
@@ -180,7 +297,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission()).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), false).unwrap();
         incoming.push(b"Subject: only headers\r\n").unwrap();
         let envelope = incoming.stage(&queue).unwrap();
         queue.sync_new_entries().unwrap();
@@ -190,11 +307,121 @@ mod tests {
     }
 
     #[test]
+    fn a_held_message_is_edited_stamped_and_signed_before_it_is_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        queue.create_dirs().unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), true).unwrap();
+        incoming.push(b"Subject: hi\r\n").unwrap();
+        incoming.push(b"\r\nbody\r\n").unwrap();
+        assert_eq!(incoming.held(), Some(&b"Subject: hi\r\n\r\nbody\r\n"[..]));
+        assert!(
+            !queue
+                .content_path(incoming.id())
+                .metadata()
+                .is_ok_and(|m| m.len() > 0)
+        );
+        incoming.add_edits(vec![
+            Edit::AddHeader {
+                name: "X-Milter".into(),
+                value: b" seen".to_vec(),
+            },
+            Edit::AddRecipient {
+                address: "carol@example.com".into(),
+                parameters: String::new(),
+            },
+        ]);
+        let mut signed_over = Vec::new();
+        let staged = incoming
+            .stage_edited(&queue, |message, submission| {
+                signed_over = message.to_vec();
+                assert_eq!(submission.recipients.len(), 2);
+                b"DKIM-Signature: v=1; test\r\n".to_vec()
+            })
+            .unwrap();
+        let Staged::Incoming(envelope) = staged else {
+            panic!("not queued in incoming/");
+        };
+        queue.sync_new_entries().unwrap();
+        let stored = String::from_utf8(read_content(&queue, envelope.id)).unwrap();
+        assert!(
+            stored.starts_with("DKIM-Signature: v=1; test\r\nReceived: from client"),
+            "{stored}"
+        );
+        assert!(
+            stored.ends_with("Subject: hi\r\nX-Milter: seen\r\n\r\nbody\r\n"),
+            "{stored}"
+        );
+        assert_eq!(
+            stored.as_bytes()[27..],
+            signed_over[..],
+            "the signature covers the rest"
+        );
+        assert_eq!(envelope.recipients.len(), 2);
+        assert_eq!(
+            queue.read(QueueState::Incoming, envelope.id).unwrap(),
+            envelope
+        );
+    }
+
+    #[test]
+    fn a_quarantined_message_goes_to_hold_and_one_without_recipients_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        queue.create_dirs().unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), true).unwrap();
+        incoming.push(b"Subject: q\r\n\r\n").unwrap();
+        incoming.add_edits(vec![Edit::Quarantine {
+            reason: "milter says so".into(),
+        }]);
+        let Staged::Held { envelope, reason } =
+            incoming.stage_edited(&queue, |_, _| Vec::new()).unwrap()
+        else {
+            panic!("not held");
+        };
+        assert_eq!(reason, "milter says so");
+        assert_eq!(queue.locate(envelope.id), Some(QueueState::Hold));
+        assert_eq!(
+            envelope
+                .metadata
+                .get(QUARANTINE_METADATA)
+                .map(String::as_str),
+            Some("milter says so")
+        );
+
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), true).unwrap();
+        let id = incoming.id();
+        incoming.push(b"Subject: gone\r\n\r\n").unwrap();
+        incoming.add_edits(vec![Edit::DeleteRecipient {
+            address: "<bob@example.com>".into(),
+        }]);
+        assert!(matches!(
+            incoming.stage_edited(&queue, |_, _| Vec::new()).unwrap(),
+            Staged::Discarded
+        ));
+        assert_eq!(queue.locate(id), None);
+        assert!(!queue.content_path(id).exists());
+    }
+
+    #[test]
+    fn a_queue_id_chosen_by_smtpd_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        queue.create_dirs().unwrap();
+        let chosen = QueueId::generate();
+        let mut with_id = submission();
+        with_id.queue_id = Some(chosen);
+        let incoming = Incoming::start(&queue, "mx.test", with_id, false).unwrap();
+        assert_eq!(incoming.id(), chosen);
+        incoming.abandon(&queue);
+    }
+
+    #[test]
     fn abandoned_submission_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission()).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), false).unwrap();
         incoming.push(b"Subject: x\r\n\r\nbody").unwrap();
         let id = incoming.id();
         incoming.abandon(&queue);

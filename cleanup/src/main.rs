@@ -6,22 +6,26 @@ mod group_commit;
 mod headers;
 mod incoming;
 mod local;
+mod mail_filters;
 mod notifier;
+mod rewrite;
 
 use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
 use empath_common::daemon;
+use empath_common::edits::Edit;
 use empath_common::ipc::{read_frame, write_frame};
 use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
-use empath_common::queue::{ClientInfo, DsnParams, Queue, Recipient};
+use empath_common::queue::{ClientInfo, DsnParams, Envelope, Queue, Recipient};
 use empath_common::smtp::Reply;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 
 use group_commit::GroupCommit;
-use incoming::Incoming;
+use incoming::{Incoming, Staged};
+use mail_filters::{LocalVerdict, MailFilters};
 use notifier::Notifier;
 
 struct Cleanup {
@@ -29,7 +33,12 @@ struct Cleanup {
     hostname: String,
     group_commit: GroupCommit,
     notifier: Notifier,
+    /// Local-submission milters and DKIM signing.
+    filters: MailFilters,
 }
+
+/// Exit status for config errors (sysexits EX_CONFIG), as the master's.
+const EX_CONFIG: i32 = 78;
 
 /// Content is written to the queue file in batches of at least this size.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -51,7 +60,18 @@ enum Origin {
 #[tokio::main]
 async fn main() {
     let started = daemon::start("cleanup");
+    // A signing key that does not load is a config error: better to stop
+    // (the master logs why) than to send mail unsigned unnoticed.
+    let filters = match MailFilters::load(&started.config) {
+        Ok(filters) => filters,
+        Err(error) => {
+            tracing::error!(%error, "empath-cleanup cannot run");
+            eprintln!("empath-cleanup: {error}");
+            std::process::exit(EX_CONFIG);
+        }
+    };
     let cleanup = Arc::new(Cleanup {
+        filters,
         hostname: started.config.hostname(),
         group_commit: GroupCommit::start(started.queue.clone()),
         notifier: Notifier::start(started.queue.private_socket(protocol::QMGR)),
@@ -128,10 +148,12 @@ impl Cleanup {
                 "Error: no valid recipients",
             )));
         }
-        let mut incoming = match Incoming::start(&self.queue, &self.hostname, submission) {
-            Ok(incoming) => incoming,
-            Err(error) => return Some(write_error(&error)),
-        };
+        let hold_whole = self.filters.hold_whole(!trusted);
+        let mut incoming =
+            match Incoming::start(&self.queue, &self.hostname, submission, hold_whole) {
+                Ok(incoming) => incoming,
+                Err(error) => return Some(write_error(&error)),
+            };
         // Content is gathered in memory and written in batches: each write
         // leaves the async thread (block_in_place), which costs more than
         // the write itself for a typical message of a few kilobytes.
@@ -164,7 +186,18 @@ impl Cleanup {
                 CleanupRequest::Metadata(_) => {
                     tracing::warn!("metadata from a local client ignored");
                 }
-                CleanupRequest::End => return Some(self.commit(incoming, &unwritten).await),
+                CleanupRequest::Edits(edits) if trusted => incoming.add_edits(edits),
+                CleanupRequest::Edits(_) => {
+                    tracing::warn!("message edits from a local client ignored");
+                }
+                CleanupRequest::End => {
+                    let from = if trusted {
+                        Source::Daemon
+                    } else {
+                        Source::Sendmail
+                    };
+                    return Some(self.commit(incoming, &unwritten, from).await);
+                }
                 CleanupRequest::Abort | CleanupRequest::Begin(_) => {
                     incoming.abandon(&self.queue);
                     return Some(CleanupReply::Rejected(Reply::new(
@@ -197,11 +230,15 @@ impl Cleanup {
                     recipients,
                     local::client_for_uid(dropped.owner),
                 );
+                let hold_whole = self.filters.hold_whole(true);
                 let started = tokio::task::block_in_place(|| {
-                    Incoming::start(&self.queue, &self.hostname, submission)
+                    Incoming::start(&self.queue, &self.hostname, submission, hold_whole)
                 });
                 let reply = match started {
-                    Ok(incoming) => self.commit(incoming, &dropped.drop.content).await,
+                    Ok(incoming) => {
+                        self.commit(incoming, &dropped.drop.content, Source::Maildrop)
+                            .await
+                    }
                     Err(error) => write_error(&error),
                 };
                 match reply {
@@ -219,9 +256,16 @@ impl Cleanup {
 
     /// Adds the last of the content, makes the message durable (its own
     /// file here, the directory entries in a shared group commit) and only
-    /// then answers `Queued`.
-    async fn commit(&self, mut incoming: Incoming, rest: &[u8]) -> CleanupReply {
-        let id = incoming.id();
+    /// then answers `Queued`. A message held whole first goes through the
+    /// local milters (for local mail), its edits and DKIM signing.
+    async fn commit(&self, mut incoming: Incoming, rest: &[u8], from: Source) -> CleanupReply {
+        if incoming.is_holding() {
+            if let Err(error) = tokio::task::block_in_place(|| incoming.push(rest)) {
+                incoming.abandon(&self.queue);
+                return write_error(&error);
+            }
+            return self.commit_edited(incoming, from).await;
+        }
         let staged = tokio::task::block_in_place(|| match incoming.push(rest) {
             Ok(()) => incoming.stage(&self.queue),
             Err(error) => {
@@ -230,31 +274,100 @@ impl Cleanup {
             }
         });
         let durable = match staged {
-            Ok(envelope) => match self.group_commit.sync().await {
-                Ok(()) => Ok(envelope),
-                Err(error) => {
-                    self.queue.unstage_new(id);
-                    Err(error)
-                }
-            },
+            Ok(envelope) => self.make_durable(envelope).await,
             Err(error) => Err(error),
         };
-        match durable {
-            Ok(envelope) => {
-                tracing::info!(
+        durable.unwrap_or_else(|error| write_error(&error))
+    }
+
+    /// The group commit, then the notice to qmgr: the message is queued.
+    async fn make_durable(&self, envelope: Envelope) -> Result<CleanupReply, io::Error> {
+        let id = envelope.id;
+        if let Err(error) = self.group_commit.sync().await {
+            self.queue.unstage_new(id);
+            return Err(error);
+        }
+        tracing::info!(
+            message_id = %id,
+            sender = %envelope.sender,
+            recipient_count = envelope.recipients.len(),
+            size = envelope.content_size,
+            client = %envelope.client.addr,
+            "message queued"
+        );
+        self.notifier.queued(id);
+        Ok(CleanupReply::Queued { id })
+    }
+
+    async fn commit_edited(&self, mut incoming: Incoming, from: Source) -> CleanupReply {
+        let id = incoming.id();
+        if from != Source::Daemon && self.filters.has_local_milters() {
+            let content = incoming.held().unwrap_or_default().to_vec();
+            match self
+                .filters
+                .run_local_milters(id, incoming.submission(), &content)
+                .await
+            {
+                LocalVerdict::Continue(edits) => incoming.add_edits(edits),
+                LocalVerdict::Discard => {
+                    tracing::info!(message_id = %id, "message discarded by a milter");
+                    incoming.abandon(&self.queue);
+                    return CleanupReply::Queued { id };
+                }
+                // Nobody is waiting for a dropped message, and dropping it
+                // would lose it: it waits in hold/ for the operator.
+                LocalVerdict::Reject(reply) if from == Source::Maildrop && reply.is_permanent() => {
+                    tracing::warn!(message_id = %id, %reply, "a milter refused a dropped message; it is held");
+                    incoming.add_edits(vec![Edit::Quarantine {
+                        reason: format!("refused by a milter: {reply}"),
+                    }]);
+                }
+                LocalVerdict::Reject(reply) => {
+                    tracing::info!(message_id = %id, %reply, "message refused by a milter");
+                    incoming.abandon(&self.queue);
+                    return CleanupReply::Rejected(reply);
+                }
+            }
+        }
+        let filters = &self.filters;
+        let staged = tokio::task::block_in_place(|| {
+            incoming.stage_edited(&self.queue, |message, submission| {
+                filters.signatures(message, submission)
+            })
+        });
+        match staged {
+            Ok(Staged::Incoming(envelope)) => self
+                .make_durable(envelope)
+                .await
+                .unwrap_or_else(|error| write_error(&error)),
+            Ok(Staged::Held { envelope, reason }) => {
+                tracing::warn!(
                     message_id = %id,
                     sender = %envelope.sender,
                     recipient_count = envelope.recipients.len(),
-                    size = envelope.content_size,
-                    client = %envelope.client.addr,
-                    "message queued"
+                    %reason,
+                    "message quarantined in hold/"
                 );
-                self.notifier.queued(id);
+                CleanupReply::Queued { id }
+            }
+            Ok(Staged::Discarded) => {
+                tracing::info!(message_id = %id, "message discarded: the milters removed every recipient");
                 CleanupReply::Queued { id }
             }
             Err(error) => write_error(&error),
         }
     }
+}
+
+/// Who hands cleanup the message being committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// smtpd or bounce: any milter ran in smtpd already.
+    Daemon,
+    /// `sendmail` on the submission socket, waiting for the answer.
+    Sendmail,
+    /// A file `sendmail` left in the drop directory: nobody is waiting.
+    Maildrop,
 }
 
 /// The reply for a failed queue write; a full disk is 452 4.3.1 (RFC 3463).
