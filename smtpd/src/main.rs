@@ -10,6 +10,7 @@ use empath_smtpd::anvil::AnvilClient;
 use empath_smtpd::auth::AuthState;
 use empath_smtpd::limits::ConnectionLimits;
 use empath_smtpd::listeners;
+use empath_smtpd::mail_filters::FilterSettings;
 use empath_smtpd::relay::RelayPolicy;
 use empath_smtpd::settings::Settings;
 use empath_smtpd::tls::TlsSlot;
@@ -41,6 +42,16 @@ fn main() -> ExitCode {
         Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
     };
     raise_fd_limit();
+    // The checks' resolver is built in the runtime it will run in.
+    let filters = match runtime.block_on(async { FilterSettings::from_config(&config) }) {
+        Ok(filters) => filters,
+        Err(error) => {
+            return fail_with(
+                &format!("cannot set up the authentication checks: {error}"),
+                EX_CONFIG,
+            );
+        }
+    };
     let hostname = config.hostname();
     let cleanup_socket = queue.private_socket(CLEANUP);
     let relay = Arc::new(RelayPolicy::new(&hostname, &config.smtpd));
@@ -65,7 +76,7 @@ fn main() -> ExitCode {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| listener.socket.0.to_string());
             tracing::info!(%address, "listening");
-            let settings = Settings::for_listener(
+            let mut settings = Settings::for_listener(
                 hostname.clone(),
                 listener,
                 &config.smtpd,
@@ -74,6 +85,7 @@ fn main() -> ExitCode {
                 auth.clone(),
                 Arc::clone(&modules),
             );
+            settings.filters = filters.clone();
             tls_slots.extend(settings.tls.clone());
             accepting.spawn(listeners::accept_loop(
                 socket,

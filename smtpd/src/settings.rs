@@ -9,6 +9,7 @@ use empath_common::config::{Extension, ListenerFields, ServerTimeouts, Smtpd};
 use empath_modules::Modules;
 
 use crate::auth::AuthState;
+use crate::mail_filters::FilterSettings;
 use crate::relay::RelayPolicy;
 use crate::tls::TlsSlot;
 
@@ -38,6 +39,8 @@ pub struct Settings {
     pub expn_code: u16,
     /// The plugin modules, loaded once per process.
     pub modules: Arc<Modules>,
+    /// Milters and authentication checks, when configured.
+    pub filters: Option<Arc<FilterSettings>>,
 }
 
 /// Server timeouts (RFC 5321 section 4.5.3.2) as durations.
@@ -102,6 +105,7 @@ impl Settings {
             vrfy_code: smtpd.vrfy_code,
             expn_code: smtpd.expn_code,
             modules,
+            filters: None,
         }
     }
 
@@ -126,6 +130,7 @@ impl Settings {
             vrfy_code: 252,
             expn_code: 502,
             modules: Arc::new(Modules::default()),
+            filters: None,
         }
     }
 }
