@@ -21,6 +21,7 @@ pub mod deliveries;
 pub mod dns;
 pub mod dsn;
 pub mod mail;
+pub mod mail_auth;
 pub mod master;
 pub mod modules;
 pub mod mx;
