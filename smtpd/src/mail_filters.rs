@@ -231,14 +231,15 @@ impl SessionFilters {
         last_recipient: Option<&str>,
         authenticated_as: Option<&str>,
     ) -> Result<(), Refusal> {
+        if let Stage::Helo(name) = &stage {
+            // The checks need it even without milters.
+            self.helo = name.clone();
+        }
         if self.milters.is_empty() {
             return Ok(());
         }
         let verdict = match stage {
-            Stage::Helo(name) => {
-                self.helo = name.clone();
-                self.milters.helo(&name, &self.macros).await
-            }
+            Stage::Helo(name) => self.milters.helo(&name, &self.macros).await,
             Stage::Mail(args) => {
                 self.discard = false;
                 let id = QueueId::generate();

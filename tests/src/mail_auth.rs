@@ -446,6 +446,68 @@ pub fn dkim_verify(message: &[u8], records: &[(&str, &str)], dir: &Path) -> Vec<
         .collect()
 }
 
+/// `message` signed by dkimpy for `domain` with the PEM key in `key`, as
+/// a sending domain's own server would sign it.
+pub fn dkim_sign(message: &[u8], domain: &str, selector: &str, key: &Path, dir: &Path) -> Vec<u8> {
+    let file = tempfile::NamedTempFile::new_in(dir).expect("message file");
+    std::fs::write(file.path(), message).expect("write the message");
+    let output = run_bounded(
+        Command::new("python3")
+            .arg(client_script("dkim_sign.py"))
+            .arg(file.path())
+            .arg(domain)
+            .arg(selector)
+            .arg(key),
+        CLIENT_TIMEOUT,
+    );
+    assert!(
+        output.status.success(),
+        "dkim_sign.py: {}",
+        output.combined()
+    );
+    output.stdout.into_bytes()
+}
+
+/// A key made by `empathctl dkim keygen`: the key file and the TXT record.
+#[derive(Debug, Clone)]
+pub struct GeneratedKey {
+    pub private_key: PathBuf,
+    pub record_name: String,
+    pub txt: String,
+}
+
+/// Runs the real `empathctl dkim keygen --json` in `dir`.
+pub fn keygen(dir: &Path, domain: &str, selector: &str, algorithm: &str) -> GeneratedKey {
+    let output = run_bounded(
+        Command::new(crate::binary("empathctl"))
+            .args([
+                "--json",
+                "dkim",
+                "keygen",
+                domain,
+                selector,
+                "--algorithm",
+                algorithm,
+            ])
+            .arg("--output-dir")
+            .arg(dir),
+        CLIENT_TIMEOUT,
+    );
+    assert!(
+        output.status.success(),
+        "empathctl dkim keygen: {}",
+        output.combined()
+    );
+    let value: serde_json::Value = serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("keygen printed no JSON ({e}): {}", output.combined()));
+    let field = |name: &str| value[name].as_str().unwrap_or_default().to_owned();
+    GeneratedKey {
+        private_key: PathBuf::from(field("private_key")),
+        record_name: field("record_name"),
+        txt: field("txt"),
+    }
+}
+
 /// One result of an `Authentication-Results:` field, as authres parsed it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AuthResult {

@@ -51,7 +51,11 @@ Message-ID: <gtube@client.test>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\n\r\n
         rspamd.server.log()
     );
     assert!(reply.contains("Gtube pattern"), "{reply}");
-    assert!(empath.queue_counts().is_empty(), "{:?}", empath.queue_counts());
+    assert!(
+        empath.queue_counts().is_empty(),
+        "{:?}",
+        empath.queue_counts()
+    );
 
     let ham = "From: friend@client.test\r\nTo: alice@sink.test\r\nSubject: lunch\r\n\
 Message-ID: <ham@client.test>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\n\r\nLunch at noon?\r\n";
@@ -63,7 +67,11 @@ Message-ID: <ham@client.test>\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\n\r\nLu
         ham.as_bytes(),
         dir.path(),
     );
-    assert!(session.queue_id().is_some(), "{session:?}\n{}", rspamd.server.log());
+    assert!(
+        session.queue_id().is_some(),
+        "{session:?}\n{}",
+        rspamd.server.log()
+    );
     if let Err(arrived) = sink.wait_for_messages(1, TIMEOUT) {
         panic!("{arrived} messages arrived\n{}", empath.log_tail());
     }
