@@ -23,9 +23,9 @@ pub struct Incoming {
     /// The start of the message, held until its header section is complete
     /// (or all of it, see `hold_all`).
     head: Option<Vec<u8>>,
-    /// Hold the whole message until `End`: it may still be edited (milter
-    /// changes, authentication results) and signed.
-    hold_all: bool,
+    /// Hold the whole message until `End`, up to this size: it may still
+    /// be edited (milter changes, authentication results) and signed.
+    hold_limit: Option<u64>,
     /// Changes to make before the message is sealed.
     edits: Vec<Edit>,
     hostname: String,
@@ -43,13 +43,14 @@ pub enum Staged {
 }
 
 impl Incoming {
-    /// Starts a message. With `hold_all` the content stays in memory until
-    /// the end, for [`Incoming::stage_edited`].
+    /// Starts a message. With a `hold_limit` the content stays in memory
+    /// until the end, for [`Incoming::stage_edited`]; more than that many
+    /// bytes fail with [`io::ErrorKind::FileTooLarge`].
     pub fn start(
         queue: &Queue,
         hostname: &str,
         submission: Submission,
-        hold_all: bool,
+        hold_limit: Option<u64>,
     ) -> io::Result<Self> {
         let id = submission.queue_id.unwrap_or_else(QueueId::generate);
         let content = queue.create_content(id)?;
@@ -58,7 +59,7 @@ impl Incoming {
             submission,
             content,
             head: Some(Vec::new()),
-            hold_all,
+            hold_limit,
             edits: Vec::new(),
             hostname: hostname.to_owned(),
             arrival: unix_now(),
@@ -72,11 +73,11 @@ impl Incoming {
 
     /// The whole content so far, when it is held.
     pub fn held(&self) -> Option<&[u8]> {
-        self.head.as_deref().filter(|_| self.hold_all)
+        self.head.as_deref().filter(|_| self.is_holding())
     }
 
     pub fn is_holding(&self) -> bool {
-        self.hold_all
+        self.hold_limit.is_some()
     }
 
     /// Adds changes to make before the message is sealed.
@@ -99,10 +100,18 @@ impl Incoming {
         let Some(head) = &mut self.head else {
             return self.content.write_all(bytes);
         };
+        if let Some(limit) = self.hold_limit {
+            if (head.len() + bytes.len()) as u64 > limit {
+                return Err(io::Error::new(
+                    io::ErrorKind::FileTooLarge,
+                    format!("message over {limit} bytes"),
+                ));
+            }
+            head.extend_from_slice(bytes);
+            return Ok(());
+        }
         head.extend_from_slice(bytes);
-        if !self.hold_all
-            && (headers::header_end(head).is_some() || head.len() > headers::MAX_HEADER_SCAN)
-        {
+        if headers::header_end(head).is_some() || head.len() > headers::MAX_HEADER_SCAN {
             self.write_head()?;
         }
         Ok(())
@@ -268,7 +277,7 @@ mod tests {
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
         let original = b"Subject: hi\r\nMessage-ID: <a@b>\r\n\r\nline 1\r\n.line 2\r\n";
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), false).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), None).unwrap();
         // Split inside the header section, to exercise the buffering.
         incoming.push(&original[..5]).unwrap();
         incoming.push(&original[5..]).unwrap();
@@ -297,7 +306,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), false).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), None).unwrap();
         incoming.push(b"Subject: only headers\r\n").unwrap();
         let envelope = incoming.stage(&queue).unwrap();
         queue.sync_new_entries().unwrap();
@@ -311,7 +320,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), true).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), Some(1 << 20)).unwrap();
         incoming.push(b"Subject: hi\r\n").unwrap();
         incoming.push(b"\r\nbody\r\n").unwrap();
         assert_eq!(incoming.held(), Some(&b"Subject: hi\r\n\r\nbody\r\n"[..]));
@@ -369,7 +378,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), true).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), Some(1 << 20)).unwrap();
         incoming.push(b"Subject: q\r\n\r\n").unwrap();
         incoming.add_edits(vec![Edit::Quarantine {
             reason: "milter says so".into(),
@@ -389,7 +398,7 @@ mod tests {
             Some("milter says so")
         );
 
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), true).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), Some(1 << 20)).unwrap();
         let id = incoming.id();
         incoming.push(b"Subject: gone\r\n\r\n").unwrap();
         incoming.add_edits(vec![Edit::DeleteRecipient {
@@ -404,6 +413,18 @@ mod tests {
     }
 
     #[test]
+    fn a_held_message_may_not_outgrow_the_limit() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        queue.create_dirs().unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), Some(10)).unwrap();
+        incoming.push(b"Subject: 1").unwrap();
+        let error = incoming.push(b"!").unwrap_err();
+        assert_eq!(error.kind(), io::ErrorKind::FileTooLarge);
+        incoming.abandon(&queue);
+    }
+
+    #[test]
     fn a_queue_id_chosen_by_smtpd_is_used() {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
@@ -411,7 +432,7 @@ mod tests {
         let chosen = QueueId::generate();
         let mut with_id = submission();
         with_id.queue_id = Some(chosen);
-        let incoming = Incoming::start(&queue, "mx.test", with_id, false).unwrap();
+        let incoming = Incoming::start(&queue, "mx.test", with_id, None).unwrap();
         assert_eq!(incoming.id(), chosen);
         incoming.abandon(&queue);
     }
@@ -421,7 +442,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), false).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), None).unwrap();
         incoming.push(b"Subject: x\r\n\r\nbody").unwrap();
         let id = incoming.id();
         incoming.abandon(&queue);

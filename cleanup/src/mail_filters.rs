@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use empath_auth::sign::{DkimSigning, Signed};
-use empath_common::config::{Config, Network};
+use empath_common::config::{Config, Extension, Network};
 use empath_common::edits::Edit;
 use empath_common::protocol::Submission;
 use empath_common::queue::QueueId;
@@ -20,6 +20,9 @@ pub struct MailFilters {
     /// smtpd runs milters or checks, and may send changes.
     smtpd_edits: bool,
     hostname: String,
+    /// The largest message a listener accepts: a held message may not
+    /// grow beyond it in memory.
+    size_limit: u64,
 }
 
 /// What the milters of a local submission decided.
@@ -48,18 +51,30 @@ impl MailFilters {
                 .collect(),
             smtpd_edits: !config.smtpd_milters.is_empty() || config.auth.enabled,
             hostname: config.hostname(),
+            size_limit: config
+                .smtp_controller
+                .listeners
+                .iter()
+                .flat_map(|listener| listener.extensions.iter())
+                .filter_map(|extension| match extension {
+                    Extension::Size(size) => Some(*size),
+                    Extension::StartTls { .. } => None,
+                })
+                .fold(config.smtpd.max_message_size, u64::max),
         })
     }
 
     /// Whether a message must be held whole until its end, because it may
-    /// still change: signed, or edited by milters or checks.
-    pub fn hold_whole(&self, local: bool) -> bool {
-        self.signing.is_some()
+    /// still change (signed, or edited by milters or checks), and then how
+    /// large it may be.
+    pub fn hold_limit(&self, local: bool) -> Option<u64> {
+        let hold = self.signing.is_some()
             || if local {
                 !self.local_milters.is_empty()
             } else {
                 self.smtpd_edits
-            }
+            };
+        hold.then_some(self.size_limit)
     }
 
     pub fn has_local_milters(&self) -> bool {

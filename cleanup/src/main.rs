@@ -148,9 +148,9 @@ impl Cleanup {
                 "Error: no valid recipients",
             )));
         }
-        let hold_whole = self.filters.hold_whole(!trusted);
+        let hold_limit = self.filters.hold_limit(!trusted);
         let mut incoming =
-            match Incoming::start(&self.queue, &self.hostname, submission, hold_whole) {
+            match Incoming::start(&self.queue, &self.hostname, submission, hold_limit) {
                 Ok(incoming) => incoming,
                 Err(error) => return Some(write_error(&error)),
             };
@@ -230,9 +230,9 @@ impl Cleanup {
                     recipients,
                     local::client_for_uid(dropped.owner),
                 );
-                let hold_whole = self.filters.hold_whole(true);
+                let hold_limit = self.filters.hold_limit(true);
                 let started = tokio::task::block_in_place(|| {
-                    Incoming::start(&self.queue, &self.hostname, submission, hold_whole)
+                    Incoming::start(&self.queue, &self.hostname, submission, hold_limit)
                 });
                 let reply = match started {
                     Ok(incoming) => {
@@ -375,6 +375,8 @@ fn write_error(error: &io::Error) -> CleanupReply {
     tracing::error!(%error, "queue file write failed");
     if error.kind() == io::ErrorKind::StorageFull {
         CleanupReply::Rejected(Reply::new(452, "4.3.1", "Insufficient system storage"))
+    } else if error.kind() == io::ErrorKind::FileTooLarge {
+        CleanupReply::Rejected(Reply::new(552, "5.3.4", "Message too big for system"))
     } else {
         CleanupReply::Rejected(Reply::new(451, "4.3.0", "Error: queue file write error"))
     }
