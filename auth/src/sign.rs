@@ -92,7 +92,9 @@ impl DkimSigning {
     /// Signs `message` (the whole message as it will be queued) for its
     /// `From:` domain.
     pub fn sign(&self, message: &[u8]) -> Result<Signed, SignError> {
-        let Some(parsed) = AuthenticatedMessage::parse(message) else {
+        // Only the header section is parsed here (the From: domain, the
+        // fields present); the signer reads the body itself.
+        let Some(parsed) = AuthenticatedMessage::parse(header_section(message)) else {
             return Ok(Signed::NoKey);
         };
         let Some((_, domain)) = parsed.from.first().and_then(|from| from.rsplit_once('@')) else {
@@ -141,6 +143,18 @@ impl DkimSigning {
         names.push("From".to_owned());
         names
     }
+}
+
+/// The header fields with the empty line after them, or the whole
+/// message if it has no body.
+fn header_section(message: &[u8]) -> &[u8] {
+    if message.starts_with(b"\r\n") {
+        return &message[..2];
+    }
+    message
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .map_or(message, |at| &message[..at + 4])
 }
 
 #[cfg(test)]

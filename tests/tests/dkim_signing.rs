@@ -213,3 +213,35 @@ fn mail_from_outside_is_not_signed() {
         String::from_utf8_lossy(&copy)
     );
 }
+
+#[test]
+fn a_key_that_does_not_load_is_a_config_error() {
+    let dir = test_dir();
+    let broken = dir.path().join("broken.pem");
+    std::fs::write(
+        &broken,
+        "-----BEGIN PRIVATE KEY-----\nbm90IGEga2V5\n-----END PRIVATE KEY-----\n",
+    )
+    .expect("write the broken key");
+    let config = TestConfig::new().section(
+        "dkim",
+        &format!(
+            "(keys: [(domain: \"client.test\", selector: \"s1\", private_key: {:?})])",
+            broken.display().to_string()
+        ),
+    );
+    let path = config.write_to(dir.path());
+    let output = empath_tests::run::run_bounded(
+        empath_tests::empath_command()
+            .arg("check-config")
+            .arg("--config")
+            .arg(&path),
+        Duration::from_secs(10),
+    );
+    assert_eq!(output.status.code(), Some(78), "{}", output.combined());
+    assert!(
+        output.stderr.contains("dkim.keys[0].private_key") && output.stderr.contains("broken.pem"),
+        "{}",
+        output.combined()
+    );
+}
