@@ -246,7 +246,10 @@ mod timing {
         let dir = tempfile::tempdir().unwrap();
         let mut message = b"From: a@example.org\r\nTo: b@example.com\r\nSubject: timing\r\nDate: Thu, 01 Jan 2026 00:00:00 +0000\r\nMessage-ID: <t@example.org>\r\n\r\n".to_vec();
         message.extend(std::iter::repeat_n(b'x', 5120));
-        for (name, algorithm) in [("rsa-2048", Algorithm::Rsa { bits: 2048 }), ("ed25519", Algorithm::Ed25519)] {
+        for (name, algorithm) in [
+            ("rsa-2048", Algorithm::Rsa { bits: 2048 }),
+            ("ed25519", Algorithm::Ed25519),
+        ] {
             let path = dir.path().join(format!("{name}.pem"));
             std::fs::write(&path, generate(algorithm).unwrap().private_pem).unwrap();
             let signing = DkimSigning::load(&Dkim {
@@ -261,7 +264,10 @@ mod timing {
             let rounds = 500;
             let started = std::time::Instant::now();
             for _ in 0..rounds {
-                assert!(matches!(signing.sign(&message).unwrap(), Signed::Signatures(_)));
+                assert!(matches!(
+                    signing.sign(&message).unwrap(),
+                    Signed::Signatures(_)
+                ));
             }
             let each = started.elapsed() / rounds;
             println!("{name}: {each:?} per 5 KiB message");
