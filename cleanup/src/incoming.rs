@@ -6,12 +6,17 @@ use std::collections::BTreeMap;
 use std::io;
 
 use empath_common::content::shape::Shaper;
+use empath_common::edits::Edit;
 use empath_common::protocol::Submission;
 use empath_common::queue::{ContentWriter, Envelope, Queue, QueueId};
 use empath_common::smtp::Reply;
 use empath_common::time::unix_now;
 
 use crate::headers::{self, Stamp};
+use crate::rewrite;
+
+/// The metadata key under which a quarantined message keeps the reason.
+pub const QUARANTINE_METADATA: &str = "empath.quarantine";
 
 /// Why a message was not queued.
 #[derive(Debug, thiserror::Error)]
@@ -43,6 +48,16 @@ impl RefusedError {
     }
 }
 
+/// Where a staged message went.
+pub enum Staged {
+    /// `incoming/`: its directory entries still need the group commit.
+    Incoming(Envelope),
+    /// `hold/` (a milter quarantined it), durable already.
+    Held { envelope: Envelope, reason: String },
+    /// Nothing is queued: the edits left no recipient.
+    Discarded,
+}
+
 /// The limits a submission is held to.
 #[derive(Debug, Clone, Copy)]
 pub struct Limits {
@@ -60,8 +75,14 @@ pub struct Incoming {
     shaper: Shaper,
     /// Shaped content not yet written.
     shaped: Vec<u8>,
-    /// The start of the message, held until its header section is complete.
+    /// The start of the message (shaped), held until its header section is
+    /// complete, or all of it when `hold_all`.
     head: Option<Vec<u8>>,
+    /// Hold the whole message until `End`: it may still be edited (milter
+    /// changes, authentication results) and signed.
+    hold_all: bool,
+    /// Changes to make before the message is sealed.
+    edits: Vec<Edit>,
     hostname: String,
     arrival: u64,
     limits: Limits,
@@ -72,13 +93,17 @@ pub struct Incoming {
 }
 
 impl Incoming {
+    /// Starts a message. With `hold_all` the content stays in memory until
+    /// the end, for [`Incoming::stage_edited`] (bounded by the size limit).
+    /// The queue ID is smtpd's when it chose one (milters saw it).
     pub fn start(
         queue: &Queue,
         hostname: &str,
         submission: Submission,
         limits: Limits,
+        hold_all: bool,
     ) -> io::Result<Self> {
-        let id = QueueId::generate();
+        let id = submission.queue_id.unwrap_or_else(QueueId::generate);
         let content = queue.create_content(id)?;
         Ok(Self {
             id,
@@ -87,6 +112,8 @@ impl Incoming {
             shaper: Shaper::new(),
             shaped: Vec::new(),
             head: Some(Vec::new()),
+            hold_all,
+            edits: Vec::new(),
             hostname: hostname.to_owned(),
             arrival: unix_now(),
             limits,
@@ -97,6 +124,25 @@ impl Incoming {
 
     pub fn id(&self) -> QueueId {
         self.id
+    }
+
+    /// The submission's envelope, as the client sent it.
+    pub fn submission(&self) -> &Submission {
+        &self.submission
+    }
+
+    /// The whole (shaped) content so far, when it is held.
+    pub fn held(&self) -> Option<&[u8]> {
+        self.head.as_deref().filter(|_| self.hold_all)
+    }
+
+    pub fn is_holding(&self) -> bool {
+        self.hold_all
+    }
+
+    /// Adds changes to make before the message is sealed.
+    pub fn add_edits(&mut self, edits: Vec<Edit>) {
+        self.edits.extend(edits);
     }
 
     /// Replaces the metadata the message will be queued with.
@@ -131,7 +177,7 @@ impl Incoming {
             None => Ok(self.content.write_all(&self.shaped)?),
             Some(head) => {
                 head.extend_from_slice(&self.shaped);
-                if self.shaper.in_body() {
+                if self.shaper.in_body() && !self.hold_all {
                     self.write_head()?;
                 }
                 Ok(())
@@ -139,17 +185,24 @@ impl Incoming {
         }
     }
 
+    /// Refuses a message that went round too often.
+    fn check_hops(&self) -> Result<(), RefusedError> {
+        let hops = self.shaper.facts().received;
+        if hops > self.limits.hops {
+            return Err(RefusedError::TooManyHops {
+                hops,
+                limit: self.limits.hops,
+            });
+        }
+        Ok(())
+    }
+
     fn write_head(&mut self) -> Result<(), RefusedError> {
         let Some(head) = self.head.take() else {
             return Ok(());
         };
+        self.check_hops()?;
         let facts = self.shaper.facts();
-        if facts.received > self.limits.hops {
-            return Err(RefusedError::TooManyHops {
-                hops: facts.received,
-                limit: self.limits.hops,
-            });
-        }
         let recipients = &self.submission.recipients;
         let stamp = Stamp {
             id: self.id,
@@ -168,31 +221,116 @@ impl Incoming {
     /// [`Queue::sync_new_entries`] (group commit) before the message may be
     /// acknowledged. On error nothing of it is left.
     pub fn stage(mut self, queue: &Queue) -> Result<Envelope, RefusedError> {
-        match self.finish() {
-            Ok(()) => {}
+        if let Err(error) = self.finish() {
+            self.abandon(queue);
+            return Err(error);
+        }
+        let envelope = self.envelope();
+        queue.stage_new(self.content, &envelope)?;
+        Ok(envelope)
+    }
+
+    /// Queues a message held whole: the edits applied to content and
+    /// envelope, the result shaped again (edits are held to the same
+    /// rules), the trace headers added, then `sign` asked for signature
+    /// fields for the final message, which go on top. A quarantined
+    /// message goes to `hold/`; one left without recipients is dropped.
+    /// On error nothing of it is left.
+    pub fn stage_edited(
+        mut self,
+        queue: &Queue,
+        sign: impl FnOnce(&[u8], &Submission) -> Vec<u8>,
+    ) -> Result<Staged, RefusedError> {
+        let quarantine = match self.write_edited(sign) {
+            Ok(Some(quarantine)) => quarantine,
+            Ok(None) => {
+                self.abandon(queue);
+                return Ok(Staged::Discarded);
+            }
             Err(error) => {
                 self.abandon(queue);
                 return Err(error);
             }
+        };
+        let mut envelope = self.envelope();
+        match quarantine {
+            None => {
+                queue.stage_new(self.content, &envelope)?;
+                Ok(Staged::Incoming(envelope))
+            }
+            Some(reason) => {
+                envelope
+                    .metadata
+                    .insert(QUARANTINE_METADATA.to_owned(), reason.clone());
+                queue.stage_new_held(self.content, &envelope)?;
+                Ok(Staged::Held { envelope, reason })
+            }
         }
-        let submission = self.submission;
-        let envelope = Envelope {
+    }
+
+    /// Writes the held message, edited, stamped and signed. `Ok(None)`: no
+    /// recipient is left; `Ok(Some(quarantine))` otherwise.
+    fn write_edited(
+        &mut self,
+        sign: impl FnOnce(&[u8], &Submission) -> Vec<u8>,
+    ) -> Result<Option<Option<String>>, RefusedError> {
+        if let Some(refused) = self.refused.take() {
+            return Err(refused);
+        }
+        let mut held = self.head.take().unwrap_or_default();
+        self.shaper.finish(&mut held);
+        self.check_hops()?;
+        let submission = &self.submission;
+        let rewritten = rewrite::rewrite(
+            &held,
+            &self.edits,
+            &submission.sender,
+            &submission.recipients,
+        );
+        drop(held);
+        if rewritten.recipients.is_empty() {
+            return Ok(None);
+        }
+        let mut reshaper = Shaper::new();
+        let mut content = Vec::with_capacity(rewritten.content.len());
+        reshaper.push(&rewritten.content, &mut content);
+        reshaper.finish(&mut content);
+        let recipients = &rewritten.recipients;
+        let stamp = Stamp {
             id: self.id,
-            sender: submission.sender,
-            recipients: submission.recipients,
+            hostname: &self.hostname,
+            client: &self.submission.client,
+            single_recipient: (recipients.len() == 1).then(|| recipients[0].address.as_str()),
+            now: self.arrival,
+        };
+        let mut message = headers::prefix(reshaper.facts(), &stamp).into_bytes();
+        message.extend_from_slice(&content);
+        drop(content);
+        self.submission.sender = rewritten.sender;
+        self.submission.recipients = rewritten.recipients;
+        let signatures = sign(&message, &self.submission);
+        self.content.write_all(&signatures)?;
+        self.content.write_all(&message)?;
+        Ok(Some(rewritten.quarantine))
+    }
+
+    fn envelope(&self) -> Envelope {
+        let submission = &self.submission;
+        Envelope {
+            id: self.id,
+            sender: submission.sender.clone(),
+            recipients: submission.recipients.clone(),
             arrival: self.arrival,
             attempts: 0,
             next_retry: None,
             last_error: None,
-            client: submission.client,
-            dsn: submission.dsn,
-            metadata: submission.metadata,
+            client: submission.client.clone(),
+            dsn: submission.dsn.clone(),
+            metadata: submission.metadata.clone(),
             content_size: self.content.written(),
             smtputf8: submission.smtputf8,
             delay_warned: false,
-        };
-        queue.stage_new(self.content, &envelope)?;
-        Ok(envelope)
+        }
     }
 
     /// Shapes and writes the last of the content.
@@ -256,6 +394,7 @@ mod tests {
             dsn: DsnParams::default(),
             metadata: Default::default(),
             smtputf8: false,
+            queue_id: None,
         }
     }
 
@@ -265,7 +404,7 @@ mod tests {
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
         let original = b"Subject: hi\r\nMessage-ID: <a@b>\r\n\r\nline 1\r\n.line 2\r\n";
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
         // Split inside the header section, to exercise the buffering.
         incoming.push(&original[..5]);
         incoming.push(&original[5..]);
@@ -294,7 +433,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
         incoming.push(b"Subject: only headers\r\n");
         let envelope = incoming.stage(&queue).unwrap();
         queue.sync_new_entries().unwrap();
@@ -304,11 +443,121 @@ mod tests {
     }
 
     #[test]
+    fn a_held_message_is_edited_stamped_and_signed_before_it_is_sealed() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        queue.create_dirs().unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, true).unwrap();
+        incoming.push(b"Subject: hi\r\n");
+        incoming.push(b"\r\nbody\r\n");
+        assert_eq!(incoming.held(), Some(&b"Subject: hi\r\n\r\nbody\r\n"[..]));
+        assert!(
+            !queue
+                .content_path(incoming.id())
+                .metadata()
+                .is_ok_and(|m| m.len() > 0)
+        );
+        incoming.add_edits(vec![
+            Edit::AddHeader {
+                name: "X-Milter".into(),
+                value: b" seen".to_vec(),
+            },
+            Edit::AddRecipient {
+                address: "carol@example.com".into(),
+                parameters: String::new(),
+            },
+        ]);
+        let mut signed_over = Vec::new();
+        let staged = incoming
+            .stage_edited(&queue, |message, submission| {
+                signed_over = message.to_vec();
+                assert_eq!(submission.recipients.len(), 2);
+                b"DKIM-Signature: v=1; test\r\n".to_vec()
+            })
+            .unwrap();
+        let Staged::Incoming(envelope) = staged else {
+            panic!("not queued in incoming/");
+        };
+        queue.sync_new_entries().unwrap();
+        let stored = String::from_utf8(read_content(&queue, envelope.id)).unwrap();
+        assert!(
+            stored.starts_with("DKIM-Signature: v=1; test\r\nReceived: from client"),
+            "{stored}"
+        );
+        assert!(
+            stored.ends_with("Subject: hi\r\nX-Milter: seen\r\n\r\nbody\r\n"),
+            "{stored}"
+        );
+        assert_eq!(
+            stored.as_bytes()[27..],
+            signed_over[..],
+            "the signature covers the rest"
+        );
+        assert_eq!(envelope.recipients.len(), 2);
+        assert_eq!(
+            queue.read(QueueState::Incoming, envelope.id).unwrap(),
+            envelope
+        );
+    }
+
+    #[test]
+    fn a_quarantined_message_goes_to_hold_and_one_without_recipients_nowhere() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        queue.create_dirs().unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, true).unwrap();
+        incoming.push(b"Subject: q\r\n\r\n");
+        incoming.add_edits(vec![Edit::Quarantine {
+            reason: "milter says so".into(),
+        }]);
+        let Staged::Held { envelope, reason } =
+            incoming.stage_edited(&queue, |_, _| Vec::new()).unwrap()
+        else {
+            panic!("not held");
+        };
+        assert_eq!(reason, "milter says so");
+        assert_eq!(queue.locate(envelope.id), Some(QueueState::Hold));
+        assert_eq!(
+            envelope
+                .metadata
+                .get(QUARANTINE_METADATA)
+                .map(String::as_str),
+            Some("milter says so")
+        );
+
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, true).unwrap();
+        let id = incoming.id();
+        incoming.push(b"Subject: gone\r\n\r\n");
+        incoming.add_edits(vec![Edit::DeleteRecipient {
+            address: "<bob@example.com>".into(),
+        }]);
+        assert!(matches!(
+            incoming.stage_edited(&queue, |_, _| Vec::new()).unwrap(),
+            Staged::Discarded
+        ));
+        assert_eq!(queue.locate(id), None);
+        assert!(!queue.content_path(id).exists());
+    }
+
+    #[test]
+    fn a_queue_id_chosen_by_smtpd_is_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let queue = Queue::new(dir.path());
+        queue.create_dirs().unwrap();
+        let chosen = QueueId::generate();
+        let mut with_id = submission();
+        with_id.queue_id = Some(chosen);
+        let incoming = Incoming::start(&queue, "mx.test", with_id, LIMITS, false).unwrap();
+        assert_eq!(incoming.id(), chosen);
+        incoming.abandon(&queue);
+    }
+
+    #[test]
     fn abandoned_submission_leaves_nothing() {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
         incoming.push(b"Subject: x\r\n\r\nbody");
         let id = incoming.id();
         incoming.abandon(&queue);
@@ -326,7 +575,7 @@ mod tests {
     #[test]
     fn a_message_over_the_size_limit_is_refused_and_leaves_nothing() {
         let (_dir, queue) = queue();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
         let id = incoming.id();
         for _ in 0..20 {
             incoming.push(&[b'x'; 64 * 1024]);
@@ -339,7 +588,7 @@ mod tests {
     #[test]
     fn too_many_received_fields_is_a_loop() {
         let (_dir, queue) = queue();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
         incoming.push(&b"Received: from a\r\n".repeat(4));
         incoming.push(b"\r\nbody\r\n");
         let error = incoming.stage(&queue).unwrap_err();
@@ -353,7 +602,7 @@ mod tests {
     #[test]
     fn a_message_without_headers_is_not_run_into_the_added_ones() {
         let (_dir, queue) = queue();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
         incoming.push(b"just text, no header\r\n");
         let envelope = incoming.stage(&queue).unwrap();
         let stored = String::from_utf8(read_content(&queue, envelope.id)).unwrap();

@@ -6,7 +6,9 @@ mod group_commit;
 mod headers;
 mod incoming;
 mod local;
+mod mail_filters;
 mod notifier;
+mod rewrite;
 
 use std::io::{self, Read};
 use std::sync::Arc;
@@ -14,16 +16,18 @@ use std::time::Duration;
 
 use empath_common::config::LocalDomains;
 use empath_common::daemon;
+use empath_common::edits::Edit;
 use empath_common::ipc::{read_frame, write_frame};
 use empath_common::maildrop::DropError;
 use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
-use empath_common::queue::{ClientInfo, DsnParams, Queue, QueueId, Recipient};
+use empath_common::queue::{ClientInfo, DsnParams, Envelope, Queue, QueueId, Recipient};
 use empath_common::smtp::Reply;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 
 use group_commit::GroupCommit;
-use incoming::{Incoming, Limits, RefusedError};
+use incoming::{Incoming, Limits, RefusedError, Staged};
+use mail_filters::{LocalVerdict, MailFilters};
 use notifier::Notifier;
 
 struct Cleanup {
@@ -38,7 +42,12 @@ struct Cleanup {
     domains: LocalDomains,
     group_commit: GroupCommit,
     notifier: Notifier,
+    /// Local-submission milters and DKIM signing.
+    filters: MailFilters,
 }
+
+/// Exit status for config errors (sysexits EX_CONFIG), as the master's.
+const EX_CONFIG: i32 = 78;
 
 /// Content is written to the queue file in batches of at least this size.
 const WRITE_BATCH: usize = 256 * 1024;
@@ -69,8 +78,19 @@ enum Origin {
 #[tokio::main]
 async fn main() {
     let started = daemon::start("cleanup");
+    // A signing key that does not load is a config error: better to stop
+    // (the master logs why) than to send mail unsigned unnoticed.
+    let filters = match MailFilters::load(&started.config) {
+        Ok(filters) => filters,
+        Err(error) => {
+            tracing::error!(%error, "empath-cleanup cannot run");
+            eprintln!("empath-cleanup: {error}");
+            std::process::exit(EX_CONFIG);
+        }
+    };
     let hops = started.config.cleanup.hopcount_limit;
     let cleanup = Arc::new(Cleanup {
+        filters,
         hostname: started.config.hostname(),
         daemon_limits: Limits {
             size: started.config.smtp_message_size_limit(),
@@ -169,12 +189,7 @@ impl Cleanup {
                 "Error: no valid recipients",
             )));
         }
-        let limits = if trusted {
-            self.daemon_limits
-        } else {
-            self.local_limits
-        };
-        let mut incoming = match Incoming::start(&self.queue, &self.hostname, submission, limits) {
+        let mut incoming = match self.start(submission, !trusted) {
             Ok(incoming) => incoming,
             Err(error) => return Some(refused(RefusedError::Write(error))),
         };
@@ -209,7 +224,18 @@ impl Cleanup {
                 CleanupRequest::Metadata(_) => {
                     tracing::warn!("metadata from a local client ignored");
                 }
-                CleanupRequest::End => return Some(self.commit(incoming, &unwritten).await),
+                CleanupRequest::Edits(edits) if trusted => incoming.add_edits(edits),
+                CleanupRequest::Edits(_) => {
+                    tracing::warn!("message edits from a local client ignored");
+                }
+                CleanupRequest::End => {
+                    let from = if trusted {
+                        Source::Daemon
+                    } else {
+                        Source::Sendmail
+                    };
+                    return Some(self.commit(incoming, &unwritten, from).await);
+                }
                 CleanupRequest::Abort | CleanupRequest::Begin(_) => {
                     incoming.abandon(&self.queue);
                     return Some(CleanupReply::Rejected(Reply::new(
@@ -295,10 +321,8 @@ impl Cleanup {
             recipients,
             local::client_for_uid(dropped.owner),
         );
-        let mut incoming = tokio::task::block_in_place(|| {
-            Incoming::start(&self.queue, &self.hostname, submission, self.local_limits)
-        })
-        .map_err(|error| PickUpError::Later(RefusedError::Write(error).reply()))?;
+        let mut incoming = tokio::task::block_in_place(|| self.start(submission, true))
+            .map_err(|error| PickUpError::Later(RefusedError::Write(error).reply()))?;
         let mut piece = vec![0u8; WRITE_BATCH];
         let streamed = tokio::task::block_in_place(|| {
             loop {
@@ -314,7 +338,7 @@ impl Cleanup {
             incoming.abandon(&self.queue);
             return Err(unusable(error.to_string()));
         }
-        match self.commit(incoming, &[]).await {
+        match self.commit(incoming, &[], Source::Maildrop).await {
             CleanupReply::Queued { id } => Ok(id),
             CleanupReply::Rejected(reply) if reply.is_permanent() => {
                 Err(unusable(reply.to_string()))
@@ -323,41 +347,128 @@ impl Cleanup {
         }
     }
 
+    /// Starts a message with the limits of its source; it is held whole
+    /// when it may still change (milters, checks, DKIM signing).
+    fn start(&self, submission: Submission, local: bool) -> io::Result<Incoming> {
+        let mut limits = if local {
+            self.local_limits
+        } else {
+            self.daemon_limits
+        };
+        let hold = self.filters.hold_limit(local);
+        if let Some(hold) = hold {
+            limits.size = limits.size.min(hold);
+        }
+        Incoming::start(
+            &self.queue,
+            &self.hostname,
+            submission,
+            limits,
+            hold.is_some(),
+        )
+    }
+
     /// Adds the last of the content, makes the message durable (its own
     /// file here, the directory entries in a shared group commit) and only
-    /// then answers `Queued`.
-    async fn commit(&self, mut incoming: Incoming, rest: &[u8]) -> CleanupReply {
+    /// then answers `Queued`. A message held whole first goes through the
+    /// local milters (for local mail), its edits and DKIM signing.
+    async fn commit(&self, mut incoming: Incoming, rest: &[u8], from: Source) -> CleanupReply {
+        tokio::task::block_in_place(|| incoming.push(rest));
+        if incoming.is_holding() {
+            return self.commit_edited(incoming, from).await;
+        }
+        let staged = tokio::task::block_in_place(|| incoming.stage(&self.queue));
+        match staged {
+            Ok(envelope) => self.make_durable(envelope).await,
+            Err(error) => refused(error),
+        }
+    }
+
+    /// The group commit, then the notice to qmgr: the message is queued.
+    async fn make_durable(&self, envelope: Envelope) -> CleanupReply {
+        let id = envelope.id;
+        if let Err(error) = self.group_commit.sync().await {
+            self.queue.unstage_new(id);
+            return refused(RefusedError::Write(error));
+        }
+        tracing::info!(
+            message_id = %id,
+            sender = %envelope.sender,
+            recipient_count = envelope.recipients.len(),
+            size = envelope.content_size,
+            client = %envelope.client.addr,
+            "message queued"
+        );
+        self.notifier.queued(id);
+        CleanupReply::Queued { id }
+    }
+
+    async fn commit_edited(&self, mut incoming: Incoming, from: Source) -> CleanupReply {
         let id = incoming.id();
-        let staged = tokio::task::block_in_place(|| {
-            incoming.push(rest);
-            incoming.stage(&self.queue)
-        });
-        let durable = match staged {
-            Ok(envelope) => match self.group_commit.sync().await {
-                Ok(()) => Ok(envelope),
-                Err(error) => {
-                    self.queue.unstage_new(id);
-                    Err(RefusedError::Write(error))
+        if from != Source::Daemon && self.filters.has_local_milters() {
+            let content = incoming.held().unwrap_or_default().to_vec();
+            match self
+                .filters
+                .run_local_milters(id, incoming.submission(), &content)
+                .await
+            {
+                LocalVerdict::Continue(edits) => incoming.add_edits(edits),
+                LocalVerdict::Discard => {
+                    tracing::info!(message_id = %id, "message discarded by a milter");
+                    incoming.abandon(&self.queue);
+                    return CleanupReply::Queued { id };
                 }
-            },
-            Err(error) => Err(error),
-        };
-        match durable {
-            Ok(envelope) => {
-                tracing::info!(
+                // Nobody is waiting for a dropped message, and dropping it
+                // would lose it: it waits in hold/ for the operator.
+                LocalVerdict::Reject(reply) if from == Source::Maildrop && reply.is_permanent() => {
+                    tracing::warn!(message_id = %id, %reply, "a milter refused a dropped message; it is held");
+                    incoming.add_edits(vec![Edit::Quarantine {
+                        reason: format!("refused by a milter: {reply}"),
+                    }]);
+                }
+                LocalVerdict::Reject(reply) => {
+                    tracing::info!(message_id = %id, %reply, "message refused by a milter");
+                    incoming.abandon(&self.queue);
+                    return CleanupReply::Rejected(reply);
+                }
+            }
+        }
+        let filters = &self.filters;
+        let staged = tokio::task::block_in_place(|| {
+            incoming.stage_edited(&self.queue, |message, submission| {
+                filters.signatures(message, submission)
+            })
+        });
+        match staged {
+            Ok(Staged::Incoming(envelope)) => self.make_durable(envelope).await,
+            Ok(Staged::Held { envelope, reason }) => {
+                tracing::warn!(
                     message_id = %id,
                     sender = %envelope.sender,
                     recipient_count = envelope.recipients.len(),
-                    size = envelope.content_size,
-                    client = %envelope.client.addr,
-                    "message queued"
+                    %reason,
+                    "message quarantined in hold/"
                 );
-                self.notifier.queued(id);
+                CleanupReply::Queued { id }
+            }
+            Ok(Staged::Discarded) => {
+                tracing::info!(message_id = %id, "message discarded: the milters removed every recipient");
                 CleanupReply::Queued { id }
             }
             Err(error) => refused(error),
         }
     }
+}
+
+/// Who hands cleanup the message being committed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// smtpd or bounce: any milter ran in smtpd already.
+    Daemon,
+    /// `sendmail` on the submission socket, waiting for the answer.
+    Sendmail,
+    /// A file `sendmail` left in the drop directory: nobody is waiting.
+    Maildrop,
 }
 
 /// The reply for a message that was not queued, logged.
@@ -388,5 +499,6 @@ fn local_submission(
         dsn: DsnParams::default(),
         metadata: Default::default(),
         smtputf8: false,
+        queue_id: None,
     }
 }

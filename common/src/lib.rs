@@ -9,6 +9,7 @@ pub mod config;
 pub mod content;
 pub mod control;
 pub mod daemon;
+pub mod edits;
 pub mod ipc;
 pub mod local_recipients;
 pub mod logging;

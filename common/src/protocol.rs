@@ -12,6 +12,7 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+use crate::edits::Edit;
 use crate::queue::{ClientInfo, DsnParams, QueueId, Recipient};
 use crate::smtp::Reply;
 
@@ -37,7 +38,10 @@ pub const SMTP_OUT_CONTROL: &str = "smtp-out-control";
 /// received, dot-unstuffed, with CRLF line endings. Before `End`, smtpd
 /// may send `Metadata` to replace the submission's metadata with what the
 /// modules set once the whole message had arrived; cleanup ignores it from
-/// local (untrusted) clients.
+/// local (untrusted) clients. Also before `End`, smtpd may send `Edits`:
+/// the milters' changes and the inbound authentication results, which
+/// cleanup applies before the message is sealed (ignored from local
+/// clients too).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 // `Begin` is sent once per message and never stored in bulk, so its size
 // does not matter.
@@ -48,6 +52,7 @@ pub enum CleanupRequest {
     // per-byte visitor call on each side.
     Chunk(#[serde(with = "serde_bytes")] Vec<u8>),
     Metadata(BTreeMap<String, String>),
+    Edits(Vec<Edit>),
     End,
     Abort,
 }
@@ -60,6 +65,10 @@ pub struct Submission {
     pub dsn: DsnParams,
     pub metadata: BTreeMap<String, String>,
     pub smtputf8: bool,
+    /// The queue ID to use, when the client chose it already (smtpd does
+    /// when milters run, so that they see it in the `i` macro); cleanup
+    /// makes one otherwise, and always for local clients.
+    pub queue_id: Option<QueueId>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -4,6 +4,7 @@
 mod anvil;
 mod control;
 mod control_socket;
+mod dkim_keys;
 mod http;
 mod listeners;
 mod modules;
@@ -54,7 +55,7 @@ fn main() -> ExitCode {
             return ExitCode::from(EX_CONFIG);
         }
     };
-    if let Err(message) = modules::check(&config) {
+    if let Err(message) = modules::check(&config).and_then(|()| dkim_keys::check(&config)) {
         eprintln!("empath: {message}");
         return ExitCode::from(EX_CONFIG);
     }

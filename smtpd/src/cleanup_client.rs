@@ -9,6 +9,7 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
+use empath_common::edits::Edit;
 use empath_common::ipc;
 use empath_common::protocol::{CleanupReply, CleanupRequest, Submission};
 use tokio::net::UnixStream;
@@ -81,6 +82,17 @@ impl CleanupClient {
             self.pending = buffer;
         }
         Ok(())
+    }
+
+    /// Sends the changes the milters and checks decided, which cleanup
+    /// applies before it seals the message.
+    pub async fn edits(&mut self, edits: Vec<Edit>) -> io::Result<()> {
+        let timeout = self.timeout;
+        bounded(timeout, async {
+            self.send_pending().await?;
+            ipc::write_frame(&mut self.stream, &CleanupRequest::Edits(edits)).await
+        })
+        .await
     }
 
     /// Sends the rest of the content, the final `metadata` if it changed

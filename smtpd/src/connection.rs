@@ -24,6 +24,7 @@ use crate::auth::{self, Mechanism};
 use crate::cleanup_client::{CHUNK_SIZE, CleanupClient};
 use crate::data_decoder::{BareLineEndings, DataDecoder};
 use crate::lines::{self, Line, MAX_COMMAND_LINE};
+use crate::mail_filters::{self, EndOfMessage, Refusal, SessionFilters, Stage};
 use crate::module_hooks::ModuleHooks;
 use crate::parser::{Command, parse_command};
 use crate::reply;
@@ -53,6 +54,8 @@ pub enum End {
     TooManyAuthFailures,
     /// A plugin module refused the connection (at Connect or StartTls).
     RejectedByModule,
+    /// A milter refused the connection, or said 421.
+    RejectedByMilter,
     /// The TLS handshake failed; nothing more can be said in clear.
     TlsFailed(String),
     Io(io::Error),
@@ -77,6 +80,7 @@ impl fmt::Display for End {
             Self::TooManyErrors => f.write_str("too many errors"),
             Self::TooManyAuthFailures => f.write_str("too many authentication failures"),
             Self::RejectedByModule => f.write_str("rejected by a module"),
+            Self::RejectedByMilter => f.write_str("rejected by a milter"),
             Self::TlsFailed(error) => write!(f, "TLS handshake failed: {error}"),
             Self::Stopping => f.write_str("smtpd is stopping"),
             Self::Io(error) => write!(f, "I/O error: {error}"),
@@ -103,6 +107,7 @@ where
             .inc();
     }
     connection.close(&end).await;
+    connection.filters.quit().await;
     connection.hooks.closed();
     tracing::info!(
         client = %connection.peer,
@@ -136,8 +141,11 @@ struct Connection {
     /// The plugin modules' view of this session.
     hooks: ModuleHooks,
     /// A copy of the message being received, kept only while a module
-    /// wants to read it at Data (and the message is within the size limit).
+    /// wants to read it at Data, or the milters and checks do (and the
+    /// message is within the size limit).
     data_copy: Option<Vec<u8>>,
+    /// The milters and authentication checks of this session.
+    filters: SessionFilters,
 }
 
 /// The commands whose acceptance the modules have a say in.
@@ -170,7 +178,9 @@ impl Connection {
             client_ip.map_or_else(|| peer.clone(), |ip| ip.to_string()),
             settings.metadata.clone(),
         );
+        let filters = SessionFilters::new(settings.filters.clone(), &peer);
         Self {
+            filters,
             io: BufReader::with_capacity(READ_BUFFER, boxed),
             out: Vec::new(),
             session: Session::new(Arc::clone(&settings), client_ip),
@@ -193,6 +203,10 @@ impl Connection {
             self.send(&refusal);
             return End::RejectedByModule;
         }
+        if let Err(refusal) = self.filters.connect().await {
+            self.send(&refusal);
+            return End::RejectedByMilter;
+        }
         self.send(&reply::greeting(&self.settings.hostname));
         loop {
             if self.session.too_many_errors() {
@@ -212,8 +226,10 @@ impl Connection {
                         Ok(Command::Rcpt { .. }) => Some(Checked::Rcpt),
                         _ => None,
                     };
+                    let stage = mail_filters::stage_of(&command);
                     let action = self.session.handle(command);
                     let action = self.verify_local(checked, action).await;
+                    let action = self.ask_milters(stage, action).await;
                     self.ask_modules(checked, action)
                 }
                 Line::TooLong => Action::Reply(self.session.line_too_long()),
@@ -271,6 +287,7 @@ impl Connection {
                 self.chunks = None;
                 self.data_copy = None;
                 self.hooks.end_transaction();
+                self.filters.end_transaction().await;
             }
         }
     }
@@ -311,6 +328,42 @@ impl Connection {
                 self.session.drop_last_recipient();
                 Action::Reply(Reply::new(451, "4.3.0", "Temporary lookup failure"))
             }
+        }
+    }
+
+    /// HELO, MAIL or RCPT that smtpd accepted goes to the milters, which
+    /// may still refuse it, as the modules after them may.
+    async fn ask_milters(&mut self, stage: Option<Stage>, action: Action) -> Action {
+        let accepted = matches!(&action, Action::Reply(reply) if reply.is_positive());
+        let Some(stage) = stage.filter(|_| accepted) else {
+            return action;
+        };
+        let is_rcpt = matches!(stage, Stage::Rcpt { .. });
+        let last_recipient = self
+            .session
+            .transaction()
+            .and_then(|t| t.recipients.last())
+            .map(|r| r.address.clone());
+        let verdict = self
+            .filters
+            .command(
+                stage,
+                last_recipient.as_deref(),
+                self.session.authenticated_as(),
+            )
+            .await;
+        let refusal = match verdict {
+            Ok(()) => return action,
+            Err(refusal) => refusal,
+        };
+        if is_rcpt {
+            self.session.drop_last_recipient();
+        } else if self.session.transaction().is_some() {
+            self.session.finish_transaction();
+        }
+        match refusal {
+            Refusal::Reply(reply) => Action::Reply(reply),
+            Refusal::Close(reply) => Action::Close(reply),
         }
     }
 
@@ -398,6 +451,7 @@ impl Connection {
         // "TLSv1_3" as people write it: "TLSv1.3".
         let version = version.replace('_', ".");
         self.hooks.tls_established(&version, cipher);
+        self.filters.tls_started(&version, cipher);
         let description = format!("using {version} with cipher {cipher}");
         tracing::info!(client = %self.peer, tls = %description, "STARTTLS");
         self.tls = Some(description);
@@ -485,7 +539,12 @@ impl Connection {
         let mut chunks = match self.chunks.take() {
             Some(chunks) => chunks,
             None => {
-                self.data_copy = self.hooks.wants_data().then(Vec::new);
+                if let Err(refusal) = self.filters.data().await {
+                    self.read_chunk(size, None).await?;
+                    self.session.finish_transaction();
+                    return self.refuse(refusal);
+                }
+                self.data_copy = self.wants_content().then(Vec::new);
                 Chunks {
                     sink: self.open_submission().await,
                     size: 0,
@@ -538,7 +597,7 @@ impl Connection {
         let reply = self.commit(sink, chunks.size).await;
         self.session.finish_transaction();
         self.send(&reply);
-        Ok(())
+        closing_after(&reply)
     }
 
     /// Opens the submission of the current transaction to cleanup.
@@ -669,6 +728,10 @@ impl Connection {
             self.send(&reply::bad_sequence("need MAIL command"));
             return Ok(());
         };
+        if let Err(refusal) = self.filters.data().await {
+            self.session.finish_transaction();
+            return self.refuse(refusal);
+        }
         let timeout = self.settings.timeouts.data_termination;
         let sink =
             match CleanupClient::begin(&self.settings.cleanup_socket, submission, timeout).await {
@@ -684,7 +747,7 @@ impl Connection {
             };
         self.send(&reply::start_data());
         self.flush().await?;
-        self.data_copy = self.hooks.wants_data().then(Vec::new);
+        self.data_copy = self.wants_content().then(Vec::new);
         let received = self.read_message(sink).await?;
         let reply = match received {
             Received::TooBig { size } => {
@@ -704,7 +767,29 @@ impl Connection {
         };
         self.session.finish_transaction();
         self.send(&reply);
-        Ok(())
+        closing_after(&reply)
+    }
+
+    /// Whether a copy of the message must be kept for its end.
+    fn wants_content(&self) -> bool {
+        self.hooks.wants_data()
+            || self
+                .filters
+                .wants_content(self.session.authenticated_as().is_some())
+    }
+
+    /// Says a milter's refusal of DATA; a 421 closes the session.
+    fn refuse(&mut self, refusal: Refusal) -> Result<(), End> {
+        match refusal {
+            Refusal::Reply(reply) => {
+                self.send(&reply);
+                closing_after(&reply)
+            }
+            Refusal::Close(reply) => {
+                self.send(&reply);
+                Err(End::RejectedByMilter)
+            }
+        }
     }
 
     /// Ends the submission and turns cleanup's answer into the reply.
@@ -717,11 +802,45 @@ impl Connection {
             .transaction()
             .map(|t| (t.sender.clone(), t.recipients.len()))
             .unwrap_or_default();
-        // The modules' last word, before cleanup is told to queue.
         let content = self.data_copy.take().unwrap_or_default();
+        // The milters and checks, then the modules have the last word
+        // before cleanup is told to queue.
+        let authenticated = self.session.authenticated_as().is_some();
+        let edits = match self
+            .filters
+            .end_of_message(&content, &sender, authenticated)
+            .await
+        {
+            EndOfMessage::Accept(edits) => edits,
+            EndOfMessage::Discard => {
+                sink.abort().await;
+                tracing::info!(client = %self.peer, from = %sender, "message discarded by a milter");
+                return match self.filters.queue_id() {
+                    Some(id) => reply::queued(id),
+                    None => Reply::new(250, "2.0.0", "Ok"),
+                };
+            }
+            EndOfMessage::Refuse(refusal) => {
+                sink.abort().await;
+                let reply = match refusal {
+                    Refusal::Reply(reply) => reply,
+                    // Said with a 421, which closes the session.
+                    Refusal::Close(reply) => Reply { code: 421, ..reply },
+                };
+                tracing::info!(client = %self.peer, from = %sender, %reply, "message refused by a milter or the checks");
+                return reply;
+            }
+        };
         if let Err(refusal) = self.hooks.data(content) {
             sink.abort().await;
             return refusal;
+        }
+        let mut sink = sink;
+        if !edits.is_empty()
+            && let Err(error) = sink.edits(edits).await
+        {
+            tracing::warn!(client = %self.peer, %error, "lost cleanup while sending the message's changes");
+            return reply::queue_error();
         }
         // Metadata the modules set at Data goes with the message too.
         match sink.commit(self.hooks.metadata()).await {
@@ -841,7 +960,18 @@ impl Connection {
             // The listener's context, and what the modules set.
             metadata: self.hooks.metadata(),
             smtputf8: transaction.params.smtputf8,
+            queue_id: self.filters.queue_id(),
         })
+    }
+}
+
+/// A 421 reply ends the session (RFC 5321 section 3.8): said, then the
+/// connection closes.
+fn closing_after(reply: &Reply) -> Result<(), End> {
+    if reply.code == 421 {
+        Err(End::RejectedByMilter)
+    } else {
+        Ok(())
     }
 }
 

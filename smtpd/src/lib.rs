@@ -15,6 +15,7 @@
 //! - [`connection`]: the I/O of one client, with timeouts;
 //! - [`cleanup_client`]: streaming a message to cleanup;
 //! - [`module_hooks`]: the plugin modules' calls during a session;
+//! - [`mail_filters`]: the milters and authentication checks of a session;
 //! - [`settings`]: per-listener settings from the config;
 //! - [`listeners`]: the inherited sockets and the accept loop.
 
@@ -27,6 +28,7 @@ pub mod limits;
 pub mod lines;
 pub mod listeners;
 pub mod local;
+pub mod mail_filters;
 pub mod module_hooks;
 pub mod params;
 pub mod parser;

@@ -12,6 +12,7 @@ use empath_smtpd::auth::AuthState;
 use empath_smtpd::limits::ConnectionLimits;
 use empath_smtpd::listeners;
 use empath_smtpd::local::LocalPolicy;
+use empath_smtpd::mail_filters::FilterSettings;
 use empath_smtpd::relay::RelayPolicy;
 use empath_smtpd::settings::Settings;
 use empath_smtpd::tls::TlsSlot;
@@ -38,6 +39,16 @@ fn main() -> ExitCode {
         Err(error) => return fail(&format!("cannot start the async runtime: {error}")),
     };
     raise_fd_limit();
+    // The checks' resolver is built in the runtime it will run in.
+    let filters = match runtime.block_on(async { FilterSettings::from_config(&config) }) {
+        Ok(filters) => filters,
+        Err(error) => {
+            return fail_with(
+                &format!("cannot set up the authentication checks: {error}"),
+                EX_CONFIG,
+            );
+        }
+    };
     let hostname = config.hostname();
     let cleanup_socket = queue.private_socket(CLEANUP);
     let relay = Arc::new(RelayPolicy::new(
@@ -79,6 +90,7 @@ fn main() -> ExitCode {
                 Arc::clone(&modules),
             );
             settings.local = local.clone();
+            settings.filters = filters.clone();
             tls_slots.extend(settings.tls.clone());
             accepting.spawn(listeners::accept_loop(
                 socket,

@@ -10,6 +10,7 @@ use empath_modules::Modules;
 
 use crate::auth::AuthState;
 use crate::local::LocalPolicy;
+use crate::mail_filters::FilterSettings;
 use crate::relay::RelayPolicy;
 use crate::tls::TlsSlot;
 
@@ -43,6 +44,8 @@ pub struct Settings {
     pub modules: Arc<Modules>,
     /// Whether a bare CR or LF refuses a message.
     pub bare_line_endings: BareLineEndings,
+    /// Milters and authentication checks, when configured.
+    pub filters: Option<Arc<FilterSettings>>,
 }
 
 /// Server timeouts (RFC 5321 section 4.5.3.2) as durations.
@@ -110,6 +113,7 @@ impl Settings {
             expn_code: smtpd.expn_code,
             modules,
             bare_line_endings: smtpd.bare_line_endings,
+            filters: None,
         }
     }
 
@@ -136,6 +140,7 @@ impl Settings {
             expn_code: 502,
             modules: Arc::new(Modules::default()),
             bare_line_endings: BareLineEndings::default(),
+            filters: None,
         }
     }
 }

@@ -1,6 +1,6 @@
 //! A real DNS server for the delivery tests: it speaks the DNS protocol
-//! over UDP on `127.0.0.1` with an ephemeral port, and answers MX, A and
-//! AAAA queries from an in-memory zone that the test fills. smtp-out is
+//! over UDP on `127.0.0.1` with an ephemeral port, and answers MX, A,
+//! AAAA and TXT queries from an in-memory zone that the test fills. smtp-out is
 //! pointed at it with `dns.nameservers`.
 //!
 //! Names it has no records for get NXDOMAIN; names marked with
@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// TTL of the records, unless a test sets another.
@@ -122,6 +122,22 @@ impl TestDns {
             IpAddr::V4(v4) => self.add(name, RecordType::A, RData::A(A(v4)), ttl),
             IpAddr::V6(v6) => self.add(name, RecordType::AAAA, RData::AAAA(AAAA(v6)), ttl),
         }
+    }
+
+    /// A TXT record (SPF, DKIM keys, DMARC policies), split into DNS
+    /// strings of at most 255 bytes as a zone file would.
+    pub fn txt(&self, name: &str, text: &str) -> &Self {
+        let strings: Vec<String> = text
+            .as_bytes()
+            .chunks(255)
+            .map(|chunk| String::from_utf8_lossy(chunk).into_owned())
+            .collect();
+        self.add(
+            name,
+            RecordType::TXT,
+            RData::TXT(TXT::new(strings)),
+            DEFAULT_TTL,
+        )
     }
 
     /// Every query for `name` gets SERVFAIL (a temporary DNS failure).

@@ -23,6 +23,7 @@ pub mod dovecot;
 pub mod dsn;
 pub mod local;
 pub mod mail;
+pub mod mail_auth;
 pub mod master;
 pub mod modules;
 pub mod mx;

@@ -8,6 +8,7 @@ mod cleanup;
 mod dns;
 mod dsn;
 mod local;
+mod mail_auth;
 mod master;
 mod model;
 mod smtpd;
@@ -20,6 +21,10 @@ pub use cleanup::{Cleanup, DEFAULT_HOPCOUNT_LIMIT};
 pub use dns::{Dns, Nameserver};
 pub use dsn::{DEFAULT_MAX_RETURN_SIZE, Dsn};
 pub use local::{LocalDelivery, LocalDomains, TargetSource};
+pub use mail_auth::{
+    Auth as AuthChecks, DEFAULT_SIGNED_HEADERS, DefaultAction, Dkim, DkimKey, Milter,
+    MilterAddress, MilterFields,
+};
 pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
 pub use smtpd::{Auth as SmtpdAuth, BareLineEndings, Network, Smtpd, is_bcrypt_hash};
@@ -91,6 +96,11 @@ impl Config {
             empath.spool.path = absolute;
         }
         empath.local_delivery.absolutize();
+        let base = std::path::absolute(path)
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_owned))
+            .unwrap_or_default();
+        mail_auth::resolve_paths(&mut empath.dkim, &base);
         validate(&empath).map_err(|(key, message)| ConfigError {
             path: path.to_owned(),
             line: line_of_key(text, key.rsplit('.').next().unwrap_or(&key)),
@@ -248,6 +258,12 @@ fn validate(config: &Empath) -> Result<(), Invalid> {
     smtpd::validate(&config.smtpd)?;
     cleanup::validate(&config.cleanup)?;
     local::validate(&config.local_delivery)?;
+    mail_auth::validate(
+        &config.smtpd_milters,
+        &config.non_smtpd_milters,
+        &config.dkim,
+        &config.auth,
+    )?;
     Ok(())
 }
 

@@ -16,6 +16,7 @@ use super::cleanup::Cleanup;
 use super::dns::Dns;
 use super::dsn::Dsn;
 use super::local::LocalDelivery;
+use super::mail_auth::{Auth, Dkim, Milter};
 use super::master::Supervisor;
 use super::smtpd::Smtpd;
 use super::values::{DomainTransport, Extension, HostPort, ListenAddr, Listener};
@@ -81,6 +82,19 @@ pub struct Empath {
     /// How dead daemons are restarted and crash loops throttled.
     #[serde(default)]
     pub supervisor: Supervisor,
+    /// Milters for mail that arrives over SMTP, in the order they run.
+    #[serde(default)]
+    pub smtpd_milters: Vec<Milter>,
+    /// Milters for mail from `sendmail` (local submission and the drop
+    /// directory).
+    #[serde(default)]
+    pub non_smtpd_milters: Vec<Milter>,
+    /// DKIM signing of outgoing mail.
+    #[serde(default)]
+    pub dkim: Dkim,
+    /// SPF, DKIM, DMARC and ARC checks of incoming mail.
+    #[serde(default)]
+    pub auth: Auth,
 }
 
 #[derive(Debug, Clone, Deserialize)]

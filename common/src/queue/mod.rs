@@ -234,6 +234,27 @@ impl Queue {
         staged
     }
 
+    /// Queues a new message straight into `hold/` (a milter quarantined
+    /// it): as [`Queue::stage_new`], but linked into `hold/`, where qmgr
+    /// leaves it until an operator releases it. Rare, so it fsyncs its own
+    /// directory entries (`data/`, then `hold/`) rather than joining a
+    /// group commit: when this returns, the message is durable.
+    pub fn stage_new_held(&self, content: ContentWriter, envelope: &Envelope) -> io::Result<()> {
+        let id = envelope.id;
+        let held = self.envelope_path(QueueState::Hold, id);
+        let staged = content.seal(envelope).and_then(|file| {
+            std::fs::hard_link(self.content_path(id), &held)?;
+            file.sync_all()?;
+            safeio::fsync_dir(&self.root.join(DATA))?;
+            safeio::fsync_dir(&self.root.join(QueueState::Hold.dir_name()))
+        });
+        if staged.is_err() {
+            let _ = std::fs::remove_file(&held);
+            let _ = std::fs::remove_file(self.content_path(id));
+        }
+        staged
+    }
+
     /// Makes the directory entries of new messages in `data/` and
     /// `incoming/` durable. One call covers every message staged before it
     /// started, which is what makes group commit work. `data/`
@@ -510,6 +531,25 @@ mod tests {
             .read_to_end(&mut bytes)
             .unwrap();
         bytes
+    }
+
+    #[test]
+    fn a_quarantined_message_is_queued_in_hold_and_released_to_incoming() {
+        let (_dir, queue) = queue();
+        let id = QueueId::generate();
+        let mut content = queue.create_content(id).unwrap();
+        content.write_all(b"Subject: held\r\n\r\n").unwrap();
+        let mut held = envelope(id);
+        held.content_size = content.written();
+        queue.stage_new_held(content, &held).unwrap();
+        assert_eq!(queue.locate(id), Some(QueueState::Hold));
+        assert_eq!(queue.read(QueueState::Hold, id).unwrap(), held);
+        assert!(queue.list(QueueState::Incoming).unwrap().ids.is_empty());
+        queue
+            .move_to(id, QueueState::Hold, QueueState::Incoming)
+            .unwrap();
+        assert_eq!(queue.read(QueueState::Incoming, id).unwrap(), held);
+        assert_eq!(content_of(&queue, id), b"Subject: held\r\n\r\n");
     }
 
     #[test]

@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand};
+use empath_auth::keys::Algorithm;
 use empath_common::control::{
     ControlRequest, ControlResponse, DnsCommand, ListStatus, QueueCommand, SystemCommand,
 };
@@ -41,6 +42,31 @@ enum Group {
     /// The DNS cache of the delivery agent.
     #[command(subcommand)]
     Dns(DnsArgs),
+    /// DKIM signing keys (no running Empath needed).
+    #[command(subcommand)]
+    Dkim(DkimArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum DkimArgs {
+    /// Make a signing key for DOMAIN under SELECTOR: writes
+    /// DIR/DOMAIN.SELECTOR.pem (mode 0600) and prints the DNS TXT record.
+    Keygen {
+        domain: String,
+        selector: String,
+        /// rsa (RSA-SHA256) or ed25519 (Ed25519-SHA256).
+        #[arg(long, default_value = "rsa", value_parser = ["rsa", "ed25519"])]
+        algorithm: String,
+        /// The size of an RSA key.
+        #[arg(long, default_value_t = 2048, value_parser = clap::value_parser!(u64).range(2048..=4096))]
+        bits: u64,
+        /// Where to write the key file.
+        #[arg(long, default_value = ".")]
+        output_dir: PathBuf,
+        /// Replace an existing key file.
+        #[arg(long)]
+        force: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,7 +184,46 @@ fn request_for(group: &Group) -> Result<ControlRequest, String> {
             },
             DnsArgs::ListOverrides => DnsCommand::ListOverrides,
         }),
+        Group::Dkim(_) => return Err("dkim commands work without the control socket".to_owned()),
     })
+}
+
+/// `empathctl dkim ...`: local work, no control socket.
+fn dkim(command: &DkimArgs, json: bool) -> ExitCode {
+    let DkimArgs::Keygen {
+        domain,
+        selector,
+        algorithm,
+        bits,
+        output_dir,
+        force,
+    } = command;
+    let algorithm = match algorithm.as_str() {
+        "ed25519" => Algorithm::Ed25519,
+        _ => Algorithm::Rsa {
+            bits: usize::try_from(*bits).unwrap_or(2048),
+        },
+    };
+    match empath_ctl::dkim::keygen(domain, selector, algorithm, output_dir, *force) {
+        Ok(generated) if json => match serde_json::to_string_pretty(&generated) {
+            Ok(text) => {
+                println!("{text}");
+                ExitCode::SUCCESS
+            }
+            Err(error) => {
+                eprintln!("empathctl: {error}");
+                ExitCode::FAILURE
+            }
+        },
+        Ok(generated) => {
+            print!("{}", empath_ctl::dkim::render(&generated));
+            ExitCode::SUCCESS
+        }
+        Err(error) => {
+            eprintln!("empathctl: {error}");
+            ExitCode::FAILURE
+        }
+    }
 }
 
 /// Prints a response; returns false for an error response.
@@ -190,6 +255,9 @@ fn print(response: &ControlResponse, json: bool) -> bool {
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
     let args = Args::parse();
+    if let Group::Dkim(command) = &args.group {
+        return dkim(command, args.json);
+    }
     let request = match request_for(&args.group) {
         Ok(request) => request,
         Err(message) => {

@@ -155,6 +155,7 @@ struct Recorded {
     ended: bool,
     aborted: bool,
     queued_as: Option<QueueId>,
+    edits: Vec<empath_common::edits::Edit>,
 }
 
 struct FakeCleanup {
@@ -246,6 +247,7 @@ async fn serve_submission(mut stream: tokio::net::UnixStream, behaviour: Behavio
                     submission.metadata = metadata;
                 }
             }
+            Some(CleanupRequest::Edits(edits)) => record.edits.extend(edits),
             Some(CleanupRequest::Abort) => {
                 record.aborted = true;
                 break;
