@@ -19,3 +19,4 @@ pub mod queue;
 pub mod safeio;
 pub mod smtp;
 pub mod time;
+pub mod tls;
