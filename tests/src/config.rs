@@ -32,6 +32,21 @@ pub struct TestConfig {
     raw: Vec<String>,
     /// Arguments for the master after `--config FILE`.
     master_args: Vec<String>,
+    /// How the master is told where the config is.
+    config_arg: ConfigArg,
+}
+
+/// The forms of naming the config on the master's command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConfigArg {
+    /// `empath --config FILE`.
+    #[default]
+    Flag,
+    /// `empath FILE`, as the seeds' systemd unit starts it.
+    Positional,
+    /// `empath` alone, in the directory that holds `empath.config.ron`,
+    /// as the seeds' containers start it.
+    WorkingDirectory,
 }
 
 impl Default for TestConfig {
@@ -65,6 +80,7 @@ impl Default for TestConfig {
             ]),
             raw: Vec::new(),
             master_args: Vec::new(),
+            config_arg: ConfigArg::Flag,
         }
     }
 }
@@ -159,6 +175,16 @@ impl TestConfig {
 
     pub fn master_args(&self) -> &[String] {
         &self.master_args
+    }
+
+    /// Names the config on the master's command line in this form.
+    pub fn config_arg(mut self, form: ConfigArg) -> Self {
+        self.config_arg = form;
+        self
+    }
+
+    pub fn config_form(&self) -> ConfigArg {
+        self.config_arg
     }
 
     pub fn listener_count(&self) -> usize {

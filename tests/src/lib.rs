@@ -29,6 +29,7 @@ pub mod procfs;
 pub mod reliability;
 pub mod rogue;
 pub mod run;
+pub mod seeds;
 pub mod sink;
 pub mod smtpd;
 pub mod wire;
@@ -47,7 +48,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 pub use client::{SendReport, SendResult, SmtpSend};
-pub use config::TestConfig;
+pub use config::{ConfigArg, TestConfig};
 pub use deliveries::{Deliveries, Times};
 pub use mail::TestMessage;
 pub use procfs::ProcInfo;
@@ -186,7 +187,7 @@ pub struct Empath {
     config_path: PathBuf,
     spool: PathBuf,
     child: Child,
-    /// The master's arguments after `--config FILE`.
+    /// The master's arguments, the config's among them.
     master_args: Vec<String>,
     /// Set once the master has been reaped.
     exit: Option<ExitStatus>,
@@ -205,8 +206,14 @@ impl Empath {
         let dir_path = dir.path().to_owned();
         let config_path = config.write_to(&dir_path);
         let spool = dir_path.join("spool");
-        let master_args = config.master_args().to_vec();
-        let child = spawn_master(&dir_path, &config_path, &master_args);
+        let mut master_args = config.master_args().to_vec();
+        let config_words: Vec<String> = match config.config_form() {
+            ConfigArg::Flag => vec!["--config".into(), config_path.display().to_string()],
+            ConfigArg::Positional => vec![config_path.display().to_string()],
+            ConfigArg::WorkingDirectory => Vec::new(),
+        };
+        master_args.splice(0..0, config_words);
+        let child = spawn_master(&dir_path, &master_args);
         let mut empath = Self {
             dir: Some(dir),
             dir_path,
@@ -485,15 +492,13 @@ impl Drop for Empath {
 const STDOUT_FILE: &str = "empath.stdout";
 const STDERR_FILE: &str = "empath.stderr";
 
-fn spawn_master(dir: &Path, config_path: &Path, args: &[String]) -> Child {
+fn spawn_master(dir: &Path, args: &[String]) -> Child {
     let output = |name: &str| {
         let path = dir.join(name);
         File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
     };
     let mut command = empath_command();
     command
-        .arg("--config")
-        .arg(config_path)
         .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
