@@ -42,7 +42,14 @@ fn listed(empath: &Empath, args: &[&str]) -> Vec<String> {
 fn the_seeds_queue_list_statuses_are_accepted_or_explained() {
     // DEPLOYMENT.md lists the statuses the original empathctl knows.
     let deployment = seeds::read("DEPLOYMENT.md");
-    for status in ["pending", "in-progress", "completed", "failed", "retry", "expired"] {
+    for status in [
+        "pending",
+        "in-progress",
+        "completed",
+        "failed",
+        "retry",
+        "expired",
+    ] {
         assert!(deployment.contains(&format!("# - {status}")), "{status}");
     }
 
@@ -131,7 +138,11 @@ fn queue_delete_asks_on_a_terminal_and_scripts_say_yes() {
     );
     assert_ne!(status, 0, "{output}");
     assert!(output.contains("not deleted"), "{output}");
-    assert_eq!(listed(&empath, &[]), ids, "a refused deletion deleted something");
+    assert_eq!(
+        listed(&empath, &[]),
+        ids,
+        "a refused deletion deleted something"
+    );
 
     // "y" deletes it.
     let (status, output, asked) = on_a_terminal(&empath, &["queue", "delete", &ids[0]], "y");
