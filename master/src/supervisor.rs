@@ -249,9 +249,14 @@ pub async fn run(
         }
     }
 
-    // The last push collects at once, while the daemons still answer for
-    // their metrics, and is sent while they stop.
-    let last_push = otlp.map(|pusher| tokio::task::spawn_blocking(move || pusher.stop()));
+    // The last push collects before the daemons stop (they answer for
+    // their own metrics), and is sent while they stop.
+    let last_push = match otlp {
+        Some(pusher) => tokio::task::spawn_blocking(move || pusher.stop_collecting())
+            .await
+            .ok(),
+        None => None,
+    };
     let deadline = Instant::now() + Duration::from_secs(config.shutdown_timeout_secs);
     tracing::info!(
         timeout_secs = config.shutdown_timeout_secs,
@@ -282,7 +287,7 @@ pub async fn run(
     }
     drop(http);
     if let Some(push) = last_push {
-        let _ = push.await;
+        let _ = tokio::task::spawn_blocking(move || push.finish()).await;
     }
     let _ = std::fs::remove_file(queue.root_file("listeners"));
     let _ = std::fs::remove_file(queue.root_file("health"));

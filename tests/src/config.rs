@@ -34,6 +34,8 @@ pub struct TestConfig {
     master_args: Vec<String>,
     /// How the master is told where the config is.
     config_arg: ConfigArg,
+    /// Environment variables for the master (and so its daemons).
+    env: Vec<(String, String)>,
 }
 
 /// The forms of naming the config on the master's command line.
@@ -81,6 +83,7 @@ impl Default for TestConfig {
             raw: Vec::new(),
             master_args: Vec::new(),
             config_arg: ConfigArg::Flag,
+            env: Vec::new(),
         }
     }
 }
@@ -185,6 +188,16 @@ impl TestConfig {
 
     pub fn config_form(&self) -> ConfigArg {
         self.config_arg
+    }
+
+    /// Starts the master with the environment variable `name` set.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn environment(&self) -> &[(String, String)] {
+        &self.env
     }
 
     pub fn listener_count(&self) -> usize {

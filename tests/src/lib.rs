@@ -189,6 +189,8 @@ pub struct Empath {
     child: Child,
     /// The master's arguments, the config's among them.
     master_args: Vec<String>,
+    /// The master's extra environment variables.
+    master_env: Vec<(String, String)>,
     /// Set once the master has been reaped.
     exit: Option<ExitStatus>,
     smtp_addrs: Vec<SocketAddr>,
@@ -213,7 +215,8 @@ impl Empath {
             ConfigArg::WorkingDirectory => Vec::new(),
         };
         master_args.splice(0..0, config_words);
-        let child = spawn_master(&dir_path, &master_args);
+        let env = config.environment().to_vec();
+        let child = spawn_master(&dir_path, &master_args, &env);
         let mut empath = Self {
             dir: Some(dir),
             dir_path,
@@ -221,6 +224,7 @@ impl Empath {
             spool,
             child,
             master_args,
+            master_env: env,
             exit: None,
             smtp_addrs: Vec::new(),
         };
@@ -492,7 +496,7 @@ impl Drop for Empath {
 const STDOUT_FILE: &str = "empath.stdout";
 const STDERR_FILE: &str = "empath.stderr";
 
-fn spawn_master(dir: &Path, args: &[String]) -> Child {
+fn spawn_master(dir: &Path, args: &[String], env: &[(String, String)]) -> Child {
     let output = |name: &str| {
         let path = dir.join(name);
         File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
@@ -500,6 +504,7 @@ fn spawn_master(dir: &Path, args: &[String]) -> Child {
     let mut command = empath_command();
     command
         .args(args)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(output(STDOUT_FILE))

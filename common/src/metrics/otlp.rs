@@ -320,8 +320,24 @@ pub fn push(target: &Target, request: &ExportMetricsServiceRequest) -> Result<()
 
 /// A thread that pushes every interval, and once more when stopped.
 pub struct Pusher {
-    stop: Option<mpsc::Sender<()>>,
+    /// Stops the thread; what is sent is told when the last collection
+    /// is done.
+    stop: Option<mpsc::Sender<mpsc::SyncSender<()>>>,
     thread: Option<JoinHandle<()>>,
+}
+
+/// A pusher making its last push.
+pub struct Stopping {
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Stopping {
+    /// Waits for the last push (at most one request's timeout).
+    pub fn finish(mut self) {
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
+    }
 }
 
 impl Pusher {
@@ -330,7 +346,7 @@ impl Pusher {
         target: Target,
         collect: impl Fn() -> Snapshot + Send + 'static,
     ) -> std::io::Result<Self> {
-        let (stop, stopped) = mpsc::channel::<()>();
+        let (stop, stopped) = mpsc::channel::<mpsc::SyncSender<()>>();
         let start_ns = unix_nanos();
         tracing::info!(
             url = %target.url,
@@ -343,15 +359,19 @@ impl Pusher {
             .spawn(move || {
                 let mut failing = false;
                 loop {
-                    let last = match stopped.recv_timeout(target.interval) {
-                        Err(RecvTimeoutError::Timeout) => false,
-                        Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+                    let (last, collected) = match stopped.recv_timeout(target.interval) {
+                        Err(RecvTimeoutError::Timeout) => (false, None),
+                        Ok(collected) => (true, Some(collected)),
+                        Err(RecvTimeoutError::Disconnected) => (true, None),
                     };
                     let times = Times {
                         start_ns,
                         now_ns: unix_nanos(),
                     };
                     let request = encode(&collect(), &target.service_name, times);
+                    if let Some(collected) = collected {
+                        let _ = collected.send(());
+                    }
                     match push(&target, &request) {
                         Ok(()) if failing => {
                             failing = false;
@@ -393,14 +413,26 @@ impl Pusher {
         }
     }
 
-    /// Pushes one last time and waits for the thread (at most one
-    /// request's timeout). Blocking: from async code, call it in
-    /// `spawn_blocking`.
-    pub fn stop(mut self) {
-        self.stop.take();
-        if let Some(thread) = self.thread.take() {
-            let _ = thread.join();
+    /// Collects the metrics one last time and returns once that is done
+    /// (so the caller can then stop the processes they come from); the
+    /// push goes on in the background until [`Stopping::finish`].
+    /// Blocking: from async code, call it in `spawn_blocking`.
+    pub fn stop_collecting(mut self) -> Stopping {
+        if let Some(stop) = self.stop.take() {
+            let (collected, wait) = mpsc::sync_channel(1);
+            if stop.send(collected).is_ok() {
+                let _ = wait.recv();
+            }
         }
+        Stopping {
+            thread: self.thread.take(),
+        }
+    }
+
+    /// Pushes one last time and waits for it (at most one request's
+    /// timeout). Blocking, as [`Pusher::stop_collecting`].
+    pub fn stop(self) {
+        self.stop_collecting().finish();
     }
 }
 
