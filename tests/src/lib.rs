@@ -203,8 +203,9 @@ impl Empath {
         Self::start_in(test_dir(), config)
     }
 
-    /// Starts the master in `dir`, which the instance then owns.
-    pub(crate) fn start_in(dir: TempDir, config: TestConfig) -> Self {
+    /// Starts the master in `dir` (which may hold a spool already, e.g.
+    /// a restored one), which the instance then owns.
+    pub fn start_in(dir: TempDir, config: TestConfig) -> Self {
         let dir_path = dir.path().to_owned();
         let config_path = config.write_to(&dir_path);
         let spool = dir_path.join("spool");
