@@ -22,8 +22,9 @@ const TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The README's ```sh block that starts with `# {title}`.
 fn readme_block(title: &str) -> String {
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .expect("read README.md");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("read README.md");
     let start = readme
         .find(&format!("```sh\n# {title}"))
         .unwrap_or_else(|| panic!("no ```sh block \"# {title}\" in README.md"));
@@ -49,7 +50,10 @@ fn run_block(block: &str, empath_socket: Option<&Path>, spool: &Path, archive: &
         .filter(|line| empathctl.is_some() || !line.trim_start().starts_with("empathctl"))
         .map(|line| {
             line.replace("/var/spool/empath", &spool.display().to_string())
-                .replace("/backup/empath-spool.tar.gz", &archive.display().to_string())
+                .replace(
+                    "/backup/empath-spool.tar.gz",
+                    &archive.display().to_string(),
+                )
                 .replace("empathctl", empathctl.as_deref().unwrap_or("empathctl"))
         })
         .collect::<Vec<_>>()
@@ -63,8 +67,9 @@ fn a_live_backup_restored_into_a_new_instance_delivers_everything_once() {
     // What the seeds do, and why it does not apply.
     let deployment = seeds::read("DEPLOYMENT.md");
     assert!(deployment.contains("queue_state.bin"));
-    let readme = std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
-        .expect("README.md");
+    let readme =
+        std::fs::read_to_string(Path::new(env!("CARGO_MANIFEST_DIR")).join("../README.md"))
+            .expect("README.md");
     assert!(readme.contains("Empath never writes"));
 
     // The old host: its next hop defers everything.
@@ -96,11 +101,12 @@ fn a_live_backup_restored_into_a_new_instance_delivers_everything_once() {
         old.spool(),
         &archive,
     );
-    let listing = run_bounded(
-        Command::new("tar").arg("-tzf").arg(&archive),
-        TIMEOUT,
+    let listing = run_bounded(Command::new("tar").arg("-tzf").arg(&archive), TIMEOUT);
+    assert!(
+        listing.stdout.contains("deferred/"),
+        "{}",
+        listing.combined()
     );
-    assert!(listing.stdout.contains("deferred/"), "{}", listing.combined());
     for foreign in ["tmp/", "private/", "public/", "master.pid", "frozen"] {
         assert!(
             !listing.stdout.lines().any(|l| l.starts_with(foreign)),
@@ -129,7 +135,10 @@ fn a_live_backup_restored_into_a_new_instance_delivers_everything_once() {
         assert!(entry["attempts"].as_u64() >= Some(1), "{entry}");
     }
     // The block's last step, once the instance runs.
-    assert!(restore.contains("\nempathctl queue process-now"), "{restore}");
+    assert!(
+        restore.contains("\nempathctl queue process-now"),
+        "{restore}"
+    );
     new.empathctl_ok(&["queue", "process-now"]);
 
     let delivered = sink
@@ -137,7 +146,11 @@ fn a_live_backup_restored_into_a_new_instance_delivers_everything_once() {
         .unwrap_or_else(|got| panic!("{got} of {MESSAGES} delivered\n{}", new.log_tail()));
     new.wait_queue_empty(TIMEOUT);
     std::thread::sleep(Duration::from_secs(2));
-    assert_eq!(sink.message_count(), MESSAGES, "a message was delivered twice");
+    assert_eq!(
+        sink.message_count(),
+        MESSAGES,
+        "a message was delivered twice"
+    );
     let ids: BTreeSet<usize> = delivered
         .iter()
         .map(|m| mail::test_id(&m.data).expect("an X-Test-Id"))
