@@ -68,6 +68,8 @@ pub const DAEMONS: [&str; 6] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE];
 
 /// How long the master may take to bind and publish its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new instance's cleanup and qmgr get to bind their sockets.
+const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the master may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
@@ -230,7 +232,28 @@ impl Empath {
             smtp_addrs: Vec::new(),
         };
         empath.smtp_addrs = empath.wait_for_listeners(config.listener_count());
+        empath.wait_for_daemon_sockets();
         empath
+    }
+
+    /// The master publishes its listeners before the daemons are ready,
+    /// and smtpd answers 451 until cleanup listens: wait (a little) for
+    /// cleanup's and qmgr's sockets, so that a test's first message does
+    /// not race their start. Not an assertion: tests of daemons that
+    /// cannot start go on at once.
+    fn wait_for_daemon_sockets(&self) {
+        let private = self.spool.join("private");
+        let _ = poll(DAEMON_READY_TIMEOUT, || {
+            let missing: Vec<&str> = ["cleanup.sock", "qmgr.sock"]
+                .into_iter()
+                .filter(|name| !private.join(name).exists())
+                .collect();
+            if missing.is_empty() || !self.master_running() {
+                Ok(())
+            } else {
+                Err(format!("{missing:?} not there yet"))
+            }
+        });
     }
 
     fn wait_for_listeners(&mut self, expected: usize) -> Vec<SocketAddr> {
