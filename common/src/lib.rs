@@ -20,3 +20,4 @@ pub mod queue;
 pub mod safeio;
 pub mod smtp;
 pub mod time;
+pub mod tls;

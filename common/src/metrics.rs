@@ -14,13 +14,15 @@
 //! `metrics.high_priority_domains`, which always keep their own label.
 
 pub mod exporter;
+pub mod otlp;
 pub mod snapshot;
 
 use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex, OnceLock};
 
 use prometheus::{
-    Histogram, HistogramOpts, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry,
+    Histogram, HistogramOpts, HistogramVec, IntCounter, IntCounterVec, IntGauge, IntGaugeVec, Opts,
+    Registry,
 };
 
 pub use snapshot::{Family, Kind, Sample, Snapshot, Value};
@@ -83,8 +85,9 @@ pub struct Metrics {
     pub dns_cache_evictions_total: IntCounter,
     pub dns_lookup_duration_seconds: Histogram,
     // qmgr
+    delivery_retry_count: Histogram,
     delivery_rate_limited_total: IntCounterVec,
-    pub delivery_rate_limit_delay_seconds: Histogram,
+    delivery_rate_limit_delay_seconds: HistogramVec,
     delivery_circuit_breaker_state: IntGaugeVec,
     delivery_circuit_breaker_trips_total: IntCounterVec,
     pub delivery_queue_age_seconds: Histogram,
@@ -102,6 +105,8 @@ const QUEUE_AGE_BUCKETS: [f64; 12] = [
 ];
 /// Buckets for one DNS lookup.
 const DNS_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
+/// Buckets for the attempts a recipient needed before it was delivered.
+const RETRY_BUCKETS: [f64; 10] = [0.0, 1.0, 2.0, 3.0, 5.0, 8.0, 12.0, 17.0, 25.0, 50.0];
 /// Buckets for how long a rate limit holds a delivery back.
 const DELAY_BUCKETS: [f64; 9] = [0.01, 0.05, 0.1, 0.5, 1.0, 5.0, 10.0, 60.0, 300.0];
 
@@ -148,6 +153,19 @@ impl Metrics {
                 registry.register(Box::new(metric.clone()))?;
                 Ok(metric)
             };
+        let histograms = |name: &str,
+                          help: &str,
+                          buckets: &[f64],
+                          labels: &[&str]|
+         -> Result<HistogramVec, prometheus::Error> {
+            declare(name, help, Kind::Histogram);
+            let metric = HistogramVec::new(
+                HistogramOpts::new(name, help).buckets(buckets.to_vec()),
+                labels,
+            )?;
+            registry.register(Box::new(metric.clone()))?;
+            Ok(metric)
+        };
         let mut metrics = Self {
             declared: Vec::new(),
             smtp_connections_total: counter(
@@ -168,8 +186,8 @@ impl Metrics {
             )?,
             delivery_attempts_total: counters(
                 "empath_delivery_attempts_total",
-                "Delivery attempts per recipient, by outcome (delivered, deferred, failed) and domain.",
-                &["status", "domain"],
+                "Delivery attempts per recipient, by outcome (delivered, deferred, failed), domain and the SMTP reply code.",
+                &["status", "domain", "smtp_code"],
             )?,
             dns_cache_hits_total: counter(
                 "empath_dns_cache_hits_total",
@@ -193,10 +211,16 @@ impl Metrics {
                 "Deliveries held back by a rate limit, by domain.",
                 &["domain"],
             )?,
-            delivery_rate_limit_delay_seconds: histogram(
+            delivery_rate_limit_delay_seconds: histograms(
                 "empath_delivery_rate_limit_delay_seconds",
-                "How long a rate limit held a delivery back.",
+                "How long a rate limit held a delivery back, by domain.",
                 &DELAY_BUCKETS,
+                &["domain"],
+            )?,
+            delivery_retry_count: histogram(
+                "empath_delivery_retry_count",
+                "Earlier attempts a recipient needed before it was delivered (0: the first attempt worked).",
+                &RETRY_BUCKETS,
             )?,
             delivery_circuit_breaker_state: gauges(
                 "empath_delivery_circuit_breaker_state",
@@ -238,19 +262,30 @@ impl Metrics {
         Ok(metrics)
     }
 
-    /// Counts one delivery attempt for one recipient.
-    pub fn delivery_attempt(&self, status: &str, domain: &str) {
+    /// Counts one delivery attempt for one recipient, with the reply code
+    /// that decided it.
+    pub fn delivery_attempt(&self, status: &str, domain: &str, smtp_code: u16) {
         self.delivery_attempts_total
-            .with_label_values(&[status, &domain_label(domain)])
+            .with_label_values(&[status, &domain_label(domain), &smtp_code.to_string()])
             .inc();
+    }
+
+    /// A recipient was delivered after `earlier_attempts` attempts that
+    /// did not deliver it.
+    pub fn delivered_after(&self, earlier_attempts: u32) {
+        self.delivery_retry_count
+            .observe(f64::from(earlier_attempts));
     }
 
     /// Counts a delivery that a rate limit held back for `delay_secs`.
     pub fn rate_limited(&self, domain: &str, delay_secs: f64) {
+        let domain = domain_label(domain);
         self.delivery_rate_limited_total
-            .with_label_values(&[&domain_label(domain)])
+            .with_label_values(&[&domain])
             .inc();
-        self.delivery_rate_limit_delay_seconds.observe(delay_secs);
+        self.delivery_rate_limit_delay_seconds
+            .with_label_values(&[&domain])
+            .observe(delay_secs);
     }
 
     /// Records a domain's circuit breaker state; opening counts a trip.
@@ -300,7 +335,8 @@ impl Metrics {
             .set(i64::from(throttled));
     }
 
-    /// This process's current values.
+    /// This process's current values, with the seeds' other names for
+    /// some of them ([`SEED_NAMES`]).
     pub fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot::from_families(&self.registry.gather());
         for (name, help, kind) in &self.declared {
@@ -313,9 +349,34 @@ impl Metrics {
                 });
             }
         }
+        let copies: Vec<Family> = SEED_NAMES
+            .iter()
+            .filter_map(|(seed_name, ours)| {
+                let family = snapshot.families.iter().find(|f| f.name == *ours)?;
+                Some(Family {
+                    name: (*seed_name).to_owned(),
+                    help: format!("{} (the seeds' name for {ours})", family.help),
+                    ..family.clone()
+                })
+            })
+            .collect();
+        snapshot.families.extend(copies);
         snapshot
     }
 }
+
+/// Metrics that the seeds' architecture document names differently from
+/// their alert runbooks, exported under both names (seed name, our name)
+/// so that the queries of either find them. The runbooks' names are ours.
+pub const SEED_NAMES: [(&str, &str); 4] = [
+    ("empath_connections_total", "empath_smtp_connections_total"),
+    (
+        "empath_messages_received",
+        "empath_smtp_messages_received_total",
+    ),
+    ("dns_cache_hits", "empath_dns_cache_hits_total"),
+    ("dns_cache_misses", "empath_dns_cache_misses_total"),
+];
 
 /// The definitions are constants, so building the registry only fails on
 /// a programming error (a duplicate or malformed name), which the unit
@@ -387,7 +448,7 @@ mod tests {
     fn every_metric_registers_under_a_distinct_name() {
         let metrics = Metrics::new().expect("valid metric definitions");
         metrics.smtp_connections_total.inc();
-        metrics.delivery_attempt(status::DELIVERED, "a.example");
+        metrics.delivery_attempt(status::DELIVERED, "a.example", 250);
         metrics.circuit_breaker("b.example", BreakerState::Open);
         metrics.circuit_breaker("b.example", BreakerState::HalfOpen);
         let snapshot = metrics.snapshot();
@@ -416,6 +477,21 @@ mod tests {
         );
         let trips = family("empath_delivery_circuit_breaker_trips_total");
         assert_eq!(trips.samples[0].value, Value::Scalar(1.0));
+        let attempts = family("empath_delivery_attempts_total");
+        assert!(
+            attempts.samples[0]
+                .labels
+                .contains(&("smtp_code".into(), "250".into())),
+            "{attempts:?}"
+        );
+        for (seed_name, ours) in SEED_NAMES {
+            assert_eq!(
+                family(seed_name).samples,
+                family(ours).samples,
+                "{seed_name}"
+            );
+            assert_eq!(family(seed_name).kind, family(ours).kind, "{seed_name}");
+        }
     }
 
     #[test]

@@ -51,8 +51,10 @@ pub fn socket_path(explicit: Option<&Path>, config_path: &Path) -> PathBuf {
     }
 }
 
+/// The config the master would read without `--config`: the first of
+/// `./empath.config.ron` and `/etc/empath/empath.config.ron` that exists.
 pub fn default_config() -> PathBuf {
-    PathBuf::from(config::DEFAULT_PATH)
+    config::find_default().unwrap_or_else(|| PathBuf::from(config::DEFAULT_PATH))
 }
 
 /// Sends one request and returns the answer.

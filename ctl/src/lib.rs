@@ -2,6 +2,7 @@
 //! `newaliases`.
 
 pub mod client;
+pub mod confirm;
 pub mod dkim;
 pub mod mailq;
 pub mod newaliases;

@@ -84,7 +84,9 @@ fn answer(request: Request, sources: &Sources) {
             )
         }
         (Method::Get | Method::Head, "/metrics") if config.metrics.enabled => {
-            if authorized(&request, config.metrics.api_key.as_deref()) {
+            // metrics.api_key is for the OTLP collector (the seeds'
+            // meaning); only the separate scrape_token guards /metrics.
+            if authorized(&request, config.metrics.scrape_token.as_deref()) {
                 with_type(
                     Response::from_string(render_metrics(&sources.queue)).with_status_code(200),
                     "text/plain; version=0.0.4; charset=utf-8",
@@ -92,7 +94,7 @@ fn answer(request: Request, sources: &Sources) {
             } else {
                 text(
                     401,
-                    "metrics.api_key is set: send Authorization: Bearer <key>\n",
+                    "metrics.scrape_token is set: send Authorization: Bearer <token>\n",
                 )
             }
         }
@@ -204,13 +206,23 @@ impl QueueView {
 
 /// Every daemon's metrics, the master's own, and the queue gauges.
 pub fn render_metrics(queue: &Queue) -> String {
+    collect(queue).render()
+}
+
+/// The metrics of the whole system, for the OTLP push
+/// (`metrics::otlp::Pusher`).
+pub fn collect_snapshot(queue: &Queue) -> metrics::Snapshot {
+    collect(queue).into_snapshot()
+}
+
+fn collect(queue: &Queue) -> Merged {
     let mut merged = Merged::default();
     for snapshot in exporter::scrape(queue, SCRAPE_TIMEOUT) {
         merged.add(&snapshot);
     }
     merged.add(&metrics::get().snapshot());
     merged.add(&queue_snapshot(queue));
-    merged.render()
+    merged
 }
 
 fn queue_snapshot(queue: &Queue) -> metrics::Snapshot {

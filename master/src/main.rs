@@ -11,6 +11,7 @@ mod modules;
 mod privileges;
 mod spawn;
 mod supervisor;
+mod tls_files;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -28,11 +29,24 @@ const EX_CANTCREAT: u8 = 73;
 const EX_OSERR: u8 = 71;
 
 #[derive(Debug, Parser)]
-#[command(name = "empath", version, about = "The Empath mail transfer agent")]
+#[command(
+    name = "empath",
+    version,
+    about = "The Empath mail transfer agent",
+    after_help = "Without CONFIG or --config, empath reads ./empath.config.ron if it exists, \
+                  else /etc/empath/empath.config.ron."
+)]
 struct Args {
+    /// The config file, as the seeds' systemd unit passes it
+    /// (`empath /etc/empath/empath.config.ron`).
+    #[arg(value_name = "CONFIG", conflicts_with = "config")]
+    config_file: Option<PathBuf>,
     /// The config file.
-    #[arg(long, global = true, default_value = config::DEFAULT_PATH)]
-    config: PathBuf,
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
+    /// Validate the config and exit (the same as `check-config`).
+    #[arg(long, global = true)]
+    dry_run: bool,
     /// Log output: human, json or syslog. The daemons inherit it.
     #[arg(long, global = true, value_enum, default_value_t = LogFormat::Human)]
     log_format: LogFormat,
@@ -42,13 +56,42 @@ struct Args {
 
 #[derive(Debug, Subcommand)]
 enum Command {
-    /// Validate the config file and exit.
-    CheckConfig,
+    /// Validate the config file (syntax, values, module and TLS files) and exit.
+    CheckConfig {
+        /// The config file (or --config).
+        #[arg(value_name = "CONFIG", conflicts_with = "config")]
+        config_file: Option<PathBuf>,
+    },
+}
+
+impl Args {
+    /// The config file named on the command line, in any of its forms.
+    fn named_config(&self) -> Option<&PathBuf> {
+        let in_subcommand = match &self.command {
+            Some(Command::CheckConfig { config_file }) => config_file.as_ref(),
+            None => None,
+        };
+        self.config_file
+            .as_ref()
+            .or(self.config.as_ref())
+            .or(in_subcommand)
+    }
+
+    fn check_only(&self) -> bool {
+        self.dry_run || matches!(self.command, Some(Command::CheckConfig { .. }))
+    }
 }
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    let config = match Config::load(&args.config) {
+    let Some(path) = args.named_config().cloned().or_else(config::find_default) else {
+        eprintln!(
+            "empath: no config file: none named, and neither {} exists",
+            config::SEARCH_PATHS.join(" nor ")
+        );
+        return ExitCode::from(EX_CONFIG);
+    };
+    let config = match Config::load(&path) {
         Ok(config) => config,
         Err(error) => {
             eprintln!("empath: {error}");
@@ -59,7 +102,11 @@ fn main() -> ExitCode {
         eprintln!("empath: {message}");
         return ExitCode::from(EX_CONFIG);
     }
-    if let Some(Command::CheckConfig) = args.command {
+    if args.check_only() {
+        if let Err(message) = tls_files::check(&config) {
+            eprintln!("empath: {message}");
+            return ExitCode::from(EX_CONFIG);
+        }
         println!("{}: config OK", config.path.display());
         return ExitCode::SUCCESS;
     }

@@ -225,6 +225,7 @@ pub async fn run(
     })?;
     let shared_config = Arc::new(RwLock::new(Arc::clone(&config)));
     let http = start_http(&config, &queue, &shared_config, &status);
+    let mut otlp = start_otlp(&config, &queue);
     let mut control =
         crate::control_socket::start(&config, &queue, started, &status, settings.run_as);
     tracing::info!(pid = std::process::id(), spool = %queue.root().display(), "empath started");
@@ -235,6 +236,8 @@ pub async fn run(
                 if let Some(new) = reload(&config, &slots).await {
                     config = new;
                     anvil.set_limits(&config);
+                    stop_otlp(otlp.take());
+                    otlp = start_otlp(&config, &queue);
                     *shared_config.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&config);
                     if let Some(task) = control.take() {
                         task.abort();
@@ -247,6 +250,14 @@ pub async fn run(
         }
     }
 
+    // The last push collects before the daemons stop (they answer for
+    // their own metrics), and is sent while they stop.
+    let last_push = match otlp {
+        Some(pusher) => tokio::task::spawn_blocking(move || pusher.stop_collecting())
+            .await
+            .ok(),
+        None => None,
+    };
     let deadline = Instant::now() + Duration::from_secs(config.shutdown_timeout_secs);
     tracing::info!(
         timeout_secs = config.shutdown_timeout_secs,
@@ -276,6 +287,9 @@ pub async fn run(
         task.abort();
     }
     drop(http);
+    if let Some(push) = last_push {
+        let _ = tokio::task::spawn_blocking(move || push.finish()).await;
+    }
     let _ = std::fs::remove_file(queue.root_file("listeners"));
     let _ = std::fs::remove_file(queue.root_file("health"));
     let _ = std::fs::remove_file(queue.root_file("master.pid"));
@@ -309,6 +323,23 @@ fn start_http(
             tracing::error!(%error, "health and metrics endpoints are not available");
             None
         }
+    }
+}
+
+/// Pushes the metrics of the whole system to an OTLP collector, if the
+/// config or the environment names one.
+fn start_otlp(config: &Config, queue: &Queue) -> Option<metrics::otlp::Pusher> {
+    let queue = queue.clone();
+    metrics::otlp::Pusher::from_config(&config.metrics, move || {
+        crate::http::collect_snapshot(&queue)
+    })
+}
+
+/// Stops a pusher without holding up the runtime (its last push may wait
+/// for a slow collector).
+fn stop_otlp(pusher: Option<metrics::otlp::Pusher>) {
+    if let Some(pusher) = pusher {
+        tokio::task::spawn_blocking(move || pusher.stop());
     }
 }
 

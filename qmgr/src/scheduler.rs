@@ -481,9 +481,16 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
         let Some(message) = self.active.get_mut(&job.id) else {
             return;
         };
+        let metrics = empath_common::metrics::get();
         for result in &report.results {
-            empath_common::metrics::get()
-                .delivery_attempt(metric_status(result.outcome), &job.domain);
+            metrics.delivery_attempt(
+                metric_status(result.outcome),
+                &job.domain,
+                result.reply.code,
+            );
+            if result.outcome == Outcome::Delivered {
+                metrics.delivered_after(message.envelope.attempts);
+            }
         }
         jobs::apply(&mut message.envelope, report, unix_now());
         events::report(&self.modules, &message.envelope, job, report);

@@ -6,8 +6,6 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, PoisonError, RwLock};
 
 use rustls::ServerConfig;
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, PrivateKeyDer};
 use tokio_rustls::TlsAcceptor;
 
 /// One listener's TLS config, replaced whole on reload.
@@ -72,26 +70,10 @@ impl TlsSlot {
     }
 }
 
-/// A rustls server config from PEM files.
+/// A rustls server config from PEM files (loaded as `empath
+/// check-config` loads them).
 pub fn load(key: &Path, certificate: &Path) -> Result<ServerConfig, String> {
-    let chain: Vec<CertificateDer<'static>> = CertificateDer::pem_file_iter(certificate)
-        .map_err(|e| format!("{}: {e}", certificate.display()))?
-        .collect::<Result<_, _>>()
-        .map_err(|e| format!("{}: {e}", certificate.display()))?;
-    if chain.is_empty() {
-        return Err(format!(
-            "{}: no certificate in the file",
-            certificate.display()
-        ));
-    }
-    let key = PrivateKeyDer::from_pem_file(key).map_err(|e| format!("{}: {e}", key.display()))?;
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| e.to_string())?
-        .with_no_client_auth()
-        .with_single_cert(chain, key)
-        .map_err(|e| format!("{}: {e}", certificate.display()))
+    empath_common::tls::server_config(key, certificate).map_err(|e| e.to_string())
 }
 
 #[cfg(test)]

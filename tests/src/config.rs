@@ -32,6 +32,23 @@ pub struct TestConfig {
     raw: Vec<String>,
     /// Arguments for the master after `--config FILE`.
     master_args: Vec<String>,
+    /// How the master is told where the config is.
+    config_arg: ConfigArg,
+    /// Environment variables for the master (and so its daemons).
+    env: Vec<(String, String)>,
+}
+
+/// The forms of naming the config on the master's command line.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum ConfigArg {
+    /// `empath --config FILE`.
+    #[default]
+    Flag,
+    /// `empath FILE`, as the seeds' systemd unit starts it.
+    Positional,
+    /// `empath` alone, in the directory that holds `empath.config.ron`,
+    /// as the seeds' containers start it.
+    WorkingDirectory,
 }
 
 impl Default for TestConfig {
@@ -65,6 +82,8 @@ impl Default for TestConfig {
             ]),
             raw: Vec::new(),
             master_args: Vec::new(),
+            config_arg: ConfigArg::Flag,
+            env: Vec::new(),
         }
     }
 }
@@ -159,6 +178,26 @@ impl TestConfig {
 
     pub fn master_args(&self) -> &[String] {
         &self.master_args
+    }
+
+    /// Names the config on the master's command line in this form.
+    pub fn config_arg(mut self, form: ConfigArg) -> Self {
+        self.config_arg = form;
+        self
+    }
+
+    pub fn config_form(&self) -> ConfigArg {
+        self.config_arg
+    }
+
+    /// Starts the master with the environment variable `name` set.
+    pub fn env(mut self, name: &str, value: &str) -> Self {
+        self.env.push((name.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn environment(&self) -> &[(String, String)] {
+        &self.env
     }
 
     pub fn listener_count(&self) -> usize {

@@ -31,6 +31,7 @@ pub mod procfs;
 pub mod reliability;
 pub mod rogue;
 pub mod run;
+pub mod seeds;
 pub mod sink;
 pub mod smtpd;
 pub mod wire;
@@ -49,7 +50,7 @@ use nix::unistd::Pid;
 use tempfile::TempDir;
 
 pub use client::{SendReport, SendResult, SmtpSend};
-pub use config::TestConfig;
+pub use config::{ConfigArg, TestConfig};
 pub use deliveries::{Deliveries, Times};
 pub use mail::TestMessage;
 pub use procfs::ProcInfo;
@@ -69,6 +70,8 @@ pub const DAEMONS: [&str; 6] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE];
 
 /// How long the master may take to bind and publish its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a new instance's cleanup and qmgr get to bind their sockets.
+const DAEMON_READY_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long the master may take to stop after SIGTERM before it is killed.
 const STOP_TIMEOUT: Duration = Duration::from_secs(10);
 const POLL: Duration = Duration::from_millis(20);
@@ -188,8 +191,10 @@ pub struct Empath {
     config_path: PathBuf,
     spool: PathBuf,
     child: Child,
-    /// The master's arguments after `--config FILE`.
+    /// The master's arguments, the config's among them.
     master_args: Vec<String>,
+    /// The master's extra environment variables.
+    master_env: Vec<(String, String)>,
     /// Set once the master has been reaped.
     exit: Option<ExitStatus>,
     smtp_addrs: Vec<SocketAddr>,
@@ -202,13 +207,21 @@ impl Empath {
         Self::start_in(test_dir(), config)
     }
 
-    /// Starts the master in `dir`, which the instance then owns.
-    pub(crate) fn start_in(dir: TempDir, config: TestConfig) -> Self {
+    /// Starts the master in `dir` (which may hold a spool already, e.g.
+    /// a restored one), which the instance then owns.
+    pub fn start_in(dir: TempDir, config: TestConfig) -> Self {
         let dir_path = dir.path().to_owned();
         let config_path = config.write_to(&dir_path);
         let spool = dir_path.join("spool");
-        let master_args = config.master_args().to_vec();
-        let child = spawn_master(&dir_path, &config_path, &master_args);
+        let mut master_args = config.master_args().to_vec();
+        let config_words: Vec<String> = match config.config_form() {
+            ConfigArg::Flag => vec!["--config".into(), config_path.display().to_string()],
+            ConfigArg::Positional => vec![config_path.display().to_string()],
+            ConfigArg::WorkingDirectory => Vec::new(),
+        };
+        master_args.splice(0..0, config_words);
+        let env = config.environment().to_vec();
+        let child = spawn_master(&dir_path, &master_args, &env);
         let mut empath = Self {
             dir: Some(dir),
             dir_path,
@@ -216,11 +229,33 @@ impl Empath {
             spool,
             child,
             master_args,
+            master_env: env,
             exit: None,
             smtp_addrs: Vec::new(),
         };
         empath.smtp_addrs = empath.wait_for_listeners(config.listener_count());
+        empath.wait_for_daemon_sockets();
         empath
+    }
+
+    /// The master publishes its listeners before the daemons are ready,
+    /// and smtpd answers 451 until cleanup listens: wait (a little) for
+    /// cleanup's and qmgr's sockets, so that a test's first message does
+    /// not race their start. Not an assertion: tests of daemons that
+    /// cannot start go on at once.
+    fn wait_for_daemon_sockets(&self) {
+        let private = self.spool.join("private");
+        let _ = poll(DAEMON_READY_TIMEOUT, || {
+            let missing: Vec<&str> = ["cleanup.sock", "qmgr.sock"]
+                .into_iter()
+                .filter(|name| !private.join(name).exists())
+                .collect();
+            if missing.is_empty() || !self.master_running() {
+                Ok(())
+            } else {
+                Err(format!("{missing:?} not there yet"))
+            }
+        });
     }
 
     fn wait_for_listeners(&mut self, expected: usize) -> Vec<SocketAddr> {
@@ -487,16 +522,15 @@ impl Drop for Empath {
 const STDOUT_FILE: &str = "empath.stdout";
 const STDERR_FILE: &str = "empath.stderr";
 
-fn spawn_master(dir: &Path, config_path: &Path, args: &[String]) -> Child {
+fn spawn_master(dir: &Path, args: &[String], env: &[(String, String)]) -> Child {
     let output = |name: &str| {
         let path = dir.join(name);
         File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
     };
     let mut command = empath_command();
     command
-        .arg("--config")
-        .arg(config_path)
         .args(args)
+        .envs(env.iter().map(|(name, value)| (name, value)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(output(STDOUT_FILE))

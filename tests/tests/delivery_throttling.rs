@@ -31,6 +31,14 @@ fn send(empath: &Empath, count: usize, rcpt: &str) {
 /// Tells qmgr something over its socket, as the control plane does.
 fn tell_qmgr(empath: &Empath, notice: QmgrNotice) {
     let socket = Queue::new(empath.spool().to_owned()).private_socket(protocol::QMGR);
+    // The master publishes its listeners before qmgr has bound its socket.
+    empath.wait_until("qmgr's socket", Duration::from_secs(30), || {
+        if socket.exists() {
+            Ok(())
+        } else {
+            Err(format!("no {}", socket.display()))
+        }
+    });
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

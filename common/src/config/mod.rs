@@ -33,6 +33,20 @@ pub use values::{DomainTransport, Extension, HostPort, ListenAddr, Listener, Lmt
 /// The default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/empath/empath.config.ron";
 
+/// Where the master (and empathctl) look for the config when none is
+/// named, in order: the working directory (the seeds' containers mount
+/// the config at `/app/empath.config.ron` and start `empath` in `/app`
+/// with no argument), then [`DEFAULT_PATH`].
+pub const SEARCH_PATHS: [&str; 2] = ["./empath.config.ron", DEFAULT_PATH];
+
+/// The first of [`SEARCH_PATHS`] that exists, if any.
+pub fn find_default() -> Option<PathBuf> {
+    SEARCH_PATHS
+        .iter()
+        .map(PathBuf::from)
+        .find(|path| path.exists())
+}
+
 /// A loaded and validated configuration, with the file it came from.
 #[derive(Debug, Clone)]
 pub struct Config {
@@ -486,6 +500,23 @@ mod tests {
                 }
             ]
         );
+    }
+
+    #[test]
+    fn a_domain_limit_without_burst_size_gets_twice_its_rate() {
+        let text = MINIMAL.replace(
+            "spool: (path: \"/tmp/empath-spool\"),",
+            "spool: (path: \"/tmp/empath-spool\"),\n    delivery: (rate_limit: (domain_limits: {\n        \"slow.example\": (messages_per_second: 2.5),\n        \"trickle.example\": (messages_per_second: 0.1),\n        \"set.example\": (messages_per_second: 5.0, burst_size: 7),\n    })),",
+        );
+        let config = parse(&text).unwrap_or_else(|e| panic!("{e}\n{text}"));
+        let limits = &config.delivery.rate_limit.domain_limits;
+        assert_eq!(limits["slow.example"].burst_size, 5);
+        assert_eq!(limits["trickle.example"].burst_size, 1);
+        assert_eq!(limits["set.example"].burst_size, 7);
+        let typo = text.replace("burst_size: 7", "burst_sise: 7");
+        let error = parse(&typo).unwrap_err();
+        assert!(error.message.contains("burst_sise"), "{error}");
+        assert_eq!(error.line, Some(7), "{error}");
     }
 
     #[test]

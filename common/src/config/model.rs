@@ -331,11 +331,37 @@ impl Default for RateLimit {
     }
 }
 
+/// A domain's own rate. `burst_size` may be left out (the alert runbook's
+/// example does): it is then twice the rate, the guide's rule of thumb,
+/// and at least 1.
 #[derive(Debug, Clone, Deserialize)]
-#[serde(deny_unknown_fields)]
+#[serde(from = "DomainRateLimitFields")]
 pub struct DomainRateLimit {
     pub messages_per_second: f64,
     pub burst_size: u32,
+}
+
+/// `DomainRateLimit` as written, before `burst_size` gets its default.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DomainRateLimitFields {
+    messages_per_second: f64,
+    #[serde(default)]
+    burst_size: Option<u32>,
+}
+
+impl From<DomainRateLimitFields> for DomainRateLimit {
+    fn from(fields: DomainRateLimitFields) -> Self {
+        let burst_size = fields.burst_size.unwrap_or_else(|| {
+            // A saturating cast: NaN and negative rates give 0 (then 1),
+            // and validation rejects them anyway.
+            ((fields.messages_per_second * 2.0).ceil() as u32).max(1)
+        });
+        Self {
+            messages_per_second: fields.messages_per_second,
+            burst_size,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -349,13 +375,20 @@ pub struct ControlAuth {
 #[serde(deny_unknown_fields, default)]
 pub struct Metrics {
     pub enabled: bool,
-    /// OTLP endpoint of the single-process design. Empath serves
-    /// Prometheus `/metrics` on the health listener instead; the key is
-    /// accepted so that existing configs load.
+    /// Where to push the metrics over OTLP/HTTP (the full URL, as
+    /// `http://otel-collector:4318/v1/metrics`); by default the
+    /// `OTEL_EXPORTER_OTLP_*` environment decides (see `metrics::otlp`).
     pub endpoint: Option<String>,
     pub max_domain_cardinality: usize,
     pub high_priority_domains: Vec<String>,
+    /// Sent to the OTLP collector as `Authorization: Bearer <key>`;
+    /// `"$ENV:NAME"` reads it from the environment variable NAME.
     pub api_key: Option<String>,
+    /// When set, `/metrics` answers only requests with
+    /// `Authorization: Bearer <scrape_token>` (Prometheus's
+    /// `authorization: { credentials: ... }`). Not in the seeds, where
+    /// `/metrics` is open.
+    pub scrape_token: Option<String>,
 }
 
 impl Default for Metrics {
@@ -366,6 +399,7 @@ impl Default for Metrics {
             max_domain_cardinality: 1000,
             high_priority_domains: Vec::new(),
             api_key: None,
+            scrape_token: None,
         }
     }
 }

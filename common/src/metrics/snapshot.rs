@@ -179,6 +179,25 @@ impl Merged {
         self.families.get(name)?.2.get(&wanted)
     }
 
+    /// The sums as one snapshot, e.g. to push them elsewhere.
+    pub fn into_snapshot(self) -> Snapshot {
+        Snapshot {
+            families: self
+                .families
+                .into_iter()
+                .map(|(name, (help, kind, samples))| Family {
+                    name,
+                    help,
+                    kind,
+                    samples: samples
+                        .into_iter()
+                        .map(|(labels, value)| Sample { labels, value })
+                        .collect(),
+                })
+                .collect(),
+        }
+    }
+
     /// The Prometheus text exposition format (version 0.0.4).
     pub fn render(&self) -> String {
         let mut out = String::new();

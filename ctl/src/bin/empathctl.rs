@@ -10,7 +10,7 @@ use empath_common::control::{
     ControlRequest, ControlResponse, DnsCommand, ListStatus, QueueCommand, SystemCommand,
 };
 use empath_common::queue::QueueId;
-use empath_ctl::{client, render};
+use empath_ctl::{client, confirm, render};
 
 #[derive(Debug, Parser)]
 #[command(name = "empathctl", version, about = "Control a running Empath MTA")]
@@ -73,7 +73,7 @@ enum DkimArgs {
 enum QueueArgs {
     /// List queued messages.
     List {
-        /// pending, active, retry, held or failed.
+        /// pending, active (also: in-progress), retry, held or failed.
         #[arg(long, value_parser = parse_status)]
         status: Option<ListStatus>,
         /// Only messages with recipients in this domain.
@@ -85,11 +85,11 @@ enum QueueArgs {
     },
     /// Show one message: envelope, recipients, last error, headers, body preview.
     View { id: QueueId },
-    /// Delete a message from the queue.
+    /// Delete a message from the queue (asks first on a terminal).
     Delete {
         id: QueueId,
-        /// Confirm the deletion.
-        #[arg(long)]
+        /// Delete without asking (for scripts; required without a terminal).
+        #[arg(long, short = 'y')]
         yes: bool,
     },
     /// Retry a deferred message now.
@@ -136,14 +136,35 @@ enum DnsArgs {
     ListOverrides,
 }
 
+/// The statuses `queue list --status` takes: ours, and the seeds'.
+/// `in-progress` is our `active`; `completed` and `expired` have no
+/// equivalent in a queue that only holds undelivered mail, so they are
+/// refused with what to use instead.
 fn parse_status(text: &str) -> Result<ListStatus, String> {
-    ListStatus::parse(text).ok_or_else(|| {
-        let names: Vec<&str> = ListStatus::ALL.iter().map(|s| s.name()).collect();
-        format!(
-            "unknown status {text:?}; expected one of {}",
-            names.join(", ")
-        )
-    })
+    if let Some(status) = ListStatus::parse(text) {
+        return Ok(status);
+    }
+    match text.to_ascii_lowercase().replace('_', "-").as_str() {
+        "in-progress" => Ok(ListStatus::Active),
+        "completed" => Err(
+            "Empath keeps no `completed` messages: a message leaves the queue \
+             as soon as every recipient is delivered or bounced (see the `delivered` log lines); \
+             `active` lists the ones being delivered now"
+                .to_owned(),
+        ),
+        "expired" => Err("Empath keeps no `expired` messages: a message older than \
+             delivery.max_queue_lifetime_secs is bounced at once and leaves the queue; \
+             until its bounce is sent it is listed as `failed`, and `retry` lists the ones \
+             still waiting"
+            .to_owned()),
+        _ => {
+            let names: Vec<&str> = ListStatus::ALL.iter().map(|s| s.name()).collect();
+            Err(format!(
+                "unknown status {text:?}; expected one of {} (or in-progress, the same as active)",
+                names.join(", ")
+            ))
+        }
+    }
 }
 
 fn request_for(group: &Group) -> Result<ControlRequest, String> {
@@ -160,8 +181,8 @@ fn request_for(group: &Group) -> Result<ControlRequest, String> {
             },
             QueueArgs::View { id } => QueueCommand::View { id: *id },
             QueueArgs::Delete { id, yes } => {
-                if !yes {
-                    return Err(format!("refusing to delete {id} without --yes"));
+                if !yes && !confirm::ask(&format!("Delete message {id} from the queue?"))? {
+                    return Err(format!("{id} not deleted"));
                 }
                 QueueCommand::Delete { id: *id }
             }
