@@ -4,19 +4,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use empath_common::ipc::{self, write_frame};
-use empath_common::protocol::{self, CleanupReply, CleanupRequest, DSN_METADATA, Submission};
+use empath_common::cleanup_client;
+use empath_common::protocol::{self, CleanupReply, DSN_METADATA, Submission};
 use empath_common::queue::{ClientInfo, DsnParams, Queue, QueueId, Recipient};
 
 use crate::dsn::Built;
 use crate::policy::NoticeKind;
 
-/// How long cleanup may take to accept the connection.
-const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
-/// How long the whole submission may take (cleanup fsyncs).
+/// How long each step of the submission may take (cleanup fsyncs).
 const SUBMIT_TIMEOUT: Duration = Duration::from_secs(60);
-/// Content is streamed in frames of this size.
-const CHUNK: usize = 64 * 1024;
 
 /// Queues `notice` for `recipient` and returns its queue ID.
 pub async fn submit(
@@ -26,9 +22,6 @@ pub async fn submit(
     notice: &Built,
 ) -> Result<QueueId, String> {
     let socket = queue.private_socket(protocol::CLEANUP);
-    let mut stream = ipc::connect(&socket, CONNECT_TIMEOUT)
-        .await
-        .map_err(|e| format!("cannot reach cleanup: {e}"))?;
     let submission = Submission {
         // Never anything but `<>`: a notice must not cause another notice
         // to the sender of the original (RFC 3461 section 6.2).
@@ -44,16 +37,8 @@ pub async fn submit(
         smtputf8: notice.smtputf8,
         queue_id: None,
     };
-    let send = async {
-        write_frame(&mut stream, &CleanupRequest::Begin(submission)).await?;
-        for chunk in notice.message.chunks(CHUNK) {
-            write_frame(&mut stream, &CleanupRequest::Chunk(chunk.to_vec())).await?;
-        }
-        ipc::call::<_, _, CleanupReply>(&mut stream, &CleanupRequest::End).await
-    };
-    let reply = tokio::time::timeout(SUBMIT_TIMEOUT, send)
+    let reply = cleanup_client::submit(&socket, submission, &notice.message, SUBMIT_TIMEOUT)
         .await
-        .map_err(|_| format!("cleanup did not answer within {SUBMIT_TIMEOUT:?}"))?
         .map_err(|e| format!("submitting to cleanup: {e}"))?;
     match reply {
         CleanupReply::Queued { id } => Ok(id),

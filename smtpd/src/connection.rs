@@ -21,7 +21,6 @@ use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader
 use tokio::time::Instant;
 
 use crate::auth::{self, Mechanism};
-use crate::cleanup_client::{CHUNK_SIZE, CleanupClient};
 use crate::data_decoder::{BareLineEndings, DataDecoder};
 use crate::lines::{self, Line, MAX_COMMAND_LINE};
 use crate::mail_filters::{self, EndOfMessage, Refusal, SessionFilters, Stage};
@@ -30,6 +29,7 @@ use crate::parser::{Command, parse_command};
 use crate::reply;
 use crate::session::{Action, Session};
 use crate::settings::Settings;
+use empath_common::cleanup_client::{CHUNK_SIZE, CleanupClient};
 use empath_common::config::BareLineEndings as BareLineEndingsPolicy;
 
 /// A client stream: TCP, a TLS stream over it, or a test pipe.

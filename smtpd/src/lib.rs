@@ -13,7 +13,6 @@
 //! - [`reply`]: every reply we send;
 //! - [`lines`]: bounded command-line reading;
 //! - [`connection`]: the I/O of one client, with timeouts;
-//! - [`cleanup_client`]: streaming a message to cleanup;
 //! - [`module_hooks`]: the plugin modules' calls during a session;
 //! - [`mail_filters`]: the milters and authentication checks of a session;
 //! - [`settings`]: per-listener settings from the config;
@@ -21,7 +20,6 @@
 
 pub mod anvil;
 pub mod auth;
-pub mod cleanup_client;
 pub mod connection;
 pub mod data_decoder;
 pub mod limits;

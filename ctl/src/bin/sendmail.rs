@@ -7,10 +7,10 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
+use empath_common::cleanup_client::CleanupClient;
 use empath_common::config::{self, Config};
-use empath_common::ipc::{self, write_frame};
 use empath_common::maildrop::{self, DropFile};
-use empath_common::protocol::{CleanupReply, CleanupRequest, Submission};
+use empath_common::protocol::{CleanupReply, Submission};
 use empath_common::queue::{ClientInfo, DsnParams, Queue, QueueId, Recipient};
 use empath_common::safeio;
 use empath_ctl::sendmail::{self, Options};
@@ -135,18 +135,6 @@ enum Submit {
 
 async fn submit(queue: &Queue, drop: &DropFile) -> Result<QueueId, Submit> {
     let socket = queue.public_path("submit.sock");
-    let mut stream = match ipc::connect(&socket, Duration::from_secs(5)).await {
-        Ok(stream) => stream,
-        Err(e)
-            if matches!(
-                e.kind(),
-                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
-            ) =>
-        {
-            return Err(Submit::NotRunning);
-        }
-        Err(e) => return Err(Submit::Failed(e.to_string())),
-    };
     let submission = Submission {
         sender: drop.sender.clone(),
         recipients: drop.recipients.iter().map(Recipient::new).collect(),
@@ -157,12 +145,23 @@ async fn submit(queue: &Queue, drop: &DropFile) -> Result<QueueId, Submit> {
         smtputf8: false,
         queue_id: None,
     };
-    let exchange = async {
-        write_frame(&mut stream, &CleanupRequest::Begin(submission)).await?;
-        for chunk in drop.content.chunks(64 * 1024) {
-            write_frame(&mut stream, &CleanupRequest::Chunk(chunk.to_vec())).await?;
+    let metadata = submission.metadata.clone();
+    let timeout = Duration::from_secs(60);
+    let mut client = match CleanupClient::begin(&socket, submission, timeout).await {
+        Ok(client) => client,
+        Err(e)
+            if matches!(
+                e.kind(),
+                io::ErrorKind::NotFound | io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            return Err(Submit::NotRunning);
         }
-        ipc::call::<_, _, CleanupReply>(&mut stream, &CleanupRequest::End).await
+        Err(e) => return Err(Submit::Failed(e.to_string())),
+    };
+    let exchange = async {
+        client.write(&drop.content).await?;
+        client.commit(metadata).await
     };
     match exchange.await {
         Ok(CleanupReply::Queued { id }) => Ok(id),

@@ -331,7 +331,7 @@ async fn large_message_is_streamed_in_bounded_chunks() {
         record
             .chunk_sizes
             .iter()
-            .all(|&size| size <= crate::cleanup_client::CHUNK_SIZE)
+            .all(|&size| size <= empath_common::cleanup_client::CHUNK_SIZE)
     );
 }
 

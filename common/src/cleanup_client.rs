@@ -1,7 +1,9 @@
-//! Streaming one message to cleanup (see `empath_common::protocol`):
-//! `Begin`, content in `Chunk`s of about 64 KiB as it arrives, then `End`
-//! and cleanup's answer, or `Abort`. Every step is bounded by a timeout, so
-//! a stuck cleanup cannot hold a session forever.
+//! The one client of cleanup's protocol (see [`crate::protocol`]), for
+//! every program that queues mail: smtpd streams a message as it
+//! arrives; bounce, sendmail and empath-local hand over one they hold
+//! ([`submit`]). `Begin`, content in `Chunk`s of about 64 KiB, then `End`
+//! and cleanup's answer, or `Abort`. Every step is bounded by a timeout,
+//! so a stuck cleanup cannot hold its client forever.
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -9,9 +11,9 @@ use std::io;
 use std::path::Path;
 use std::time::Duration;
 
-use empath_common::edits::Edit;
-use empath_common::ipc;
-use empath_common::protocol::{CleanupReply, CleanupRequest, Submission};
+use crate::edits::Edit;
+use crate::ipc;
+use crate::protocol::{CleanupReply, CleanupRequest, Submission};
 use tokio::net::UnixStream;
 
 /// Content is sent in frames of this size: large enough to keep framing
@@ -119,6 +121,20 @@ impl CleanupClient {
         )
         .await;
     }
+}
+
+/// Queues one whole message and returns cleanup's answer: `Queued` only
+/// once the message is durable.
+pub async fn submit(
+    socket: &Path,
+    submission: Submission,
+    content: &[u8],
+    timeout: Duration,
+) -> io::Result<CleanupReply> {
+    let metadata = submission.metadata.clone();
+    let mut client = CleanupClient::begin(socket, submission, timeout).await?;
+    client.write(content).await?;
+    client.commit(metadata).await
 }
 
 async fn bounded<T>(
