@@ -15,4 +15,5 @@ pub mod protocol;
 pub mod queue;
 pub mod safeio;
 pub mod smtp;
+pub mod supervision;
 pub mod time;

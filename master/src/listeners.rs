@@ -1,5 +1,7 @@
-//! Binding the SMTP listeners, and the files in the spool that tell
-//! operators and tests what the master is doing.
+//! Binding the SMTP listeners and the health listener (the master binds,
+//! the daemons accept: smtpd on the SMTP ones, empath-anvil on the health
+//! one), and the files in the spool that tell operators and tests what
+//! the master is doing.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -33,6 +35,34 @@ pub fn bind_all(config: &Config) -> Result<Bound, String> {
     Ok(bound)
 }
 
+/// Binds `health.listen_address` for empath-anvil, and publishes its
+/// address in the spool's `health` file. `None` when health is disabled,
+/// or when it cannot be bound: mail flows without health checks, and the
+/// log says so loudly.
+pub fn bind_health(config: &Config, queue: &Queue) -> Option<TcpListener> {
+    if !config.health.enabled {
+        return None;
+    }
+    let addr = config.health.listen_address.0;
+    let bound = TcpListener::bind(addr).and_then(|socket| {
+        let local = socket.local_addr()?;
+        Ok((socket, local))
+    });
+    match bound {
+        Ok((socket, local)) => {
+            tracing::info!(address = %local, "listening for /health and /metrics (served by empath-anvil)");
+            if let Err(error) = publish(queue, "health", &format!("{local}\n")) {
+                tracing::warn!(%error, "cannot publish the health address");
+            }
+            Some(socket)
+        }
+        Err(error) => {
+            tracing::error!(%error, address = %addr, "health.listen_address: cannot listen; health and metrics endpoints are not available");
+            None
+        }
+    }
+}
+
 /// Takes the spool lock so that two masters never share one queue. The
 /// lock is held for as long as the returned file is open.
 pub fn lock_spool(queue: &Queue) -> Result<File, String> {
@@ -55,9 +85,30 @@ pub fn lock_spool(queue: &Queue) -> Result<File, String> {
 }
 
 /// Writes `name` under the spool root atomically, so a reader never sees
-/// half of it.
+/// half of it; readable by all (mode 0644). The spool belongs to the
+/// daemons' user: the temp file is created exclusively (`O_EXCL` does not
+/// follow a symlink planted there) and renamed, so the root master writes
+/// nowhere else.
 pub fn publish(queue: &Queue, name: &str, contents: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
     let tmp = queue.root_file(&format!(".{name}.tmp"));
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, queue.root_file(name))
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    let written = File::options()
+        .write(true)
+        .create_new(true)
+        .mode(0o644)
+        .open(&tmp)
+        .and_then(|mut file| {
+            file.write_all(contents.as_bytes())?;
+            file.sync_all()
+        })
+        .and_then(|()| std::fs::rename(&tmp, queue.root_file(name)));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written
 }

@@ -44,17 +44,18 @@ fn main() -> ExitCode {
     let hostname = config.hostname();
     let cleanup_socket = queue.private_socket(CLEANUP);
     let relay = Arc::new(RelayPolicy::new(&hostname, &config.smtpd));
-    let limits = ConnectionLimits::new(
+    let limits = ConnectionLimits::with_exceptions(
         config.smtpd.max_connections,
         config.smtpd.max_connections_per_ip,
+        config.smtpd.connection_limit_exceptions().to_vec(),
     );
     let result: Result<(), String> = runtime.block_on(async {
         // Registered before anything else, so that a SIGHUP from the
         // master never finds the default action (which would kill us).
         let hangups = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())
             .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
-        let auth = AuthState::new(&config.smtpd.auth);
         let anvil = AnvilClient::start(queue.private_socket(ANVIL));
+        let auth = AuthState::with_anvil(&config.smtpd.auth, Some(Arc::clone(&anvil)));
         let mut tls_slots = Vec::new();
         let mut accepting = tokio::task::JoinSet::new();
         for (socket, listener) in inherited.into_iter().zip(configured) {

@@ -58,7 +58,8 @@ pub const CLEANUP: &str = "empath-cleanup";
 pub const QMGR: &str = "empath-qmgr";
 pub const SMTP_OUT: &str = "empath-smtp-out";
 pub const BOUNCE: &str = "empath-bounce";
-pub const DAEMONS: [&str; 5] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, BOUNCE];
+pub const ANVIL: &str = "empath-anvil";
+pub const DAEMONS: [&str; 6] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, BOUNCE, ANVIL];
 
 /// How long the master may take to bind and publish its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
