@@ -29,12 +29,12 @@ TARGET_DIR ?= target
 BUILT = $(TARGET_DIR)/$(PROFILE)
 CARGO_PROFILE_FLAG = $(if $(filter release,$(PROFILE)),--release,--profile $(PROFILE))
 
-DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-bounce
+DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-bounce empath-anvil
 SBIN_PROGRAMS = empath empathctl sendmail
 BIN_PROGRAMS = mailq
 MAN1 = man/mailq.1 man/sendmail.1
 MAN5 = man/empath.config.ron.5
-MAN8 = man/empath.8 man/empathctl.8
+MAN8 = man/empath.8 man/empath-anvil.8 man/empathctl.8
 
 INSTALL ?= install
 # Installed copies of the units and scripts point at the chosen directories.

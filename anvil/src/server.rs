@@ -65,7 +65,7 @@ fn answer(shared: &Shared, held: &mut Held, request: AnvilRequest) -> Option<Anv
         }
         AnvilRequest::Register(ip, count) => {
             accounting.register(held, ip.to_canonical(), count);
-            None
+            Some(AnvilReply::Registered)
         }
         AnvilRequest::Disconnect(ip) => {
             accounting.release(held, ip.to_canonical());
@@ -108,9 +108,10 @@ mod tests {
         tokio::spawn(serve(UnixListener::bind(&path).unwrap(), shared.clone()));
         let mut first = UnixStream::connect(&path).await.unwrap();
         let mut second = UnixStream::connect(&path).await.unwrap();
-        write_frame(&mut first, &AnvilRequest::Register(A, 1))
-            .await
-            .unwrap();
+        assert_eq!(
+            ask(&mut first, AnvilRequest::Register(A, 1)).await,
+            AnvilReply::Registered
+        );
         assert_eq!(
             ask(&mut first, AnvilRequest::Acquire(A)).await,
             AnvilReply::Granted

@@ -88,7 +88,8 @@ pub enum AnvilRequest {
     Release(std::net::IpAddr),
     /// This many connections from the address are open already (admitted
     /// while the anvil was unreachable, or granted by an anvil that has
-    /// since restarted): count them, without a limit check. Not answered.
+    /// since restarted): count them, without a limit check. Answered with
+    /// [`AnvilReply::Registered`] once they count.
     Register(std::net::IpAddr, u32),
     /// A granted connection ends: answered with
     /// [`AnvilReply::Disconnected`] once it is no longer counted, so that
@@ -117,6 +118,8 @@ pub enum AnvilReply {
     /// `smtpd.auth.max_failures` failures from the address within
     /// `smtpd.auth.failure_window_secs`: refuse its AUTH attempts.
     AuthBlocked,
+    /// The connections of a [`AnvilRequest::Register`] count.
+    Registered,
 }
 
 /// Notifications to qmgr.
@@ -246,6 +249,7 @@ mod tests {
             AnvilReply::Disconnected,
             AnvilReply::AuthPermitted,
             AnvilReply::AuthBlocked,
+            AnvilReply::Registered,
         ];
         for (index, reply) in replies.iter().enumerate() {
             assert_eq!(postcard::to_stdvec(reply).unwrap(), [index as u8]);

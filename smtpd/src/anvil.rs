@@ -198,11 +198,21 @@ impl Link {
             return false;
         };
         let held: Vec<(IpAddr, u32)> = self.held.iter().map(|(ip, n)| (*ip, *n)).collect();
+        // Sent together, then confirmed: once this process says it is
+        // back, the anvil counts everything it holds.
         let registered = tokio::time::timeout(ASK_TIMEOUT, async {
             for (ip, count) in &held {
                 write_frame(&mut stream, &AnvilRequest::Register(*ip, *count)).await?;
             }
-            Ok::<(), std::io::Error>(())
+            for _ in &held {
+                let reply = read_frame::<_, AnvilReply>(&mut stream).await?;
+                if reply != Some(AnvilReply::Registered) {
+                    return Err(std::io::Error::other(
+                        "the anvil did not confirm a registration",
+                    ));
+                }
+            }
+            Ok(())
         })
         .await;
         if !matches!(registered, Ok(Ok(()))) {
@@ -316,7 +326,8 @@ fn answers(request: AnvilRequest, reply: AnvilReply) -> bool {
         AnvilRequest::AuthAllowed(_) | AnvilRequest::AuthFailed(_) => {
             matches!(reply, AuthPermitted | AuthBlocked)
         }
-        AnvilRequest::Release(_) | AnvilRequest::Register(..) => false,
+        AnvilRequest::Register(..) => reply == Registered,
+        AnvilRequest::Release(_) => false,
     }
 }
 
@@ -345,7 +356,8 @@ mod tests {
                 AnvilRequest::Disconnect(_) => AnvilReply::Disconnected,
                 AnvilRequest::AuthAllowed(_) => AnvilReply::AuthPermitted,
                 AnvilRequest::AuthFailed(_) => AnvilReply::AuthBlocked,
-                AnvilRequest::Release(_) | AnvilRequest::Register(..) => continue,
+                AnvilRequest::Register(..) => AnvilReply::Registered,
+                AnvilRequest::Release(_) => continue,
             };
             write_frame(&mut stream, &reply).await.unwrap();
         }
@@ -402,6 +414,9 @@ mod tests {
             .unwrap();
         let registered: Option<AnvilRequest> = read_frame(&mut stream).await.unwrap();
         assert_eq!(registered, Some(AnvilRequest::Register(A, 1)));
+        write_frame(&mut stream, &AnvilReply::Registered)
+            .await
+            .unwrap();
         // The anvil restarts: the client comes back with what it holds.
         drop(stream);
         let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
@@ -410,6 +425,9 @@ mod tests {
             .unwrap();
         let registered: Option<AnvilRequest> = read_frame(&mut stream).await.unwrap();
         assert_eq!(registered, Some(AnvilRequest::Register(A, 1)));
+        write_frame(&mut stream, &AnvilReply::Registered)
+            .await
+            .unwrap();
         drop(early);
         let released: Option<AnvilRequest> = read_frame(&mut stream).await.unwrap();
         assert_eq!(released, Some(AnvilRequest::Release(A)));

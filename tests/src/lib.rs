@@ -30,6 +30,7 @@ pub mod rogue;
 pub mod run;
 pub mod sink;
 pub mod smtpd;
+pub mod sockets;
 
 use std::fs::File;
 use std::net::SocketAddr;
