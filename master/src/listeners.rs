@@ -90,25 +90,15 @@ pub fn lock_spool(queue: &Queue) -> Result<File, String> {
 /// follow a symlink planted there) and renamed, so the root master writes
 /// nowhere else.
 pub fn publish(queue: &Queue, name: &str, contents: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    use std::os::unix::fs::OpenOptionsExt;
     let tmp = queue.root_file(&format!(".{name}.tmp"));
     match std::fs::remove_file(&tmp) {
         Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let written = File::options()
-        .write(true)
-        .create_new(true)
-        .mode(0o644)
-        .open(&tmp)
-        .and_then(|mut file| {
-            file.write_all(contents.as_bytes())?;
-            file.sync_all()
-        })
-        .and_then(|()| std::fs::rename(&tmp, queue.root_file(name)));
-    if written.is_err() {
-        let _ = std::fs::remove_file(&tmp);
-    }
-    written
+    empath_common::safeio::write_then_rename_with_mode(
+        &tmp,
+        &queue.root_file(name),
+        contents.as_bytes(),
+        0o644,
+    )
 }

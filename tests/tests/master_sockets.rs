@@ -24,14 +24,30 @@ const RECIPIENT: &str = "user@sink.test";
 #[test]
 fn the_master_holds_only_the_listeners_it_binds_and_its_control_socket() {
     let sink = Sink::start();
-    let empath = Empath::start(
-        TestConfig::new()
-            .with_health()
-            .mx_override("sink.test", sink.addr())
-            .listeners(["127.0.0.1:0", "[::1]:0"])
-            .section("smtpd", "(processes: 2)"),
-    );
+    let mut config = TestConfig::new()
+        .with_health()
+        .mx_override("sink.test", sink.addr())
+        .listeners(["127.0.0.1:0", "[::1]:0"])
+        .section("smtpd", "(processes: 2)");
+    let as_root = nix::unistd::geteuid().is_root();
+    if as_root {
+        // The real set-up: a root master, its daemons as `nobody`.
+        config = config
+            .section("allow_root", "false")
+            .section("user", "\"nobody\"")
+            .section("group", "\"nogroup\"");
+    }
+    let empath = Empath::start(config);
     let health = empath.health_addr();
+    // empath-anvil, unprivileged, reads what the root master publishes.
+    empath.wait_until(
+        "/health/ready to answer 200",
+        Duration::from_secs(30),
+        || match empath.readiness() {
+            (200, _) => Ok(()),
+            (status, json) => Err(format!("{status}: {json}")),
+        },
+    );
 
     // Traffic of every kind the system handles: SMTP on both listeners,
     // HTTP, and control commands (which the master routes to qmgr).
@@ -110,6 +126,15 @@ fn the_master_holds_only_the_listeners_it_binds_and_its_control_socket() {
     // The accounting socket and the HTTP connections belong to the
     // unprivileged empath-anvil; SMTP sessions to smtpd.
     let anvil = empath.wait_child(ANVIL, Duration::from_secs(10));
+    if as_root {
+        let status = std::fs::read_to_string(format!("/proc/{anvil}/status")).expect("status");
+        let uid = status.lines().find(|l| l.starts_with("Uid:")).unwrap_or("");
+        assert_eq!(
+            uid.split_whitespace().collect::<Vec<_>>(),
+            ["Uid:", "65534", "65534", "65534", "65534"],
+            "empath-anvil runs as nobody"
+        );
+    }
     let anvil_socket = empath.spool().join("private/anvil.sock");
     let anvil_listener = unix
         .iter()

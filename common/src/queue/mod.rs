@@ -163,6 +163,8 @@ impl Queue {
     /// Replaces `private/<name>` with `bytes` atomically (a temp file
     /// beside it, fsynced, renamed over it): a reader sees the old content
     /// or the new, never part of one. Neither step follows a symlink.
+    /// Mode 0644: whoever may enter `private/` (the daemons' user, root)
+    /// may read it, whichever of them wrote it.
     pub fn replace_private_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
         let tmp = self.root.join(PRIVATE).join(format!(".{name}.tmp"));
         // Left by a writer that died between create and rename.
@@ -170,7 +172,7 @@ impl Queue {
             Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
             _ => {}
         }
-        safeio::write_then_rename(&tmp, &self.private_file(name), bytes)
+        safeio::write_then_rename_with_mode(&tmp, &self.private_file(name), bytes, 0o644)
     }
 
     /// A file in `public/` (control socket, submission socket).
