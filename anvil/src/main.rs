@@ -35,11 +35,14 @@ fn main() -> ExitCode {
         Ok(health) => health,
         Err(message) => return fail(&message),
     };
-    let collector = Arc::new(Collector::load(&queue));
-    if let Err(message) = collect_in_background(Arc::clone(&collector), queue.clone()) {
-        return fail(&message);
-    }
+    // Without the health listener nobody reads the metrics: no collecting.
     if let Some(listener) = health {
+        let collector = Arc::new(Collector::load(&queue));
+        if config.metrics.enabled
+            && let Err(message) = collect_in_background(Arc::clone(&collector), queue.clone())
+        {
+            return fail(&message);
+        }
         let sources = http::Sources {
             config: config.clone(),
             queue: queue.clone(),
