@@ -159,6 +159,7 @@ fn auth_failures_are_limited_per_address_across_all_smtpd_processes() {
 /// messages accepted and the connections refused with 421.
 fn one_message_per_connection(empath: &Empath, clients: usize, rounds: usize) -> (usize, usize) {
     let addr = empath.smtp_addr();
+    let started = std::time::Instant::now();
     let threads: Vec<_> = (0..clients)
         .map(|client_number| {
             std::thread::spawn(move || {
@@ -192,12 +193,18 @@ fn one_message_per_connection(empath: &Empath, clients: usize, rounds: usize) ->
             })
         })
         .collect();
-    threads
+    let totals = threads
         .into_iter()
         .map(|t| t.join().expect("a client thread"))
         .fold((0, 0), |(a, r), (accepted, refused)| {
             (a + accepted, r + refused)
-        })
+        });
+    let elapsed = started.elapsed();
+    println!(
+        "{clients} clients x {rounds} connections: {totals:?} (accepted, refused) in {elapsed:?}, {:.0} connections/s",
+        (clients * rounds) as f64 / elapsed.as_secs_f64()
+    );
+    totals
 }
 
 #[test]
