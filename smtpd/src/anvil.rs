@@ -29,6 +29,10 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(1);
 const ASK_TIMEOUT: Duration = Duration::from_secs(1);
 /// How often to try again while the anvil is away.
 const RECONNECT_INTERVAL: Duration = Duration::from_millis(200);
+/// After the anvil failed to answer in time, how long this process counts
+/// on its own before it asks again: a hung anvil must not hold up every
+/// new connection for [`ASK_TIMEOUT`].
+const UNRESPONSIVE_BACKOFF: Duration = Duration::from_secs(5);
 
 #[derive(Debug)]
 pub struct AnvilClient {
@@ -129,6 +133,10 @@ struct Link {
     held: HashMap<IpAddr, u32>,
     /// Whether the loss of the link has been logged.
     lost_logged: bool,
+    /// Set when the anvil did not answer in time: not asked before then.
+    quiet_until: Option<tokio::time::Instant>,
+    /// When to try to reconnect while the link is down.
+    retry_at: tokio::time::Instant,
 }
 
 /// What woke the task.
@@ -162,6 +170,8 @@ impl Link {
             stream: None,
             held: HashMap::new(),
             lost_logged: false,
+            quiet_until: None,
+            retry_at: tokio::time::Instant::now(),
         }
     }
 
@@ -172,7 +182,7 @@ impl Link {
             Some(stream) => {
                 let _ = stream.readable().await;
             }
-            None => tokio::time::sleep(RECONNECT_INTERVAL).await,
+            None => tokio::time::sleep_until(self.retry_at).await,
         }
     }
 
@@ -187,7 +197,10 @@ impl Link {
                 }
             }
             None => {
-                self.connect().await;
+                if !self.connect().await {
+                    let next = tokio::time::Instant::now() + RECONNECT_INTERVAL;
+                    self.retry_at = self.retry_at.max(next);
+                }
             }
         }
     }
@@ -215,8 +228,13 @@ impl Link {
             Ok(())
         })
         .await;
-        if !matches!(registered, Ok(Ok(()))) {
-            return false;
+        match registered {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => return false,
+            Err(_) => {
+                self.unresponsive();
+                return false;
+            }
         }
         if self.lost_logged {
             let connections: u32 = held.iter().map(|(_, n)| n).sum();
@@ -230,8 +248,24 @@ impl Link {
         true
     }
 
+    /// The anvil did not answer in time: drop the link and leave it be
+    /// for [`UNRESPONSIVE_BACKOFF`].
+    fn unresponsive(&mut self) {
+        self.lost();
+        let quiet = tokio::time::Instant::now() + UNRESPONSIVE_BACKOFF;
+        self.quiet_until = Some(quiet);
+        self.retry_at = quiet;
+    }
+
+    /// Whether the anvil may be asked now.
+    fn may_ask(&self) -> bool {
+        self.quiet_until
+            .is_none_or(|quiet| tokio::time::Instant::now() >= quiet)
+    }
+
     fn lost(&mut self) {
         self.stream = None;
+        self.retry_at = tokio::time::Instant::now() + RECONNECT_INTERVAL;
         if !self.lost_logged {
             tracing::warn!(
                 "lost the connection to empath-anvil; counting this process's connections and AUTH failures only until it is back"
@@ -286,7 +320,7 @@ impl Link {
     /// Sends a request that has a reply, and waits for it. `None` when the
     /// anvil cannot be asked (the link is then dropped, to be re-made).
     async fn ask(&mut self, request: AnvilRequest) -> Option<AnvilReply> {
-        if self.stream.is_none() && !self.connect().await {
+        if self.stream.is_none() && !(self.may_ask() && self.connect().await) {
             return None;
         }
         let stream = self.stream.as_mut()?;
@@ -297,8 +331,12 @@ impl Link {
         .await;
         match asked {
             Ok(Ok(Some(reply))) if answers(request, reply) => Some(reply),
-            _ => {
+            Ok(_) => {
                 self.lost();
+                None
+            }
+            Err(_) => {
+                self.unresponsive();
                 None
             }
         }
@@ -309,9 +347,10 @@ impl Link {
         let Some(stream) = self.stream.as_mut() else {
             return;
         };
-        let sent = tokio::time::timeout(ASK_TIMEOUT, write_frame(stream, &request)).await;
-        if !matches!(sent, Ok(Ok(()))) {
-            self.lost();
+        match tokio::time::timeout(ASK_TIMEOUT, write_frame(stream, &request)).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) => self.lost(),
+            Err(_) => self.unresponsive(),
         }
     }
 }
@@ -431,5 +470,38 @@ mod tests {
         drop(early);
         let released: Option<AnvilRequest> = read_frame(&mut stream).await.unwrap();
         assert_eq!(released, Some(AnvilRequest::Release(A)));
+    }
+
+    #[tokio::test]
+    async fn a_hung_anvil_holds_up_one_connection_then_is_left_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("anvil.sock");
+        // Accepts, reads, never answers.
+        let listener = UnixListener::bind(&socket).unwrap();
+        let hung = tokio::spawn(async move {
+            let mut held = Vec::new();
+            loop {
+                let (stream, _) = listener.accept().await.unwrap();
+                held.push(stream);
+            }
+        });
+        let client = AnvilClient::start(socket);
+        let started = tokio::time::Instant::now();
+        let first = client.acquire(A).await.expect("admitted on local limits");
+        let waited = started.elapsed();
+        assert!(
+            waited >= ASK_TIMEOUT && waited < 3 * ASK_TIMEOUT,
+            "{waited:?}"
+        );
+        let started = tokio::time::Instant::now();
+        let second = client.acquire(A).await.expect("admitted on local limits");
+        assert_eq!(client.auth_blocked(A).await, None);
+        assert!(
+            started.elapsed() < Duration::from_millis(200),
+            "asked the hung anvil again: {:?}",
+            started.elapsed()
+        );
+        drop((first, second));
+        hung.abort();
     }
 }
