@@ -8,15 +8,20 @@
 #
 # Layout: the master and the admin tools in $(SBINDIR), mailq in
 # $(BINDIR), the daemons in $(LIBEXECDIR)/empath (the master finds them
-# there), man pages, the config in $(SYSCONFDIR)/empath (only if absent),
-# the systemd unit, the init.d script, logrotate, and the alert rules and
-# Grafana dashboard in $(DATADIR)/empath.
+# there), libempath.so (which plugin modules link with, -lempath) in
+# $(LIBDIR) and its header empath.h in $(INCLUDEDIR), man pages, the
+# config in $(SYSCONFDIR)/empath (only if absent), the systemd unit, the
+# init.d script, logrotate, and the alert rules and Grafana dashboard in
+# $(DATADIR)/empath. With no DESTDIR, install runs $(LDCONFIG) so that
+# the dynamic loader finds the new libempath.so.
 
 PREFIX ?= /usr/local
 DESTDIR ?=
 BINDIR ?= $(PREFIX)/bin
 SBINDIR ?= $(PREFIX)/sbin
 LIBEXECDIR ?= $(PREFIX)/libexec
+LIBDIR ?= $(PREFIX)/lib
+INCLUDEDIR ?= $(PREFIX)/include
 DATADIR ?= $(PREFIX)/share
 MANDIR ?= $(DATADIR)/man
 SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
@@ -28,13 +33,16 @@ PROFILE ?= release
 TARGET_DIR ?= target
 BUILT = $(TARGET_DIR)/$(PROFILE)
 CARGO_PROFILE_FLAG = $(if $(filter release,$(PROFILE)),--release,--profile $(PROFILE))
+LIBEMPATH ?= $(BUILT)/libempath.so
+LDCONFIG ?= ldconfig
 
-DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-bounce empath-anvil
-SBIN_PROGRAMS = empath empathctl sendmail
+DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-local empath-bounce empath-anvil
+SBIN_PROGRAMS = empath empathctl sendmail newaliases
 BIN_PROGRAMS = mailq
 MAN1 = man/mailq.1 man/sendmail.1
-MAN5 = man/empath.config.ron.5
-MAN8 = man/empath.8 man/empath-anvil.8 man/empathctl.8
+MAN3 = man/empath-modules.3
+MAN5 = man/empath.config.ron.5 man/aliases.5
+MAN8 = man/empath.8 man/empath-anvil.8 man/empathctl.8 man/empath-local.8 man/newaliases.8
 
 INSTALL ?= install
 # Installed copies of the units and scripts point at the chosen directories.
@@ -44,19 +52,26 @@ SUBST = sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc/empath/|$(SYSCONFDIR)/emp
 
 all: build
 
+# --lib: libempath.so is a library, not a binary.
 build:
-	$(CARGO) build $(CARGO_PROFILE_FLAG) --workspace --bins
+	$(CARGO) build $(CARGO_PROFILE_FLAG) --workspace --bins --lib
 
 install:
 	@for f in $(SBIN_PROGRAMS) $(BIN_PROGRAMS) $(DAEMONS); do \
 		test -x $(BUILT)/$$f || { echo "$(BUILT)/$$f is missing: run make (or PROFILE=debug)" >&2; exit 1; }; \
 	done
+	@test -f $(LIBEMPATH) || { echo "$(LIBEMPATH) is missing: run make (or PROFILE=debug)" >&2; exit 1; }
 	$(INSTALL) -d $(DESTDIR)$(SBINDIR) $(DESTDIR)$(BINDIR) $(DESTDIR)$(LIBEXECDIR)/empath
 	for f in $(SBIN_PROGRAMS); do $(INSTALL) -m 0755 $(BUILT)/$$f $(DESTDIR)$(SBINDIR)/$$f; done
 	for f in $(BIN_PROGRAMS); do $(INSTALL) -m 0755 $(BUILT)/$$f $(DESTDIR)$(BINDIR)/$$f; done
 	for f in $(DAEMONS); do $(INSTALL) -m 0755 $(BUILT)/$$f $(DESTDIR)$(LIBEXECDIR)/empath/$$f; done
-	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
+	$(INSTALL) -d $(DESTDIR)$(LIBDIR) $(DESTDIR)$(INCLUDEDIR)
+	$(INSTALL) -m 0644 $(LIBEMPATH) $(DESTDIR)$(LIBDIR)/libempath.so
+	$(INSTALL) -m 0644 modules/include/empath.h $(DESTDIR)$(INCLUDEDIR)/empath.h
+	@if [ -z "$(DESTDIR)" ]; then $(LDCONFIG) || echo "$(LDCONFIG) failed: link modules with -Wl,-rpath,$(LIBDIR)" >&2; fi
+	$(INSTALL) -d $(DESTDIR)$(MANDIR)/man1 $(DESTDIR)$(MANDIR)/man3 $(DESTDIR)$(MANDIR)/man5 $(DESTDIR)$(MANDIR)/man8
 	$(INSTALL) -m 0644 $(MAN1) $(DESTDIR)$(MANDIR)/man1/
+	$(INSTALL) -m 0644 $(MAN3) $(DESTDIR)$(MANDIR)/man3/
 	$(INSTALL) -m 0644 $(MAN5) $(DESTDIR)$(MANDIR)/man5/
 	$(INSTALL) -m 0644 $(MAN8) $(DESTDIR)$(MANDIR)/man8/
 	$(INSTALL) -d $(DESTDIR)$(SYSCONFDIR)/empath
@@ -77,7 +92,9 @@ uninstall:
 	for f in $(SBIN_PROGRAMS); do rm -f $(DESTDIR)$(SBINDIR)/$$f; done
 	for f in $(BIN_PROGRAMS); do rm -f $(DESTDIR)$(BINDIR)/$$f; done
 	rm -rf $(DESTDIR)$(LIBEXECDIR)/empath $(DESTDIR)$(DATADIR)/empath
+	rm -f $(DESTDIR)$(LIBDIR)/libempath.so $(DESTDIR)$(INCLUDEDIR)/empath.h
 	for f in $(notdir $(MAN1)); do rm -f $(DESTDIR)$(MANDIR)/man1/$$f; done
+	for f in $(notdir $(MAN3)); do rm -f $(DESTDIR)$(MANDIR)/man3/$$f; done
 	for f in $(notdir $(MAN5)); do rm -f $(DESTDIR)$(MANDIR)/man5/$$f; done
 	for f in $(notdir $(MAN8)); do rm -f $(DESTDIR)$(MANDIR)/man8/$$f; done
 	rm -f $(DESTDIR)$(SYSTEMDDIR)/empath.service $(DESTDIR)$(SYSCONFDIR)/init.d/empath $(DESTDIR)$(SYSCONFDIR)/logrotate.d/empath

@@ -10,7 +10,11 @@ use std::io;
 use empath_common::queue::Queue;
 use tokio::sync::{mpsc, oneshot};
 
-type Waiter = oneshot::Sender<Result<(), String>>;
+/// The round's outcome, as an error's kind and text: `io::Error` cannot be
+/// cloned for every waiter, and the kind is what decides the reply (a
+/// full disk is 452, not 451).
+type Outcome = Result<(), (io::ErrorKind, String)>;
+type Waiter = oneshot::Sender<Outcome>;
 
 #[derive(Clone)]
 pub struct GroupCommit {
@@ -33,7 +37,7 @@ impl GroupCommit {
             .map_err(|_| io::Error::other("group commit task has stopped"))?;
         wait.await
             .map_err(|_| io::Error::other("group commit task has stopped"))?
-            .map_err(io::Error::other)
+            .map_err(|(kind, text)| io::Error::new(kind, text))
     }
 }
 
@@ -44,10 +48,12 @@ async fn run(queue: Queue, mut inbox: mpsc::UnboundedReceiver<Waiter>) {
             round.push(next);
         }
         let queue = queue.clone();
-        let result = tokio::task::spawn_blocking(move || queue.sync_new_entries())
-            .await
-            .map_err(|e| e.to_string())
-            .and_then(|r| r.map_err(|e| e.to_string()));
+        let result: Outcome =
+            match tokio::task::spawn_blocking(move || queue.sync_new_entries()).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(error)) => Err((error.kind(), error.to_string())),
+                Err(error) => Err((io::ErrorKind::Other, error.to_string())),
+            };
         if round.len() > 1 {
             tracing::trace!(messages = round.len(), "group commit");
         }

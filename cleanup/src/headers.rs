@@ -1,52 +1,13 @@
 //! The headers cleanup adds: `Received:` always, `Message-ID:` and `Date:`
-//! when the message lacks them. Pure functions, so they are easy to test.
+//! when the message lacks them (what it has, the shaper found out). Pure
+//! functions, so they are easy to test.
 
+use empath_common::content::shape::HeaderFacts;
 use empath_common::queue::{ClientInfo, QueueId};
 use empath_common::time::rfc5322_date;
 
-/// The header section is looked at up to this size; a message whose header
-/// section is longer is passed on as it is, with only `Received:` added.
-pub const MAX_HEADER_SCAN: usize = 256 * 1024;
-
-/// What the original header section already has.
-#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
-pub struct Present {
-    pub message_id: bool,
-    pub date: bool,
-}
-
-/// Finds the end of the header section in `buffer`: the index just past
-/// the empty line, or `None` if it is not in `buffer` yet.
-pub fn header_end(buffer: &[u8]) -> Option<usize> {
-    if buffer.starts_with(b"\r\n") {
-        return Some(2);
-    }
-    buffer
-        .windows(4)
-        .position(|w| w == b"\r\n\r\n")
-        .map(|p| p + 4)
-}
-
-/// Which of the headers we may add are already in `headers`.
-pub fn scan(headers: &[u8]) -> Present {
-    let mut present = Present::default();
-    for line in headers.split(|b| *b == b'\n') {
-        let Some(colon) = line.iter().position(|b| *b == b':') else {
-            continue;
-        };
-        let name = &line[..colon];
-        if name.first().is_none_or(|b| b.is_ascii_whitespace()) {
-            continue;
-        }
-        let name = name.trim_ascii_end();
-        present.message_id |= name.eq_ignore_ascii_case(b"message-id");
-        present.date |= name.eq_ignore_ascii_case(b"date");
-    }
-    present
-}
-
 /// The trace and missing headers, CRLF-terminated, to put before the message.
-pub fn prefix(present: Present, stamp: &Stamp<'_>) -> String {
+pub fn prefix(present: HeaderFacts, stamp: &Stamp<'_>) -> String {
     let mut out = received(stamp);
     if !present.message_id {
         out.push_str(&format!(
@@ -150,25 +111,6 @@ mod tests {
     }
 
     #[test]
-    fn finds_the_end_of_the_header_section() {
-        assert_eq!(header_end(b"A: b\r\n\r\nbody"), Some(8));
-        assert_eq!(header_end(b"\r\nbody"), Some(2));
-        assert_eq!(header_end(b"A: b\r\nB: c\r\n"), None);
-    }
-
-    #[test]
-    fn recognises_present_headers_case_insensitively_and_not_in_continuations() {
-        let present = scan(b"message-ID: <x@y>\r\nSubject: hi\r\n date: folded\r\n");
-        assert_eq!(
-            present,
-            Present {
-                message_id: true,
-                date: false
-            }
-        );
-    }
-
-    #[test]
     fn received_names_the_client_and_missing_headers_are_added() {
         let client = ClientInfo {
             addr: "192.0.2.1:4000".into(),
@@ -176,7 +118,7 @@ mod tests {
             protocol: "ESMTP".into(),
             ..ClientInfo::default()
         };
-        let text = prefix(Present::default(), &stamp(&client));
+        let text = prefix(HeaderFacts::default(), &stamp(&client));
         assert!(text.starts_with("Received: from client.example (unknown [192.0.2.1])\r\n\tby mx.example.org (Empath) with ESMTP id 01JCXYZ5ABCDEFGHJKMNPQRSTV\r\n\tfor <bob@example.com>; Thu, 01 Jan 1970"), "{text}");
         assert!(text.contains("\r\nMessage-ID: <01JCXYZ5ABCDEFGHJKMNPQRSTV@mx.example.org>\r\n"));
         assert!(text.ends_with("Date: Thu, 01 Jan 1970 00:00:00 +0000\r\n"));
@@ -190,9 +132,10 @@ mod tests {
             ..ClientInfo::default()
         };
         let text = prefix(
-            Present {
+            HeaderFacts {
                 message_id: true,
                 date: true,
+                received: 0,
             },
             &stamp(&client),
         );

@@ -1,16 +1,12 @@
 //! Local submission: who a local user is, and the drop directory that
 //! `sendmail` uses while the daemons are down.
 
-use std::io;
+use std::fs::File;
+use std::io::{self, BufReader};
 use std::os::unix::fs::MetadataExt;
-use std::path::Path;
-use std::time::{Duration, SystemTime};
 
-use empath_common::maildrop::{self, DropFile};
+use empath_common::maildrop::{DropError, DropStream};
 use empath_common::queue::{ClientInfo, Queue};
-
-/// A drop file this old that still does not decode is broken, not half-written.
-const BROKEN_AFTER: Duration = Duration::from_secs(60);
 
 /// What the Received header and the envelope say about a local user.
 pub fn client_for_uid(uid: u32) -> ClientInfo {
@@ -28,64 +24,51 @@ pub fn client_for_uid(uid: u32) -> ClientInfo {
 /// A file waiting in the drop directory.
 pub struct Dropped {
     pub name: String,
-    pub drop: DropFile,
     pub owner: u32,
+    pub len: u64,
 }
 
-/// Reads the complete drop files, oldest first. Files that never decode are
-/// moved out of the way (to `corrupt/` under a `maildrop-` name) and logged.
+/// The drop files ready to be picked up, oldest first. Half-written files
+/// (still named `.NAME.tmp` by sendmail) are skipped.
 pub fn pending(queue: &Queue) -> io::Result<Vec<Dropped>> {
     let dir = queue.maildrop_dir();
-    let mut names: Vec<String> = std::fs::read_dir(&dir)?
+    let mut found: Vec<Dropped> = std::fs::read_dir(&dir)?
         .filter_map(Result::ok)
-        .map(|entry| entry.file_name().to_string_lossy().into_owned())
-        .filter(|name| !name.starts_with('.'))
-        .collect();
-    names.sort();
-    let mut found = Vec::new();
-    for name in names {
-        let path = dir.join(&name);
-        let Ok(metadata) = std::fs::symlink_metadata(&path) else {
-            continue;
-        };
-        if !metadata.is_file() {
-            continue;
-        }
-        match std::fs::read(&path)
-            .ok()
-            .and_then(|bytes| maildrop::decode(&bytes))
-        {
-            Some(drop) => found.push(Dropped {
+        .filter_map(|entry| {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let metadata = std::fs::symlink_metadata(entry.path()).ok()?;
+            (!name.starts_with('.') && metadata.is_file()).then(|| Dropped {
                 name,
-                drop,
                 owner: metadata.uid(),
-            }),
-            None if is_older_than(&metadata, BROKEN_AFTER) => quarantine(queue, &path, &name),
-            None => {}
-        }
-    }
+                len: metadata.len(),
+            })
+        })
+        .collect();
+    found.sort_by(|a, b| a.name.cmp(&b.name));
     Ok(found)
 }
 
-fn is_older_than(metadata: &std::fs::Metadata, age: Duration) -> bool {
-    metadata
-        .modified()
-        .ok()
-        .and_then(|m| SystemTime::now().duration_since(m).ok())
-        .is_some_and(|elapsed| elapsed >= age)
+/// Opens a drop file for streaming.
+pub fn open(queue: &Queue, dropped: &Dropped) -> Result<DropStream<BufReader<File>>, DropError> {
+    let file = File::open(queue.maildrop_dir().join(&dropped.name))?;
+    DropStream::open(BufReader::new(file), dropped.len)
 }
 
-fn quarantine(queue: &Queue, path: &Path, name: &str) {
+/// Moves a drop file that cannot be queued out of the way (to `corrupt/`
+/// under a `maildrop-` name), where an operator finds it.
+pub fn set_aside(queue: &Queue, dropped: &Dropped, why: &str) {
+    let path = queue.maildrop_dir().join(&dropped.name);
+    let name = &dropped.name;
     let target = queue
         .root()
         .join("corrupt")
         .join(format!("maildrop-{name}"));
-    match std::fs::rename(path, &target) {
+    match std::fs::rename(&path, &target) {
         Ok(()) => {
-            tracing::error!(file = %name, moved_to = %target.display(), "unreadable drop file moved aside")
+            tracing::error!(file = %name, moved_to = %target.display(), why, "drop file set aside")
         }
         Err(error) => {
-            tracing::error!(file = %name, %error, "unreadable drop file could not be moved")
+            tracing::error!(file = %name, %error, why, "drop file could not be set aside")
         }
     }
 }

@@ -8,25 +8,34 @@ mod incoming;
 mod local;
 mod notifier;
 
-use std::io;
+use std::io::{self, Read};
 use std::sync::Arc;
 use std::time::Duration;
 
+use empath_common::config::LocalDomains;
 use empath_common::daemon;
 use empath_common::ipc::{read_frame, write_frame};
+use empath_common::maildrop::DropError;
 use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
-use empath_common::queue::{ClientInfo, DsnParams, Queue, Recipient};
+use empath_common::queue::{ClientInfo, DsnParams, Queue, QueueId, Recipient};
 use empath_common::smtp::Reply;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 
 use group_commit::GroupCommit;
-use incoming::Incoming;
+use incoming::{Incoming, Limits, RefusedError};
 use notifier::Notifier;
 
 struct Cleanup {
     queue: Queue,
     hostname: String,
+    /// For messages from smtpd and bounce.
+    daemon_limits: Limits,
+    /// For messages from local users.
+    local_limits: Limits,
+    /// Qualifies the unqualified addresses of local submissions
+    /// (`sendmail root`).
+    domains: LocalDomains,
     group_commit: GroupCommit,
     notifier: Notifier,
 }
@@ -37,6 +46,15 @@ const WRITE_BATCH: usize = 256 * 1024;
 const MAILDROP_INTERVAL: Duration = Duration::from_secs(5);
 /// The local submission socket in `public/`: any local user may submit.
 const SUBMIT_SOCKET: &str = "submit.sock";
+
+/// Why a drop file was not queued.
+enum PickUpError {
+    /// It never will be (damaged, too big, refused for good): it is set
+    /// aside for an operator.
+    Unusable(String),
+    /// Not now (a full disk, say): it stays for the next round.
+    Later(Reply),
+}
 
 /// Who is on the other end of a connection.
 #[derive(Debug, Clone, Copy)]
@@ -51,8 +69,18 @@ enum Origin {
 #[tokio::main]
 async fn main() {
     let started = daemon::start("cleanup");
+    let hops = started.config.cleanup.hopcount_limit;
     let cleanup = Arc::new(Cleanup {
         hostname: started.config.hostname(),
+        daemon_limits: Limits {
+            size: started.config.smtp_message_size_limit(),
+            hops,
+        },
+        local_limits: Limits {
+            size: started.config.local_message_size_limit(),
+            hops,
+        },
+        domains: started.config.local_domains(),
         group_commit: GroupCommit::start(started.queue.clone()),
         notifier: Notifier::start(started.queue.private_socket(protocol::QMGR)),
         queue: started.queue,
@@ -101,8 +129,12 @@ impl Cleanup {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "expected Begin"));
             };
             if let Some(client) = &local_client {
-                submission =
-                    local_submission(submission.sender, submission.recipients, client.clone());
+                submission = local_submission(
+                    &self.domains,
+                    submission.sender,
+                    submission.recipients,
+                    client.clone(),
+                );
             }
             let trusted = local_client.is_none();
             let Some(reply) = self.submission(&mut reader, submission, trusted).await else {
@@ -128,9 +160,14 @@ impl Cleanup {
                 "Error: no valid recipients",
             )));
         }
-        let mut incoming = match Incoming::start(&self.queue, &self.hostname, submission) {
+        let limits = if trusted {
+            self.daemon_limits
+        } else {
+            self.local_limits
+        };
+        let mut incoming = match Incoming::start(&self.queue, &self.hostname, submission, limits) {
             Ok(incoming) => incoming,
-            Err(error) => return Some(write_error(&error)),
+            Err(error) => return Some(refused(RefusedError::Write(error))),
         };
         // Content is gathered in memory and written in batches: each write
         // leaves the async thread (block_in_place), which costs more than
@@ -154,10 +191,9 @@ impl Cleanup {
                     if unwritten.len() < WRITE_BATCH {
                         continue;
                     }
-                    if let Err(error) = tokio::task::block_in_place(|| incoming.push(&unwritten)) {
-                        incoming.abandon(&self.queue);
-                        return Some(write_error(&error));
-                    }
+                    // A refused message (too big, say) is still read to its
+                    // end, so the client hears why at the end of data.
+                    tokio::task::block_in_place(|| incoming.push(&unwritten));
                     unwritten.clear();
                 }
                 CleanupRequest::Metadata(metadata) if trusted => incoming.set_metadata(metadata),
@@ -191,29 +227,81 @@ impl Cleanup {
                 }
             };
             for dropped in pending {
-                let recipients = dropped.drop.recipients.iter().map(Recipient::new).collect();
-                let submission = local_submission(
-                    dropped.drop.sender,
-                    recipients,
-                    local::client_for_uid(dropped.owner),
-                );
-                let started = tokio::task::block_in_place(|| {
-                    Incoming::start(&self.queue, &self.hostname, submission)
-                });
-                let reply = match started {
-                    Ok(incoming) => self.commit(incoming, &dropped.drop.content).await,
-                    Err(error) => write_error(&error),
-                };
-                match reply {
-                    CleanupReply::Queued { id } => {
+                match self.pick_up(&dropped).await {
+                    Ok(id) => {
                         tracing::info!(file = %dropped.name, message_id = %id, "picked up a message from the drop directory");
                         local::remove(&self.queue, &dropped.name);
                     }
-                    CleanupReply::Rejected(reply) => {
+                    Err(PickUpError::Unusable(why)) => {
+                        local::set_aside(&self.queue, &dropped, &why)
+                    }
+                    Err(PickUpError::Later(reply)) => {
                         tracing::warn!(file = %dropped.name, %reply, "cannot queue a dropped message yet");
                     }
                 }
             }
+        }
+    }
+
+    /// Streams one drop file into the queue: the content is never held in
+    /// memory whole, and the file's checksum is checked before the message
+    /// is committed.
+    async fn pick_up(&self, dropped: &local::Dropped) -> Result<QueueId, PickUpError> {
+        let unusable = |why: String| PickUpError::Unusable(why);
+        let mut stream = match tokio::task::block_in_place(|| local::open(&self.queue, dropped)) {
+            Ok(stream) => stream,
+            Err(DropError::Io(error)) if error.kind() == io::ErrorKind::NotFound => {
+                return Err(PickUpError::Later(Reply::new(
+                    451,
+                    "4.3.0",
+                    "drop file gone",
+                )));
+            }
+            Err(error) => return Err(unusable(error.to_string())),
+        };
+        if stream.content_len > self.local_limits.size {
+            return Err(unusable(format!(
+                "{} bytes, larger than the message size limit of {}",
+                stream.content_len, self.local_limits.size
+            )));
+        }
+        let recipients = stream
+            .header
+            .recipients
+            .iter()
+            .map(Recipient::new)
+            .collect();
+        let submission = local_submission(
+            &self.domains,
+            stream.header.sender.clone(),
+            recipients,
+            local::client_for_uid(dropped.owner),
+        );
+        let mut incoming = tokio::task::block_in_place(|| {
+            Incoming::start(&self.queue, &self.hostname, submission, self.local_limits)
+        })
+        .map_err(|error| PickUpError::Later(RefusedError::Write(error).reply()))?;
+        let mut piece = vec![0u8; WRITE_BATCH];
+        let streamed = tokio::task::block_in_place(|| {
+            loop {
+                let read = stream.read(&mut piece)?;
+                if read == 0 {
+                    break;
+                }
+                incoming.push(&piece[..read]);
+            }
+            stream.verify()
+        });
+        if let Err(error) = streamed {
+            incoming.abandon(&self.queue);
+            return Err(unusable(error.to_string()));
+        }
+        match self.commit(incoming, &[]).await {
+            CleanupReply::Queued { id } => Ok(id),
+            CleanupReply::Rejected(reply) if reply.is_permanent() => {
+                Err(unusable(reply.to_string()))
+            }
+            CleanupReply::Rejected(reply) => Err(PickUpError::Later(reply)),
         }
     }
 
@@ -222,19 +310,16 @@ impl Cleanup {
     /// then answers `Queued`.
     async fn commit(&self, mut incoming: Incoming, rest: &[u8]) -> CleanupReply {
         let id = incoming.id();
-        let staged = tokio::task::block_in_place(|| match incoming.push(rest) {
-            Ok(()) => incoming.stage(&self.queue),
-            Err(error) => {
-                incoming.abandon(&self.queue);
-                Err(error)
-            }
+        let staged = tokio::task::block_in_place(|| {
+            incoming.push(rest);
+            incoming.stage(&self.queue)
         });
         let durable = match staged {
             Ok(envelope) => match self.group_commit.sync().await {
                 Ok(()) => Ok(envelope),
                 Err(error) => {
                     self.queue.unstage_new(id);
-                    Err(error)
+                    Err(RefusedError::Write(error))
                 }
             },
             Err(error) => Err(error),
@@ -252,29 +337,34 @@ impl Cleanup {
                 self.notifier.queued(id);
                 CleanupReply::Queued { id }
             }
-            Err(error) => write_error(&error),
+            Err(error) => refused(error),
         }
     }
 }
 
-/// The reply for a failed queue write; a full disk is 452 4.3.1 (RFC 3463).
-fn write_error(error: &io::Error) -> CleanupReply {
-    tracing::error!(%error, "queue file write failed");
-    if error.kind() == io::ErrorKind::StorageFull {
-        CleanupReply::Rejected(Reply::new(452, "4.3.1", "Insufficient system storage"))
-    } else {
-        CleanupReply::Rejected(Reply::new(451, "4.3.0", "Error: queue file write error"))
+/// The reply for a message that was not queued, logged.
+fn refused(error: RefusedError) -> CleanupReply {
+    match &error {
+        RefusedError::Write(_) => tracing::error!(%error, "queue file write failed"),
+        _ => tracing::warn!(%error, "message refused"),
     }
+    CleanupReply::Rejected(error.reply())
 }
 
 /// A submission from a local user: only the sender, the recipients and the
-/// content come from the user.
-fn local_submission(sender: String, recipients: Vec<Recipient>, client: ClientInfo) -> Submission {
+/// content come from the user. Unqualified addresses (`root`) get the
+/// origin domain.
+fn local_submission(
+    domains: &LocalDomains,
+    sender: String,
+    recipients: Vec<Recipient>,
+    client: ClientInfo,
+) -> Submission {
     Submission {
-        sender,
+        sender: domains.qualify(&sender),
         recipients: recipients
             .into_iter()
-            .map(|r| Recipient::new(r.address))
+            .map(|r| Recipient::new(domains.qualify(&r.address)))
             .collect(),
         client,
         dsn: DsnParams::default(),

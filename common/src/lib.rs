@@ -4,10 +4,13 @@
 //! the queue file format and every queue-directory operation, the IPC framing
 //! and message types, logging, and the SMTP types shared by the daemons.
 
+pub mod aliases;
 pub mod config;
+pub mod content;
 pub mod control;
 pub mod daemon;
 pub mod ipc;
+pub mod local_recipients;
 pub mod logging;
 pub mod maildrop;
 pub mod metrics;

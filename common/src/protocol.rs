@@ -5,6 +5,7 @@
 //! | `cleanup.sock`         | smtpd, bounce     | [`CleanupRequest`] | [`CleanupReply`] |
 //! | `qmgr.sock`            | cleanup           | [`QmgrNotice`]     | none             |
 //! | `smtp-out.sock`        | qmgr              | [`DeliveryJob`]    | [`DeliveryReport`] |
+//! | `local.sock`           | qmgr              | [`DeliveryJob`]    | [`DeliveryReport`] |
 //! | `bounce.sock`          | qmgr              | [`BounceRequest`]  | [`BounceReply`]  |
 //! | `anvil.sock`           | smtpd             | [`AnvilRequest`]   | [`AnvilReply`] (some requests) |
 
@@ -18,6 +19,9 @@ use crate::smtp::Reply;
 pub const CLEANUP: &str = "cleanup";
 pub const QMGR: &str = "qmgr";
 pub const SMTP_OUT: &str = "smtp-out";
+/// empath-local, the local delivery agent: the same jobs and reports as
+/// smtp-out, for recipients at this host's own domains.
+pub const LOCAL: &str = "local";
 pub const BOUNCE: &str = "bounce";
 /// empath-anvil's accounting for smtpd: [`AnvilRequest`] in,
 /// [`AnvilReply`] out (named after Postfix's anvil service).

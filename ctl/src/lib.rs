@@ -1,6 +1,8 @@
-//! Operator commands of Empath: `empathctl`, `mailq` and `sendmail`.
+//! Operator commands of Empath: `empathctl`, `mailq`, `sendmail` and
+//! `newaliases`.
 
 pub mod client;
 pub mod mailq;
+pub mod newaliases;
 pub mod render;
 pub mod sendmail;

@@ -6,6 +6,8 @@
 /// `-fADDR`, `-bm`) predate getopt conventions.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Options {
+    /// `-bi`: rebuild the alias indexes (newaliases) instead of sending.
+    pub initialize_aliases: bool,
     pub extract_recipients: bool,
     pub ignore_dots: bool,
     pub sender: Option<String>,
@@ -36,6 +38,7 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             "-t" => options.extract_recipients = true,
             "-i" | "-oi" => options.ignore_dots = true,
             "-bm" | "-v" => {}
+            "-bi" => options.initialize_aliases = true,
             "-bs" => return Err(
                 "-bs (SMTP on standard input) is not supported; connect to the SMTP port instead"
                     .into(),

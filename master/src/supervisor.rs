@@ -35,17 +35,22 @@ pub const CLEANUP: &str = "empath-cleanup";
 pub const QMGR: &str = "empath-qmgr";
 pub const SMTP_OUT: &str = "empath-smtp-out";
 pub const BOUNCE: &str = "empath-bounce";
+/// The local delivery agent: the one daemon that keeps root when the
+/// master runs as root, to switch to each recipient's uid (see
+/// [`Slot::run_as`]).
+pub const LOCAL: &str = "empath-local";
 /// Connection and AUTH-failure accounting for smtpd, `/health` and
 /// `/metrics`: everything that parses what others send, unprivileged.
 pub const ANVIL: &str = "empath-anvil";
 
 /// The daemons, in start order: the ones others connect to come first.
-pub const DAEMONS: [&str; 6] = [ANVIL, CLEANUP, QMGR, SMTP_OUT, BOUNCE, SMTPD];
+pub const DAEMONS: [&str; 7] = [ANVIL, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, SMTPD];
 /// Stop order on SIGTERM: first no new mail comes in (smtpd finishes its
 /// sessions), then no new deliveries start (qmgr waits for the running
-/// ones), then the daemons that the others hand work to; the anvil last,
-/// so that `/health/ready` says "not ready" for the whole stop.
-const STOP_ORDER: [&str; 6] = [SMTPD, QMGR, SMTP_OUT, BOUNCE, CLEANUP, ANVIL];
+/// ones), then the daemons that the others hand work to (cleanup late:
+/// empath-local forwards through it); the anvil last, so that
+/// `/health/ready` says "not ready" for the whole stop.
+const STOP_ORDER: [&str; 7] = [SMTPD, QMGR, SMTP_OUT, LOCAL, BOUNCE, CLEANUP, ANVIL];
 /// Every stop phase gets at least this long, even past the deadline.
 const MIN_PHASE_GRACE: Duration = Duration::from_secs(1);
 
@@ -248,6 +253,10 @@ pub async fn run(
         })
         .collect();
     status.set_listeners_bound(true);
+
+    // Once the daemons are on their way: tests and operators take it as
+    // the sign that the master is up. smtp-out reads it (at its first
+    // delivery) to recognise its own listeners as a mail loop.
     let addrs: String = bound.addrs.iter().map(|a| format!("{a}\n")).collect();
     listeners::publish(&queue, "listeners", &addrs).map_err(|e| {
         format!(
@@ -480,6 +489,21 @@ impl Slot {
         }
     }
 
+    /// Whom this daemon runs as: the daemons' user, except empath-local,
+    /// which keeps the master's identity. Like Postfix's local(8) it needs
+    /// root to deliver as each recipient; it drops to the recipient (or an
+    /// alias owner, or `default_privs`) in a child process for every
+    /// delivery into a place a user controls, and parses nothing from the
+    /// network. An unprivileged master runs it as itself, and then it can
+    /// only deliver as that user.
+    fn run_as(&self) -> Option<RunAs> {
+        if self.name == LOCAL {
+            None
+        } else {
+            self.settings.run_as
+        }
+    }
+
     fn start(&self) -> Option<Running> {
         if self.status.forced() {
             return None;
@@ -490,7 +514,7 @@ impl Slot {
             &self.config,
             self.settings.log_format,
             &self.listen_fds,
-            self.settings.run_as,
+            self.run_as(),
         ) {
             Ok(started) => {
                 let pid = started.child.id();

@@ -8,10 +8,10 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "empath.h"
+#include <empath.h>
 
-static int rcpt_to(em_context *ctx) {
-    em_string_vector recipients = em_context_get_recipients(ctx);
+static int validate_rcpt_to(Context *ctx) {
+    StringVector recipients = em_context_get_recipients(ctx);
     /* The recipient being checked is the last one. */
     int crash = recipients.len > 0 && strcmp(recipients.data[recipients.len - 1].data, "crash@sink.test") == 0;
     em_free_string_vector(recipients);
@@ -20,7 +20,9 @@ static int rcpt_to(em_context *ctx) {
     return 0;
 }
 
-EM_DECLARE_MODULE(
-    .name = "crash_on_rcpt",
-    .validation = {.on_rcpt_to = rcpt_to},
-)
+static int init(StringVector arguments) {
+    (void)arguments;
+    return 0;
+}
+
+EM_DECLARE_MODULE(Validation, .validation_listener = {"crash_on_rcpt", init, {.validate_rcpt_to = validate_rcpt_to}});

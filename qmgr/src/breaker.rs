@@ -75,6 +75,24 @@ impl Breaker {
         (admit, transition)
     }
 
+    /// An operator asked for mail to be tried now: an open breaker lets a
+    /// probe through at once instead of at the end of its wait.
+    pub fn force_probe(&mut self, now: Instant) -> Option<Transition> {
+        match self.state {
+            State::Open { until } if now < until => {
+                self.state = State::HalfOpen { probing: false };
+                Some(Transition::HalfOpened)
+            }
+            _ => None,
+        }
+    }
+
+    /// Whether the breaker holds nothing worth remembering: closed, with no
+    /// failures counted.
+    pub fn is_clear(&self) -> bool {
+        self.state == State::Closed && self.failures == 0
+    }
+
     /// Records the outcome of a job that contacted the destination.
     pub fn record(&mut self, failed: bool, now: Instant) -> Option<Transition> {
         if !failed {

@@ -24,6 +24,8 @@ pub enum Decision {
 
 struct Destination {
     running: usize,
+    /// When a job last started or ended, for evicting idle destinations.
+    last_used: Instant,
     bucket: TokenBucket,
     breaker: Breaker,
     /// A rate-limit delay was logged since the last dispatch.
@@ -58,6 +60,7 @@ impl Destinations {
             let breaker = &policy.circuit_breaker;
             Destination {
                 running: 0,
+                last_used: now,
                 bucket: TokenBucket::new(rate, burst, now),
                 breaker: Breaker::new(
                     breaker.failure_threshold,
@@ -76,14 +79,28 @@ impl Destinations {
             .unwrap_or(self.policy.max_concurrency_per_domain)
     }
 
-    /// Decides about one job for `domain`; a `Dispatch` counts it as running.
-    pub fn decide(&mut self, domain: &str, message_id: &str, now: Instant) -> Decision {
+    /// Decides about one job for `domain`; a `Dispatch` counts it as
+    /// running. `forced`: an operator asked for this mail now, so an open
+    /// circuit breaker lets it through as a probe.
+    pub fn decide(
+        &mut self,
+        domain: &str,
+        message_id: &str,
+        now: Instant,
+        forced: bool,
+    ) -> Decision {
         let limit = self.concurrency_limit(domain);
         let breaker_on = self.policy.circuit_breaker.enabled;
         let destination = self.get(domain, now);
+        destination.last_used = now;
         if destination.running >= limit {
             return Decision::Wait(None);
         }
+        if breaker_on && forced {
+            let transition = destination.breaker.force_probe(now);
+            log_transition(domain, transition, &self.policy);
+        }
+        let destination = self.get(domain, now);
         if breaker_on {
             match destination.breaker.state() {
                 State::Open { until } if now < until => return Decision::Defer { until },
@@ -122,11 +139,33 @@ impl Destinations {
         let breaker_on = self.policy.circuit_breaker.enabled;
         let destination = self.get(domain, now);
         destination.running = destination.running.saturating_sub(1);
+        destination.last_used = now;
         let transition = match failed {
             Some(failed) if breaker_on => destination.breaker.record(failed, now),
             _ => None,
         };
         log_transition(domain, transition, &self.policy);
+    }
+}
+
+impl Destinations {
+    /// Forgets the destinations that have been idle for `idle` and hold
+    /// nothing a new entry would not (no job running, breaker closed with
+    /// no failures, a full token bucket), so that mail to a million
+    /// domains does not keep a million entries.
+    pub fn evict_idle(&mut self, now: Instant, idle: Duration) {
+        self.domains.retain(|_, d| {
+            d.running > 0
+                || now.saturating_duration_since(d.last_used) < idle
+                || !d.breaker.is_clear()
+                || !d.bucket.is_full(now)
+        });
+    }
+
+    /// Destinations remembered.
+    #[cfg(test)]
+    pub fn len(&self) -> usize {
+        self.domains.len()
     }
 }
 
@@ -193,27 +232,27 @@ mod tests {
     fn concurrency_is_limited_per_domain() {
         let now = Instant::now();
         let mut d = Destinations::new(policy());
-        assert_eq!(d.decide("a.test", "m", now), Decision::Dispatch);
-        assert_eq!(d.decide("a.test", "m", now), Decision::Dispatch);
-        assert_eq!(d.decide("a.test", "m", now), Decision::Wait(None));
-        assert_eq!(d.decide("one.test", "m", now), Decision::Dispatch);
-        assert_eq!(d.decide("one.test", "m", now), Decision::Wait(None));
+        assert_eq!(d.decide("a.test", "m", now, false), Decision::Dispatch);
+        assert_eq!(d.decide("a.test", "m", now, false), Decision::Dispatch);
+        assert_eq!(d.decide("a.test", "m", now, false), Decision::Wait(None));
+        assert_eq!(d.decide("one.test", "m", now, false), Decision::Dispatch);
+        assert_eq!(d.decide("one.test", "m", now, false), Decision::Wait(None));
         d.finished("a.test", None, now);
-        assert_eq!(d.decide("a.test", "m", now), Decision::Dispatch);
+        assert_eq!(d.decide("a.test", "m", now, false), Decision::Dispatch);
     }
 
     #[test]
     fn rate_limit_delays_with_a_due_time() {
         let now = Instant::now();
         let mut d = Destinations::new(policy());
-        assert_eq!(d.decide("slow.test", "m", now), Decision::Dispatch);
+        assert_eq!(d.decide("slow.test", "m", now, false), Decision::Dispatch);
         d.finished("slow.test", Some(false), now);
         assert_eq!(
-            d.decide("slow.test", "m", now),
+            d.decide("slow.test", "m", now, false),
             Decision::Wait(Some(now + Duration::from_secs(1)))
         );
         assert_eq!(
-            d.decide("slow.test", "m", now + Duration::from_secs(1)),
+            d.decide("slow.test", "m", now + Duration::from_secs(1), false),
             Decision::Dispatch
         );
     }
@@ -223,15 +262,56 @@ mod tests {
         let now = Instant::now();
         let mut d = Destinations::new(policy());
         for _ in 0..2 {
-            assert_eq!(d.decide("down.test", "m", now), Decision::Dispatch);
+            assert_eq!(d.decide("down.test", "m", now, false), Decision::Dispatch);
             d.finished("down.test", Some(true), now);
         }
         let until = now + Duration::from_secs(10);
-        assert_eq!(d.decide("down.test", "m", now), Decision::Defer { until });
-        assert_eq!(d.decide("down.test", "m", until), Decision::Dispatch);
-        assert_eq!(d.decide("down.test", "m", until), Decision::Wait(None));
+        assert_eq!(
+            d.decide("down.test", "m", now, false),
+            Decision::Defer { until }
+        );
+        assert_eq!(d.decide("down.test", "m", until, false), Decision::Dispatch);
+        assert_eq!(
+            d.decide("down.test", "m", until, false),
+            Decision::Wait(None)
+        );
         d.finished("down.test", Some(false), until);
-        assert_eq!(d.decide("down.test", "m", until), Decision::Dispatch);
-        assert_eq!(d.decide("down.test", "m", until), Decision::Dispatch);
+        assert_eq!(d.decide("down.test", "m", until, false), Decision::Dispatch);
+        assert_eq!(d.decide("down.test", "m", until, false), Decision::Dispatch);
+    }
+
+    #[test]
+    fn an_operator_request_probes_an_open_breaker_at_once() {
+        let now = Instant::now();
+        let mut d = Destinations::new(policy());
+        for _ in 0..2 {
+            assert_eq!(d.decide("down.test", "m", now, false), Decision::Dispatch);
+            d.finished("down.test", Some(true), now);
+        }
+        assert!(matches!(
+            d.decide("down.test", "m", now, false),
+            Decision::Defer { .. }
+        ));
+        // process-now: one probe goes, the rest wait for its outcome.
+        assert_eq!(d.decide("down.test", "m", now, true), Decision::Dispatch);
+        assert_eq!(d.decide("down.test", "m", now, true), Decision::Wait(None));
+    }
+
+    #[test]
+    fn idle_destinations_are_forgotten_unless_they_hold_state() {
+        let now = Instant::now();
+        let mut d = Destinations::new(policy());
+        for domain in ["a.test", "b.test", "down.test"] {
+            assert_eq!(d.decide(domain, "m", now, false), Decision::Dispatch);
+        }
+        d.finished("a.test", Some(false), now);
+        d.finished("down.test", Some(true), now);
+        // b.test still runs; down.test has a failure counted.
+        let later = now + Duration::from_secs(3600);
+        d.evict_idle(later, Duration::from_secs(600));
+        assert_eq!(d.len(), 2);
+        d.finished("b.test", Some(false), later);
+        d.evict_idle(later + Duration::from_secs(601), Duration::from_secs(600));
+        assert_eq!(d.len(), 1, "only the destination with a failure is kept");
     }
 }

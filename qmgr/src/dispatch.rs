@@ -1,6 +1,7 @@
 //! Talking to the delivery agents: each job and each bounce request runs on
 //! its own task and reports back to the scheduler as an [`Event`]. Jobs
-//! reuse idle connections to smtp-out.
+//! reuse idle connections to their agent (smtp-out or empath-local, as
+//! `transport` routes them).
 
 use std::io;
 use std::path::PathBuf;
@@ -16,6 +17,7 @@ use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
 use crate::scheduler::Event;
+use crate::transport::{Router, Transport};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -52,24 +54,38 @@ impl SmtpOutConnections {
     }
 
     /// Sends `job` and waits for its report.
-    async fn call(&self, job: &DeliveryJob) -> io::Result<DeliveryReport> {
-        let mut stream = match self.take() {
-            // A kept connection may lead to an smtp-out that has exited
-            // since: then the write fails (the job never arrived) and the
-            // job goes on a fresh connection. Any later failure is the
-            // job's, as on a fresh connection.
-            Some(mut kept) => match ipc::write_frame(&mut kept, job).await {
-                Ok(()) => kept,
-                Err(_) => self.connect_and_send(job).await?,
-            },
-            None => self.connect_and_send(job).await?,
-        };
-        let report = ipc::read_frame(&mut stream).await?.ok_or_else(|| {
-            io::Error::new(
-                io::ErrorKind::UnexpectedEof,
-                "smtp-out closed the connection before reporting",
-            )
-        })?;
+    async fn call(&self, job: &DeliveryJob) -> Result<DeliveryReport, AgentError> {
+        if let Some(mut kept) = self.take() {
+            // A kept connection may lead to an agent that has exited since:
+            // the write may still succeed (into the socket buffer) and the
+            // read then finds the connection closed without a byte. Then
+            // the job most likely never arrived: it goes once more, on a
+            // fresh connection. Any other failure is the job's.
+            if ipc::write_frame(&mut kept, job).await.is_ok() {
+                match ipc::read_frame::<_, DeliveryReport>(&mut kept).await {
+                    Ok(Some(report)) => {
+                        self.put_back(kept);
+                        return Ok(report);
+                    }
+                    Ok(None) => {}
+                    Err(error) if error.kind() == io::ErrorKind::ConnectionReset => {}
+                    Err(error) => return Err(AgentError::Lost(error)),
+                }
+            }
+        }
+        let mut stream = self
+            .connect_and_send(job)
+            .await
+            .map_err(AgentError::Unreachable)?;
+        let report = ipc::read_frame(&mut stream)
+            .await
+            .map_err(AgentError::Lost)?
+            .ok_or_else(|| {
+                AgentError::Lost(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    "the agent closed the connection before reporting",
+                ))
+            })?;
         self.put_back(stream);
         Ok(report)
     }
@@ -81,38 +97,91 @@ impl SmtpOutConnections {
     }
 }
 
-/// Sends `job` to smtp-out and reports the outcome.
-pub fn deliver(
-    connections: &SmtpOutConnections,
-    job: DeliveryJob,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let connections = connections.clone();
-    tokio::spawn(async move {
-        let result = connections.call(&job).await.map_err(|e| e.to_string());
-        let _ = events.send(Event::JobDone { job, result });
-    });
+/// Why a delivery agent gave no report for a job.
+#[derive(Debug, thiserror::Error)]
+pub enum AgentError {
+    /// The job was never handed over (the agent is down or restarting):
+    /// it did not fail, and is not an attempt.
+    #[error("cannot reach the delivery agent: {0}")]
+    Unreachable(io::Error),
+    /// The agent took the job and then failed (it crashed, or dropped the
+    /// connection): an attempt that failed.
+    #[error("the delivery agent failed during the delivery: {0}")]
+    Lost(io::Error),
 }
 
-/// Asks bounce to notify the sender of message `id`, which is in `state`.
-pub fn bounce(
-    queue: &Queue,
-    id: QueueId,
-    state: QueueState,
-    kind: BounceKind,
-    events: mpsc::UnboundedSender<Event>,
-) {
-    let socket = queue.private_socket(protocol::BOUNCE);
-    tokio::spawn(async move {
-        let request = BounceRequest { id, state, kind };
-        let result = async {
-            let mut stream = ipc::connect(&socket, CONNECT_TIMEOUT).await?;
-            ipc::call::<_, _, BounceReply>(&mut stream, &request).await
+/// Who carries out the scheduler's decisions: the delivery agents and
+/// bounce (as chasquid's Courier). Each call reports back later as an
+/// [`Event`]. A trait, so the scheduler can be tested without processes.
+pub trait Couriers {
+    fn deliver(&self, job: DeliveryJob, events: mpsc::UnboundedSender<Event>);
+    fn bounce(
+        &self,
+        id: QueueId,
+        state: QueueState,
+        kind: BounceKind,
+        events: mpsc::UnboundedSender<Event>,
+    );
+}
+
+/// The delivery agents' connections, and the router that picks one.
+#[derive(Clone)]
+pub struct Agents {
+    router: Router,
+    smtp_out: SmtpOutConnections,
+    local: SmtpOutConnections,
+    bounce: Arc<PathBuf>,
+}
+
+impl Agents {
+    pub fn new(queue: &Queue, router: Router) -> Self {
+        Self {
+            router,
+            smtp_out: SmtpOutConnections::new(queue),
+            local: SmtpOutConnections::to(queue.private_socket(Transport::Local.service())),
+            bounce: Arc::new(queue.private_socket(protocol::BOUNCE)),
         }
-        .await
-        .map_err(|e| e.to_string());
-        let _ = events.send(Event::BounceDone { id, kind, result });
-    });
+    }
+
+    fn for_job(&self, job: &DeliveryJob) -> &SmtpOutConnections {
+        match self.router.for_domain(&job.domain) {
+            Transport::Smtp => &self.smtp_out,
+            Transport::Local => &self.local,
+        }
+    }
+}
+
+impl Couriers for Agents {
+    /// Sends `job` to its delivery agent and reports the outcome.
+    fn deliver(&self, job: DeliveryJob, events: mpsc::UnboundedSender<Event>) {
+        let connections = self.for_job(&job).clone();
+        tokio::spawn(async move {
+            let result = connections.call(&job).await;
+            let _ = events.send(Event::JobDone { job, result });
+        });
+    }
+
+    /// Asks bounce to notify the sender of message `id`, which is in
+    /// `state`.
+    fn bounce(
+        &self,
+        id: QueueId,
+        state: QueueState,
+        kind: BounceKind,
+        events: mpsc::UnboundedSender<Event>,
+    ) {
+        let socket = Arc::clone(&self.bounce);
+        tokio::spawn(async move {
+            let request = BounceRequest { id, state, kind };
+            let result = async {
+                let mut stream = ipc::connect(&socket, CONNECT_TIMEOUT).await?;
+                ipc::call::<_, _, BounceReply>(&mut stream, &request).await
+            }
+            .await
+            .map_err(|e| e.to_string());
+            let _ = events.send(Event::BounceDone { id, kind, result });
+        });
+    }
 }
 
 #[cfg(test)]

@@ -10,7 +10,9 @@ mod events;
 mod jobs;
 mod retry;
 mod scheduler;
+mod store;
 mod throttle;
+mod transport;
 
 use std::io;
 use std::time::Duration;
@@ -53,12 +55,7 @@ async fn main() {
     };
     // A module that cannot be loaded stops qmgr with the reason: better
     // than delivering without the module the operator configured.
-    let modules = match empath_modules::Modules::load(
-        config
-            .modules
-            .iter()
-            .map(|m| (m.name.as_path(), m.arguments.as_slice())),
-    ) {
+    let modules = match empath_modules::Modules::load_configured(&config.modules) {
         Ok(modules) => modules,
         Err(error) => {
             tracing::error!(%error, "cannot load modules");
@@ -67,12 +64,14 @@ async fn main() {
         }
     };
     let (events, mut inbox) = mpsc::unbounded_channel();
+    let couriers = dispatch::Agents::new(&queue, transport::Router::new(&config));
     let mut scheduler = Scheduler::new(
         queue,
         config.delivery.clone(),
         config.dsn.clone(),
         events.clone(),
         modules,
+        couriers,
     );
     tokio::task::block_in_place(|| scheduler.recover());
 
@@ -115,6 +114,7 @@ async fn main() {
             _ = scan.tick() => tokio::task::block_in_place(|| {
                 scheduler.scan_incoming();
                 scheduler.scan_deferred();
+                scheduler.evict_idle_destinations();
             }),
             _ = due.tick() => {}
             _ = sweep.tick() => tokio::task::block_in_place(|| scheduler.sweep()),

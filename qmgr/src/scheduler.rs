@@ -10,28 +10,32 @@ use empath_common::control::{ControlResponse, QueueCommand};
 use empath_common::protocol::{
     BounceKind, BounceReply, DeliveryJob, DeliveryReport, Outcome, RecipientResult,
 };
-use empath_common::queue::{Envelope, Queue, QueueId, QueueState, ReadError};
+use empath_common::queue::{Envelope, QueueId, QueueState, ReadError};
+use empath_common::smtp::Reply;
 use empath_common::time::unix_now;
 use empath_modules::Modules;
 use tokio::sync::{mpsc, oneshot};
 
 mod control;
+#[cfg(test)]
+mod tests;
 
 use crate::destinations::{Decision, Destinations};
-use crate::dispatch;
+use crate::dispatch::{AgentError, Couriers};
 use crate::events;
 use crate::jobs;
 use crate::retry::{self, GiveUp};
+use crate::store::Store;
 
 /// What the scheduler reacts to.
 #[derive(Debug)]
 pub enum Event {
     /// cleanup says a message is in `incoming/`.
     Incoming(QueueId),
-    /// smtp-out finished a job (or could not be reached).
+    /// A delivery agent finished a job (or gave no report).
     JobDone {
         job: DeliveryJob,
-        result: Result<DeliveryReport, String>,
+        result: Result<DeliveryReport, AgentError>,
     },
     /// A job whose agent was unreachable is ready to go again.
     Redispatch(DeliveryJob),
@@ -54,22 +58,53 @@ pub enum Event {
 }
 
 /// How long to wait before re-sending a job whose agent was unreachable
-/// (crashed or restarting). Not an attempt: the message did not fail.
+/// (not running, or restarting). Not an attempt: the job never left.
 const AGENT_RETRY: Duration = Duration::from_secs(1);
 /// How long to wait before asking bounce again after it failed.
 const BOUNCE_RETRY_SECS: u64 = 60;
+/// How long to wait before trying again to write an envelope that could
+/// not be written (a full disk).
+const WRITE_RETRY: Duration = Duration::from_secs(5);
+/// A destination unused this long is forgotten (its state is rebuilt,
+/// fresh, when mail for it comes again).
+const DESTINATION_IDLE: Duration = Duration::from_secs(600);
 
 struct ActiveMessage {
     envelope: Envelope,
     running_jobs: usize,
-    /// Whether any job was sent during this activation (counts an attempt).
+    /// Whether any job reached a delivery agent during this activation:
+    /// only then does it count as an attempt. A job held back by an open
+    /// circuit breaker never contacted anyone.
     attempted: bool,
+    /// The earliest retry time a held-back job asks for (the breaker's
+    /// next probe), for a message that was not attempted.
+    not_before: Option<u64>,
+    /// An operator asked for it now (process-now, retry): its
+    /// destinations are tried even if their breaker is open.
+    forced: bool,
     /// An operator deleted it while its delivery was running.
     cancelled: bool,
+    /// Its results could not be written (a full disk): the write is
+    /// tried again, the message stays scheduled.
+    unsaved: bool,
 }
 
-pub struct Scheduler {
-    queue: Queue,
+impl ActiveMessage {
+    fn new(envelope: Envelope, running_jobs: usize, forced: bool) -> Self {
+        Self {
+            envelope,
+            running_jobs,
+            attempted: false,
+            not_before: None,
+            forced,
+            cancelled: false,
+            unsaved: false,
+        }
+    }
+}
+
+pub struct Scheduler<S: Store, C: Couriers> {
+    queue: S,
     policy: Delivery,
     dsn: Dsn,
     events: mpsc::UnboundedSender<Event>,
@@ -93,19 +128,23 @@ pub struct Scheduler {
     wake_at: Option<Instant>,
     /// Plugin modules that want delivery events.
     modules: Modules,
-    smtp_out: dispatch::SmtpOutConnections,
+    couriers: C,
+    /// Messages whose envelope could not be written, by when to try again.
+    unsaved: BTreeSet<(Instant, QueueId)>,
+    /// Deferred messages an operator asked to be tried now.
+    forced: HashSet<QueueId>,
 }
 
-impl Scheduler {
+impl<S: Store, C: Couriers> Scheduler<S, C> {
     pub fn new(
-        queue: Queue,
+        queue: S,
         policy: Delivery,
         dsn: Dsn,
         events: mpsc::UnboundedSender<Event>,
         modules: Modules,
+        couriers: C,
     ) -> Self {
         let destinations = Destinations::new(policy.clone());
-        let smtp_out = dispatch::SmtpOutConnections::new(&queue);
         Self {
             queue,
             policy,
@@ -122,7 +161,9 @@ impl Scheduler {
             frozen: false,
             wake_at: None,
             modules,
-            smtp_out,
+            couriers,
+            unsaved: BTreeSet::new(),
+            forced: HashSet::new(),
         }
     }
 
@@ -157,7 +198,7 @@ impl Scheduler {
             }
             Err(error) => tracing::error!(%error, "cannot list deferred/"),
         }
-        self.frozen = self.frozen_on_disk();
+        self.frozen = self.queue.frozen();
         tracing::info!(
             deferred = self.deferred.len(),
             frozen = self.frozen,
@@ -242,15 +283,30 @@ impl Scheduler {
     /// When `run` should be called again for a job held back by a rate
     /// limit, if one is.
     pub fn wake_at(&self) -> Option<Instant> {
-        self.wake_at
+        let unsaved = self.unsaved.first().map(|(at, _)| *at);
+        match (self.wake_at, unsaved) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Every deferred message becomes due, and `incoming/` is rescanned.
+    /// An operator's explicit request: the messages' destinations are
+    /// tried even where a circuit breaker is open.
     pub fn process_now(&mut self) {
         let due = std::mem::take(&mut self.deferred);
         tracing::info!(deferred = due.len(), "processing the queue now");
+        self.forced.extend(due.iter().map(|(_, id)| *id));
         self.deferred = due.into_iter().map(|(_, id)| (0, id)).collect();
         self.scan_incoming();
+    }
+
+    /// Forgets destinations nobody has used for a while, so that the
+    /// per-destination state stays bounded however many domains mail
+    /// went to.
+    pub fn evict_idle_destinations(&mut self) {
+        self.destinations
+            .evict_idle(Instant::now(), DESTINATION_IDLE);
     }
 
     /// Deliveries in flight: a graceful stop waits for them.
@@ -261,6 +317,7 @@ impl Scheduler {
     /// Fills the active set and starts as many jobs as there are slots.
     pub fn run(&mut self) {
         self.wake_at = None;
+        self.retry_unsaved();
         if self.frozen {
             return;
         }
@@ -273,13 +330,19 @@ impl Scheduler {
                 waiting.append(&mut self.ready);
                 break;
             }
+            let forced = self.active.get(&job.id).is_some_and(|m| m.forced);
             match self
                 .destinations
-                .decide(&job.domain, &job.id.to_string(), now)
+                .decide(&job.domain, &job.id.to_string(), now, forced)
             {
                 Decision::Dispatch => {
                     self.running += 1;
-                    dispatch::deliver(&self.smtp_out, job, self.events.clone());
+                    let envelope = self.active.get_mut(&job.id).map(|m| {
+                        m.attempted = true;
+                        &m.envelope
+                    });
+                    events::attempt(&self.modules, envelope, &job);
+                    self.couriers.deliver(job, self.events.clone());
                 }
                 Decision::Wait(at) => {
                     if let Some(at) = at {
@@ -294,9 +357,15 @@ impl Scheduler {
     }
 
     /// The destination's circuit breaker is open: the job is deferred
-    /// without contacting it.
+    /// without contacting it. That is no attempt: the message is retried
+    /// when the breaker lets a probe through, and `max_attempts` is not
+    /// used up by waiting.
     fn defer_for_breaker(&mut self, job: DeliveryJob, until: Instant, now: Instant) {
-        let reply = empath_common::smtp::Reply::new(
+        let probe_at = unix_now() + until.saturating_duration_since(now).as_secs().max(1);
+        if let Some(message) = self.active.get_mut(&job.id) {
+            message.not_before = Some(message.not_before.map_or(probe_at, |t| t.max(probe_at)));
+        }
+        let reply = Reply::new(
             451,
             "4.4.1",
             format!(
@@ -344,6 +413,7 @@ impl Scheduler {
     }
 
     fn activate(&mut self, id: QueueId, from: QueueState) {
+        let forced = self.forced.remove(&id);
         // Unsynced: after a crash the envelope is in `from` or in active/,
         // and recover() handles both. (From deferred/, a lost rename just
         // means the message is tried again at its next retry.)
@@ -359,40 +429,52 @@ impl Scheduler {
             Err(error) => return self.quarantine(QueueState::Active, id, &error),
         };
         let planned = jobs::plan(&envelope);
-        let attempted = !planned.is_empty();
-        self.active.insert(
-            id,
-            ActiveMessage {
-                envelope,
-                running_jobs: planned.len(),
-                attempted,
-                cancelled: false,
-            },
-        );
+        let nothing_to_do = planned.is_empty();
+        self.active
+            .insert(id, ActiveMessage::new(envelope, planned.len(), forced));
         self.ready.extend(planned);
-        if !attempted {
+        if nothing_to_do {
             self.finish(id);
         }
     }
 
-    fn job_done(&mut self, job: DeliveryJob, result: Result<DeliveryReport, String>) {
+    fn job_done(&mut self, job: DeliveryJob, result: Result<DeliveryReport, AgentError>) {
         self.running = self.running.saturating_sub(1);
-        let failed = result.as_ref().ok().map(|r| r.destination_failed);
+        let judged = result.as_ref().ok().map(|r| r.destination_failed);
         self.destinations
-            .finished(&job.domain, failed, Instant::now());
+            .finished(&job.domain, judged, Instant::now());
         let report = match result {
             Ok(report) => report,
-            Err(error) => {
-                tracing::warn!(message_id = %job.id, domain = %job.domain, %error, "delivery agent unavailable; will resend the job");
-                let events = self.events.clone();
-                tokio::spawn(async move {
-                    tokio::time::sleep(AGENT_RETRY).await;
-                    let _ = events.send(Event::Redispatch(job));
-                });
-                return;
+            Err(AgentError::Unreachable(error)) => return self.agent_unreachable(job, &error),
+            Err(error @ AgentError::Lost(_)) => {
+                // The agent took the job and failed: an attempt that failed,
+                // counted, with backoff, so that a job that kills its agent
+                // cannot loop, and the message expires on schedule.
+                tracing::warn!(message_id = %job.id, domain = %job.domain, %error, "delivery agent failed during the job");
+                everyone(&job, Reply::new(451, "4.3.0", error.to_string()))
             }
         };
         self.record_report(&job, &report);
+    }
+
+    /// The job never reached its agent (down, restarting): it goes again
+    /// shortly, without counting an attempt, unless the message has
+    /// outlived the queue lifetime meanwhile.
+    fn agent_unreachable(&mut self, job: DeliveryJob, error: &std::io::Error) {
+        let expired = self.active.get(&job.id).is_some_and(|m| {
+            retry::should_give_up(&self.policy, 0, m.envelope.arrival, unix_now())
+                == Some(GiveUp::Expired)
+        });
+        if expired {
+            let reply = Reply::new(451, "4.3.0", format!("delivery agent unreachable: {error}"));
+            return self.record_report(&job, &everyone(&job, reply));
+        }
+        tracing::warn!(message_id = %job.id, domain = %job.domain, %error, "delivery agent unreachable; will resend the job");
+        let events = self.events.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(AGENT_RETRY).await;
+            let _ = events.send(Event::Redispatch(job));
+        });
     }
 
     fn record_report(&mut self, job: &DeliveryJob, report: &DeliveryReport) {
@@ -404,10 +486,17 @@ impl Scheduler {
                 .delivery_attempt(metric_status(result.outcome), &job.domain);
         }
         jobs::apply(&mut message.envelope, report, unix_now());
-        events::report(&self.modules, &message.envelope, report);
+        events::report(&self.modules, &message.envelope, job, report);
         message.running_jobs = message.running_jobs.saturating_sub(1);
         if message.running_jobs == 0 {
-            self.finish(job.id);
+            return self.finish(job.id);
+        }
+        // Other jobs of the message still run: the results of this one are
+        // written now, so that a crash before the message is done does not
+        // deliver to these recipients again (Postfix's smtp(8) marks
+        // recipients done in the queue file as it goes).
+        if let Err(error) = self.queue.rewrite(QueueState::Active, &message.envelope) {
+            tracing::error!(message_id = %job.id, %error, "cannot record the results of a job yet; a crash now would repeat them");
         }
     }
 
@@ -422,8 +511,11 @@ impl Scheduler {
         }
         let now = unix_now();
         let envelope = &mut message.envelope;
-        if message.attempted {
+        // Once per activation, however many jobs it took; and not for a
+        // message whose jobs were all held back.
+        if std::mem::take(&mut message.attempted) {
             envelope.attempts += 1;
+            message.not_before = None;
         }
         if envelope.undelivered().next().is_none() {
             let age = now.saturating_sub(envelope.arrival) as f64;
@@ -435,7 +527,7 @@ impl Scheduler {
             let reason =
                 match retry::should_give_up(&self.policy, envelope.attempts, envelope.arrival, now)
                 {
-                    None => return self.defer(message.envelope, now),
+                    None => return self.defer(message, now),
                     Some(GiveUp::TooManyAttempts) => "too many delivery attempts",
                     Some(GiveUp::Expired) => "message expired in queue",
                 };
@@ -463,12 +555,10 @@ impl Scheduler {
         // failed DSN), or no one (a failed double bounce).
         if (failed || success_wanted) && self.dsn.enabled {
             if let Err(error) = self.queue.rewrite(QueueState::Active, envelope) {
-                tracing::error!(message_id = %id, %error, "cannot record results before bouncing");
-                self.active.insert(id, message);
-                return self.retry_later(id);
+                tracing::error!(message_id = %id, %error, "cannot record results before bouncing; will try again");
+                return self.keep_unsaved(message);
             }
-            dispatch::bounce(
-                &self.queue,
+            self.couriers.bounce(
                 id,
                 QueueState::Active,
                 BounceKind::Final,
@@ -483,20 +573,28 @@ impl Scheduler {
         self.remove(id);
     }
 
-    fn defer(&mut self, mut envelope: Envelope, now: u64) {
-        empath_common::metrics::get().delivery_retries_total.inc();
-        let delay = retry::delay_secs(&self.policy, envelope.attempts, &mut rand::rng());
-        let due = now + delay;
+    fn defer(&mut self, mut message: ActiveMessage, now: u64) {
+        let envelope = &mut message.envelope;
+        let (due, delay) = match message.not_before {
+            // Held back without an attempt: back when the destination can
+            // be tried again.
+            Some(at) => (at.max(now + 1), at.saturating_sub(now)),
+            None => {
+                let delay = retry::delay_secs(&self.policy, envelope.attempts, &mut rand::rng());
+                (now + delay, delay)
+            }
+        };
         envelope.next_retry = Some(due);
         let id = envelope.id;
-        let warn = self.delay_warning_due(&envelope, now);
+        let warn = self.delay_warning_due(envelope, now);
         // Marked before it is sent, so a crash cannot make it go out twice.
         envelope.delay_warned |= warn;
         match self
             .queue
-            .rewrite_and_move(&envelope, QueueState::Active, QueueState::Deferred)
+            .rewrite_and_move(envelope, QueueState::Active, QueueState::Deferred)
         {
             Ok(()) => {
+                empath_common::metrics::get().delivery_retries_total.inc();
                 tracing::info!(
                     message_id = %id,
                     delivery_attempt = envelope.attempts,
@@ -505,8 +603,7 @@ impl Scheduler {
                 );
                 self.deferred.insert((due, id));
                 if warn {
-                    dispatch::bounce(
-                        &self.queue,
+                    self.couriers.bounce(
                         id,
                         QueueState::Deferred,
                         BounceKind::Delay,
@@ -515,8 +612,48 @@ impl Scheduler {
                 }
             }
             Err(error) => {
-                // The envelope stays in active/; the next qmgr start retries it.
-                tracing::error!(message_id = %id, %error, "cannot defer message");
+                // A full disk, most likely: the message stays scheduled
+                // and the write is tried again.
+                tracing::error!(message_id = %id, %error, "cannot defer message; will try again");
+                envelope.delay_warned &= !warn;
+                self.keep_unsaved(message);
+            }
+        }
+    }
+
+    /// Keeps a message whose results could not be written in the active
+    /// set, and tries the write again shortly. It stays in `active/` on
+    /// disk (which a restart recovers); nothing about it is forgotten.
+    fn keep_unsaved(&mut self, mut message: ActiveMessage) {
+        let id = message.envelope.id;
+        message.unsaved = true;
+        self.unsaved.insert((Instant::now() + WRITE_RETRY, id));
+        self.active.insert(id, message);
+    }
+
+    /// Makes every pending write due now (tests cannot wait for it).
+    #[cfg(test)]
+    pub fn retry_writes_now(&mut self) {
+        let now = Instant::now();
+        self.unsaved = std::mem::take(&mut self.unsaved)
+            .into_iter()
+            .map(|(_, id)| (now, id))
+            .collect();
+    }
+
+    /// Tries again to finish the messages whose writes failed.
+    fn retry_unsaved(&mut self) {
+        let now = Instant::now();
+        while let Some(&(at, id)) = self.unsaved.first() {
+            if at > now {
+                break;
+            }
+            self.unsaved.pop_first();
+            // Its outcome is in the envelope already, and the attempt was
+            // counted: finishing again only writes it.
+            if let Some(message) = self.active.get_mut(&id) {
+                message.unsaved = false;
+                self.finish(id);
             }
         }
     }
@@ -551,20 +688,23 @@ impl Scheduler {
 
     /// Parks a finished-but-not-notified message in `deferred/`.
     fn retry_later(&mut self, id: QueueId) {
-        let Some(message) = self.active.remove(&id) else {
+        let Some(mut message) = self.active.remove(&id) else {
             return;
         };
-        let mut envelope = message.envelope;
         let due = unix_now() + BOUNCE_RETRY_SECS;
-        envelope.next_retry = Some(due);
-        match self
-            .queue
-            .rewrite_and_move(&envelope, QueueState::Active, QueueState::Deferred)
-        {
+        message.envelope.next_retry = Some(due);
+        match self.queue.rewrite_and_move(
+            &message.envelope,
+            QueueState::Active,
+            QueueState::Deferred,
+        ) {
             Ok(()) => {
                 self.deferred.insert((due, id));
             }
-            Err(error) => tracing::error!(message_id = %id, %error, "cannot park message"),
+            Err(error) => {
+                tracing::error!(message_id = %id, %error, "cannot park message; will try again");
+                self.keep_unsaved(message);
+            }
         }
     }
 
@@ -596,6 +736,7 @@ impl Scheduler {
         }
     }
 
+    /// Removes content files that no envelope refers to.
     pub fn sweep(&self) {
         match self.queue.sweep_orphan_content(Duration::from_secs(3600)) {
             Ok(0) => {}
@@ -612,5 +753,22 @@ fn metric_status(outcome: Outcome) -> &'static str {
         Outcome::Delivered => status::DELIVERED,
         Outcome::Deferred => status::DEFERRED,
         Outcome::Failed => status::FAILED,
+    }
+}
+
+/// The same deferral for every recipient of `job`.
+fn everyone(job: &DeliveryJob, reply: Reply) -> DeliveryReport {
+    DeliveryReport {
+        results: job
+            .recipients
+            .iter()
+            .map(|r| RecipientResult {
+                index: r.index,
+                outcome: Outcome::Deferred,
+                remote: None,
+                reply: reply.clone(),
+            })
+            .collect(),
+        destination_failed: false,
     }
 }

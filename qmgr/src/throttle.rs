@@ -30,6 +30,13 @@ impl TokenBucket {
         self.last = self.last.max(now);
     }
 
+    /// Whether the bucket has refilled completely: it is then the same as a
+    /// new one.
+    pub fn is_full(&mut self, now: Instant) -> bool {
+        self.refill(now);
+        self.tokens >= self.burst
+    }
+
     /// Takes a token, or says how long until one is there.
     pub fn take(&mut self, now: Instant) -> Result<(), Duration> {
         self.refill(now);

@@ -72,6 +72,11 @@ impl<V: Clone> TtlCache<V> {
         );
     }
 
+    /// Entries held, expired ones included until they are evicted.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
     pub fn remove(&mut self, key: &str) {
         self.entries.remove(key);
     }

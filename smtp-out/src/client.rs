@@ -15,7 +15,7 @@ use tokio::io::{
     AsyncBufRead, AsyncBufReadExt, AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, BufReader,
     ReadBuf,
 };
-use tokio::net::TcpStream;
+use tokio::net::{TcpStream, UnixStream};
 use tokio_rustls::TlsConnector;
 use tokio_rustls::client::TlsStream;
 
@@ -76,6 +76,8 @@ pub enum Unread {
 /// A TCP connection before or after STARTTLS.
 pub enum Stream {
     Plain(TcpStream),
+    /// An LMTP server's Unix socket.
+    Unix(UnixStream),
     Tls(Box<TlsStream<TcpStream>>),
 }
 
@@ -87,6 +89,7 @@ impl AsyncRead for Stream {
     ) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_read(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
@@ -100,6 +103,7 @@ impl AsyncWrite for Stream {
     ) -> Poll<io::Result<usize>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            Self::Unix(s) => Pin::new(s).poll_write(cx, buf),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
@@ -107,6 +111,7 @@ impl AsyncWrite for Stream {
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
+            Self::Unix(s) => Pin::new(s).poll_flush(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
@@ -114,6 +119,7 @@ impl AsyncWrite for Stream {
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            Self::Unix(s) => Pin::new(s).poll_shutdown(cx),
             Self::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
@@ -153,6 +159,30 @@ pub async fn connect(
     })
 }
 
+/// Connects to an LMTP server's Unix socket.
+pub async fn connect_unix(
+    path: &std::path::Path,
+    timeouts: &ClientTimeouts,
+) -> Result<Connection<Stream>, SessionError> {
+    let secs = timeouts.connect_secs;
+    let stream = tokio::time::timeout(Duration::from_secs(secs), UnixStream::connect(path))
+        .await
+        .map_err(|_| SessionError::Timeout {
+            phase: "connect",
+            secs,
+        })?
+        .map_err(|e| SessionError::Connect {
+            host: path.display().to_string(),
+            detail: e.to_string(),
+        })?;
+    Ok(Connection {
+        stream: BufReader::new(Stream::Unix(stream)),
+        timeouts: timeouts.clone(),
+        extensions: Vec::new(),
+        tls: None,
+    })
+}
+
 impl Connection<Stream> {
     /// STARTTLS (RFC 3207) after a positive `220`: the handshake, checking
     /// the certificate against `server_name` as `config` says. The caller
@@ -174,7 +204,7 @@ impl Connection<Stream> {
         let name = ServerName::try_from(server_name.to_owned())
             .map_err(|e| fail(format!("invalid server name: {e}")))?;
         let Stream::Plain(tcp) = self.stream.into_inner() else {
-            return Err(fail("TLS is already active".into()));
+            return Err(fail("TLS is already active, or not over TCP".into()));
         };
         let handshake = TlsConnector::from(config).connect(name, tcp);
         let tls = tokio::time::timeout(Duration::from_secs(secs), handshake)
@@ -360,6 +390,25 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         self.command("HELO", secs, &format!("HELO {name}")).await
     }
 
+    /// LHLO (RFC 2033): LMTP has no HELO to fall back to.
+    pub async fn lhlo(&mut self, name: &str) -> Result<Reply, SessionError> {
+        let secs = self.timeouts.ehlo_secs;
+        let reply = self.command("LHLO", secs, &format!("LHLO {name}")).await?;
+        if !reply.is_completion() {
+            return Err(SessionError::Protocol {
+                phase: "LHLO",
+                detail: reply.to_string(),
+            });
+        }
+        self.extensions = reply
+            .text
+            .lines()
+            .skip(1)
+            .map(|l| l.trim().to_ascii_uppercase())
+            .collect();
+        Ok(reply)
+    }
+
     pub fn offers(&self, extension: &str) -> bool {
         self.extensions
             .iter()
@@ -379,124 +428,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     }
 }
 
-/// Dot-stuffs content for DATA across chunk boundaries, and makes sure it
-/// ends with CRLF before the terminating dot.
-#[derive(Debug)]
-pub struct DotStuffer {
-    at_line_start: bool,
-    last_two: [u8; 2],
-}
-
-impl Default for DotStuffer {
-    fn default() -> Self {
-        Self {
-            at_line_start: true,
-            last_two: *b"\r\n",
-        }
-    }
-}
-
-impl DotStuffer {
-    /// Appends `chunk` to `out`, doubling each dot that starts a line. Whole
-    /// lines are copied at once: only line starts need looking at.
-    pub fn stuff(&mut self, chunk: &[u8], out: &mut Vec<u8>) {
-        let mut rest = chunk;
-        while let Some(&first) = rest.first() {
-            if self.at_line_start && first == b'.' {
-                out.push(b'.');
-            }
-            let line_len = match memchr::memchr(b'\n', rest) {
-                Some(newline) => newline + 1,
-                None => rest.len(),
-            };
-            let (line, tail) = rest.split_at(line_len);
-            out.extend_from_slice(line);
-            self.at_line_start = line.ends_with(b"\n");
-            rest = tail;
-        }
-        self.last_two = match *chunk {
-            [.., second_last, last] => [second_last, last],
-            [last] => [self.last_two[1], last],
-            [] => self.last_two,
-        };
-    }
-
-    /// The end-of-data marker, preceded by CRLF if the content lacks one.
-    pub fn finish(&self) -> &'static [u8] {
-        if self.last_two == *b"\r\n" {
-            b".\r\n"
-        } else {
-            b"\r\n.\r\n"
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn stuff(chunks: &[&[u8]]) -> Vec<u8> {
-        let mut stuffer = DotStuffer::default();
-        let mut out = Vec::new();
-        for chunk in chunks {
-            stuffer.stuff(chunk, &mut out);
-        }
-        out.extend_from_slice(stuffer.finish());
-        out
-    }
-
-    #[test]
-    fn dots_at_line_starts_are_doubled_across_chunks() {
-        assert_eq!(
-            stuff(&[b".a\r\nb\r\n", b".", b"c\r\n"]),
-            b"..a\r\nb\r\n..c\r\n.\r\n"
-        );
-        assert_eq!(stuff(&[b"a.b\r\n"]), b"a.b\r\n.\r\n");
-    }
-
-    /// The obvious byte-at-a-time stuffing, to check the fast one against.
-    fn stuff_bytewise(content: &[u8]) -> Vec<u8> {
-        let mut out = Vec::new();
-        let mut at_line_start = true;
-        for &byte in content {
-            if at_line_start && byte == b'.' {
-                out.push(b'.');
-            }
-            out.push(byte);
-            at_line_start = byte == b'\n';
-        }
-        if !out.ends_with(b"\r\n") && !content.is_empty() {
-            out.extend_from_slice(b"\r\n");
-        }
-        out.extend_from_slice(b".\r\n");
-        out
-    }
-
-    proptest::proptest! {
-        #[test]
-        fn stuffing_matches_bytewise_for_any_chunking(
-            content in proptest::collection::vec(
-                proptest::sample::select(vec![b'.', b'\r', b'\n', b'a']), 0..64),
-            cuts in proptest::collection::vec(0usize..64, 0..6),
-        ) {
-            let mut cuts: Vec<usize> = cuts.into_iter().map(|c| c.min(content.len())).collect();
-            cuts.sort_unstable();
-            let mut chunks = Vec::new();
-            let mut start = 0;
-            for cut in cuts {
-                chunks.push(&content[start..cut]);
-                start = cut;
-            }
-            chunks.push(&content[start..]);
-            proptest::prop_assert_eq!(stuff(&chunks), stuff_bytewise(&content));
-        }
-    }
-
-    #[test]
-    fn missing_final_crlf_is_added() {
-        assert_eq!(stuff(&[b"no newline"]), b"no newline\r\n.\r\n");
-        assert_eq!(stuff(&[]), b".\r\n");
-    }
 
     #[tokio::test]
     async fn reads_multiline_replies_and_parses_extensions() {

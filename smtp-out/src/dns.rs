@@ -50,6 +50,26 @@ pub struct MxResolver {
     cache: Mutex<TtlCache<Answer>>,
     min_ttl: Duration,
     max_ttl: Duration,
+    observer: Option<Box<Observer>>,
+}
+
+/// Told about every lookup.
+type Observer = dyn Fn(&Lookup<'_>) + Send + Sync;
+
+/// What one [`MxResolver::resolve`] did, for its observer (the plugin
+/// modules' DnsLookup event).
+#[derive(Debug)]
+pub struct Lookup<'a> {
+    /// Lower-cased.
+    pub domain: &'a str,
+    /// Answered from the cache.
+    pub cache_hit: bool,
+    /// How long the lookup took (a cache miss).
+    pub duration: Option<Duration>,
+    /// Why there is no answer (a cache miss that failed).
+    pub error: Option<&'a LookupError>,
+    /// Answers in the cache afterwards.
+    pub cache_size: usize,
 }
 
 impl MxResolver {
@@ -95,7 +115,27 @@ impl MxResolver {
             cache: Mutex::new(TtlCache::new(config.cache_size)),
             min_ttl: Duration::from_secs(config.min_ttl_secs),
             max_ttl: Duration::from_secs(config.max_ttl_secs),
+            observer: None,
         })
+    }
+
+    /// Calls `observer` after every [`resolve`](Self::resolve).
+    pub fn observed_by(mut self, observer: impl Fn(&Lookup<'_>) + Send + Sync + 'static) -> Self {
+        self.observer = Some(Box::new(observer));
+        self
+    }
+
+    fn notify(&self, domain: &str, duration: Option<Duration>, error: Option<&LookupError>) {
+        if let Some(observer) = &self.observer {
+            let cache_size = self.cache().len();
+            observer(&Lookup {
+                domain,
+                cache_hit: duration.is_none(),
+                duration,
+                error,
+                cache_size,
+            });
+        }
     }
 
     fn cache(&self) -> std::sync::MutexGuard<'_, TtlCache<Answer>> {
@@ -106,9 +146,13 @@ impl MxResolver {
     pub async fn resolve(&self, domain: &str) -> Result<Answer, LookupError> {
         let key = domain.to_ascii_lowercase();
         let metrics = empath_common::metrics::get();
-        if let Some(answer) = self.cache().get(&key, Instant::now()) {
+        // Not `if let Some(..) = self.cache().get(..)`: the guard would live
+        // through the block, and `notify` locks the cache again.
+        let cached = self.cache().get(&key, Instant::now());
+        if let Some(answer) = cached {
             tracing::debug!(domain = %key, "MX answer from cache");
             metrics.dns_cache_hits_total.inc();
+            self.notify(&key, None, None);
             return Ok(answer);
         }
         metrics.dns_cache_misses_total.inc();
@@ -117,7 +161,13 @@ impl MxResolver {
         metrics
             .dns_lookup_duration_seconds
             .observe(started.elapsed().as_secs_f64());
-        let (answer, valid_until) = looked_up?;
+        let (answer, valid_until) = match looked_up {
+            Ok(found) => found,
+            Err(error) => {
+                self.notify(&key, Some(started.elapsed()), Some(&error));
+                return Err(error);
+            }
+        };
         let now = Instant::now();
         let ttl = valid_until
             .saturating_duration_since(now)
@@ -126,6 +176,7 @@ impl MxResolver {
         if !ttl.is_zero() {
             self.cache().insert(&key, answer.clone(), now + ttl, now);
         }
+        self.notify(&key, Some(started.elapsed()), None);
         Ok(answer)
     }
 

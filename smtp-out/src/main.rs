@@ -5,6 +5,8 @@ mod cache;
 mod client;
 mod control;
 mod dns;
+mod module_events;
+mod myself;
 mod pool;
 mod route;
 mod tls;
@@ -14,7 +16,7 @@ use std::io;
 use std::sync::Arc;
 use std::time::Duration;
 
-use empath_common::config::Config;
+use empath_common::config::{Config, DomainTransport, LmtpEndpoint};
 use empath_common::daemon;
 use empath_common::ipc::{read_frame, write_frame};
 use empath_common::protocol::{self, DeliveryJob, DeliveryReport, Outcome, RecipientResult};
@@ -24,10 +26,11 @@ use tokio::net::UnixStream;
 
 use client::{Connection, SessionError, Stream};
 use dns::MxResolver;
+use myself::Myself;
 use pool::Pool;
 use route::{NoRoute, Target};
 use tls::TlsConfigs;
-use transaction::{Finished, Reuse};
+use transaction::{Dialect, Finished, Reuse};
 
 struct SmtpOut {
     config: Config,
@@ -36,6 +39,8 @@ struct SmtpOut {
     resolver: MxResolver,
     tls: TlsConfigs,
     pool: Pool,
+    /// Our own listeners and names, read at the first delivery.
+    myself: tokio::sync::OnceCell<Myself>,
 }
 
 /// The TLS policy for one destination domain.
@@ -48,15 +53,26 @@ struct TlsPolicy {
 #[tokio::main]
 async fn main() {
     let started = daemon::start("smtp-out");
-    let resolver = MxResolver::new(&started.config.dns).unwrap_or_else(|error| {
-        tracing::error!(%error, "cannot set up DNS");
-        std::process::exit(1);
-    });
+    // As in smtpd and qmgr: a module that cannot be loaded is a config
+    // error (EX_CONFIG, 78), reported with its reason.
+    let modules =
+        empath_modules::Modules::load_configured(&started.config.modules).unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot load modules");
+            eprintln!("empath-smtp-out: cannot load modules: {error}");
+            std::process::exit(78);
+        });
+    let resolver = MxResolver::new(&started.config.dns)
+        .unwrap_or_else(|error| {
+            tracing::error!(%error, "cannot set up DNS");
+            std::process::exit(1);
+        })
+        .observed_by(module_events::dns_lookups(Arc::new(modules)));
     let tls = TlsConfigs::new().unwrap_or_else(|error| {
         tracing::error!(%error, "cannot set up TLS");
         std::process::exit(1);
     });
     let agent = Arc::new(SmtpOut {
+        myself: tokio::sync::OnceCell::new(),
         hostname: started.config.hostname(),
         pool: Pool::new(Duration::from_secs(
             started.config.delivery.connection_idle_secs,
@@ -130,7 +146,23 @@ impl SmtpOut {
     }
 
     async fn deliver(&self, job: &DeliveryJob) -> DeliveryReport {
-        let targets = match route::targets(&self.config, &self.resolver, &job.domain).await {
+        if let Some(DomainTransport::Lmtp(endpoint)) = self
+            .config
+            .delivery
+            .domains
+            .get(&job.domain)
+            .and_then(|policy| policy.transport.clone())
+        {
+            return self.deliver_lmtp(job, &endpoint).await;
+        }
+        let targets = match route::targets(
+            &self.config,
+            &self.resolver,
+            self.myself().await,
+            &job.domain,
+        )
+        .await
+        {
             Ok(targets) => targets,
             Err(NoRoute::Permanent(reply)) => {
                 return everyone(job, Outcome::Failed, None, &reply, false);
@@ -167,6 +199,84 @@ impl SmtpOut {
         everyone(job, Outcome::Deferred, remote, &reply, true)
     }
 
+    /// Our listeners and names. Until the master has published its
+    /// listeners, nothing is recognised (and the lookup is tried again).
+    async fn myself(&self) -> &Myself {
+        static NOBODY: std::sync::OnceLock<Myself> = std::sync::OnceLock::new();
+        let queue = self.queue.clone();
+        let hostname = self.hostname.clone();
+        let found = self
+            .myself
+            .get_or_try_init(|| async move {
+                tokio::task::spawn_blocking(move || Myself::discover(&queue, &hostname))
+                    .await
+                    .map_err(std::io::Error::other)?
+            })
+            .await;
+        match found {
+            Ok(myself) => myself,
+            Err(error) => {
+                tracing::warn!(%error, "cannot read the master's listeners yet: mail loops through them are not recognised");
+                NOBODY.get_or_init(Myself::default)
+            }
+        }
+    }
+
+    /// LMTP (RFC 2033) to the domain's server, e.g. Dovecot: one reply per
+    /// recipient after the content. A new connection per message; the
+    /// server is local, so there is nothing to gain from keeping it.
+    async fn deliver_lmtp(&self, job: &DeliveryJob, endpoint: &LmtpEndpoint) -> DeliveryReport {
+        let remote = match endpoint {
+            LmtpEndpoint::Unix(path) => path.display().to_string(),
+            LmtpEndpoint::Inet(target) => target.to_string(),
+        };
+        let attempt = async {
+            let timeouts = &self.config.delivery.smtp_timeouts;
+            let mut connection = match endpoint {
+                LmtpEndpoint::Unix(path) => client::connect_unix(path, timeouts).await?,
+                LmtpEndpoint::Inet(target) => {
+                    let addr = tokio::net::lookup_host((target.host.as_str(), target.port))
+                        .await
+                        .ok()
+                        .and_then(|mut addrs| addrs.next())
+                        .ok_or_else(|| SessionError::Connect {
+                            host: target.to_string(),
+                            detail: "cannot resolve the LMTP server".into(),
+                        })?;
+                    client::connect(addr, timeouts).await?
+                }
+            };
+            let greeting = connection.greeting().await?;
+            if !greeting.is_completion() {
+                return Err(SessionError::Protocol {
+                    phase: "greeting",
+                    detail: greeting.to_string(),
+                });
+            }
+            connection.lhlo(&self.hostname).await?;
+            let finished = self
+                .transaction(&mut connection, job, &remote, Reuse::Fresh, Dialect::Lmtp)
+                .await?;
+            if finished.reusable {
+                connection.quit().await;
+            }
+            Ok(finished.results)
+        };
+        match attempt.await {
+            Ok(results) => {
+                log_results(job, &results);
+                DeliveryReport {
+                    results,
+                    destination_failed: false,
+                }
+            }
+            Err(error) => {
+                tracing::warn!(message_id = %job.id, domain = %job.domain, server = %remote, %error, "LMTP delivery attempt failed");
+                everyone(job, Outcome::Deferred, Some(remote), &error.reply(), true)
+            }
+        }
+    }
+
     /// Delivers on a kept connection to `target` if there is one, else on
     /// a new one; keeps the connection afterwards for the next message.
     async fn attempt(
@@ -184,7 +294,7 @@ impl SmtpOut {
         };
         if let Some(mut connection) = self.pool.take(&key) {
             match self
-                .transaction(&mut connection, job, remote, Reuse::Kept)
+                .transaction(&mut connection, job, remote, Reuse::Kept, Dialect::Smtp)
                 .await
             {
                 Ok(finished) => return Ok(self.keep(key, connection, finished).await),
@@ -199,7 +309,7 @@ impl SmtpOut {
         }
         let mut connection = self.open(target, policy, &job.domain).await?;
         let finished = self
-            .transaction(&mut connection, job, remote, Reuse::Fresh)
+            .transaction(&mut connection, job, remote, Reuse::Fresh, Dialect::Smtp)
             .await?;
         Ok(self.keep(key, connection, finished).await)
     }
@@ -226,6 +336,7 @@ impl SmtpOut {
         job: &DeliveryJob,
         remote: &str,
         reuse: Reuse,
+        dialect: Dialect,
     ) -> Result<Finished, SessionError> {
         let queue = self.queue.clone();
         let id = job.id;
@@ -237,7 +348,7 @@ impl SmtpOut {
             phase: "opening queued content",
             detail: e.to_string(),
         })?;
-        transaction::run(connection, job, &mut content, remote, reuse).await
+        transaction::run(connection, job, &mut content, remote, reuse, dialect).await
     }
 
     /// Connects, greets, and negotiates TLS as the policy says.

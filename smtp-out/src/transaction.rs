@@ -2,9 +2,9 @@
 //! one result per recipient.
 //!
 //! The invariant this module keeps: a recipient is Delivered only when the
-//! server answered 2xx to the end-of-data marker, after the whole content
-//! and the marker were written, and the server had sent nothing before it
-//! was asked to. Any reply that breaks the grammar or the command/reply
+//! server answered 2xx to the end-of-data marker (in LMTP, that
+//! recipient's own reply to it), after the whole content and the marker
+//! were written, and the server had sent nothing before it was asked to. Any reply that breaks the grammar or the command/reply
 //! order is a protocol error ([`SessionError::Protocol`]): the caller
 //! defers every recipient with 4.5.0 and closes the connection.
 
@@ -12,7 +12,9 @@ use empath_common::protocol::{DeliveryJob, Outcome, RecipientResult};
 use empath_common::smtp::Reply;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use crate::client::{Connection, DotStuffer, SessionError, Unread};
+use empath_common::content::wire::DataEncoder;
+
+use crate::client::{Connection, SessionError, Unread};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -27,6 +29,14 @@ pub struct Finished {
     /// Every command got exactly one reply and nothing else is waiting:
     /// the connection may carry another message.
     pub reusable: bool,
+}
+
+/// SMTP, or LMTP (RFC 2033), which answers the end of data once per
+/// accepted recipient.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    Smtp,
+    Lmtp,
 }
 
 /// Whether the connection carried a message before.
@@ -89,6 +99,7 @@ pub async fn run<S, C>(
     content: &mut C,
     remote: &str,
     reuse: Reuse,
+    dialect: Dialect,
 ) -> Result<Finished, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
@@ -103,7 +114,8 @@ where
     };
 
     let mail = mail_command(connection, job);
-    let envelope = if connection.offers("PIPELINING") {
+    // LMTP servers always pipeline (RFC 2033 section 4.1).
+    let envelope = if dialect == Dialect::Lmtp || connection.offers("PIPELINING") {
         pipelined(connection, job, &mail, reuse).await?
     } else {
         one_by_one(connection, job, &mail, reuse).await?
@@ -165,29 +177,61 @@ where
     // More replies than commands so far: out of step.
     connection.expect_silence("DATA").await?;
     send_content(connection, content, timeouts.data_secs).await?;
-    let end_of_data = connection
-        .read_reply("end of data", timeouts.data_secs)
-        .await?;
-    let outcome = verdict("end of data", &end_of_data)?;
-    // A reply that was already waiting behind this one means this one was
-    // sent too early (during the content) and cannot be trusted.
+    let mut replies = Vec::with_capacity(accepted.len());
+    let ends = match dialect {
+        // One reply for the whole message.
+        Dialect::Smtp => 1,
+        // RFC 2033: one reply per accepted recipient, in RCPT order.
+        Dialect::Lmtp => accepted.len(),
+    };
+    for _ in 0..ends {
+        match connection
+            .read_reply("end of data", timeouts.data_secs)
+            .await
+        {
+            Ok(reply) => {
+                let outcome = verdict("end of data", &reply)?.unwrap_or(Outcome::Delivered);
+                replies.push((outcome, reply));
+            }
+            // An LMTP server that went away after answering for some
+            // recipients: those answers stand, the others are unknown.
+            Err(error @ (SessionError::Io { .. } | SessionError::Timeout { .. }))
+                if !replies.is_empty() =>
+            {
+                let unknown = error.reply();
+                results.extend(accepted.iter().enumerate().map(|(nth, &index)| {
+                    match replies.get(nth) {
+                        Some((outcome, reply)) => result(index, *outcome, reply),
+                        None => result(index, Outcome::Deferred, &unknown),
+                    }
+                }));
+                return Ok(Finished {
+                    results,
+                    reusable: false,
+                });
+            }
+            Err(error) => return Err(error),
+        }
+    }
+    // A reply that was already waiting behind the last one means the
+    // replies were sent too early (during the content) or out of step:
+    // none of them can be trusted.
     let reusable = match connection.unread().await {
         Unread::Nothing => true,
         Unread::Bytes(bytes) => {
             return Err(SessionError::Protocol {
                 phase: "end of data",
-                detail: format!("{bytes} more bytes after the reply to the end of data"),
+                detail: format!("{bytes} more bytes after the replies to the end of data"),
             });
         }
-        // The server hung up after answering: the answer stands.
+        // The server hung up after answering: the answers stand.
         Unread::Closed | Unread::Failed(_) => false,
     };
-    let outcome = outcome.unwrap_or(Outcome::Delivered);
-    results.extend(
-        accepted
-            .into_iter()
-            .map(|index| result(index, outcome, &end_of_data)),
-    );
+    results.extend(accepted.iter().enumerate().map(|(nth, &index)| {
+        // SMTP: the one reply is every recipient's.
+        let (outcome, reply) = &replies[nth.min(replies.len() - 1)];
+        result(index, *outcome, reply)
+    }));
     Ok(Finished { results, reusable })
 }
 
@@ -368,7 +412,7 @@ where
     S: AsyncRead + AsyncWrite + Unpin,
     C: AsyncRead + Unpin,
 {
-    let mut stuffer = DotStuffer::default();
+    let mut encoder = DataEncoder::new();
     let mut buffer = vec![0u8; CHUNK];
     let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
     loop {
@@ -383,12 +427,14 @@ where
             break;
         }
         out.clear();
-        stuffer.stuff(&buffer[..read], &mut out);
+        encoder.encode(&buffer[..read], &mut out);
         connection.expect_silence("DATA").await?;
         connection.send("DATA", secs, &out).await?;
     }
+    out.clear();
+    encoder.finish(&mut out);
     connection.expect_silence("DATA").await?;
-    connection.send("DATA", secs, stuffer.finish()).await
+    connection.send("DATA", secs, &out).await
 }
 
 #[cfg(test)]
@@ -465,14 +511,164 @@ mod tests {
         F: FnOnce(Server) -> Fut + Send + 'static,
         Fut: std::future::Future<Output = ()> + Send + 'static,
     {
-        let (client, server) = tokio::io::duplex(buffer);
-        let server = tokio::spawn(script(Server(BufReader::new(server))));
-        let mut connection = Connection::over(client, extensions);
-        let mut content = content;
-        let result = run(&mut connection, &job(), &mut content, "mx:25", reuse).await;
-        drop(connection);
-        server.await.unwrap();
-        result
+        let session = Session {
+            dialect: Dialect::Smtp,
+            job: job(),
+            extensions,
+            reuse,
+            content,
+            buffer,
+        };
+        session.run(script).await
+    }
+
+    /// One test transaction's client side.
+    struct Session<'a> {
+        dialect: Dialect,
+        job: DeliveryJob,
+        extensions: &'a [&'a str],
+        reuse: Reuse,
+        content: &'a [u8],
+        buffer: usize,
+    }
+
+    impl Session<'_> {
+        async fn run<F, Fut>(self, script: F) -> Result<Finished, SessionError>
+        where
+            F: FnOnce(Server) -> Fut + Send + 'static,
+            Fut: std::future::Future<Output = ()> + Send + 'static,
+        {
+            let (client, server) = tokio::io::duplex(self.buffer);
+            let server = tokio::spawn(script(Server(BufReader::new(server))));
+            let mut connection = Connection::over(client, self.extensions);
+            let mut content = self.content;
+            let result = run(
+                &mut connection,
+                &self.job,
+                &mut content,
+                "mx:25",
+                self.reuse,
+                self.dialect,
+            )
+            .await;
+            drop(connection);
+            server.await.unwrap();
+            result
+        }
+    }
+
+    fn three_recipients() -> DeliveryJob {
+        let mut job = job();
+        job.recipients = ["a", "b", "c"]
+            .iter()
+            .enumerate()
+            .map(|(index, name)| JobRecipient {
+                index,
+                address: format!("{name}@example.com"),
+            })
+            .collect();
+        job
+    }
+
+    async fn lmtp<F, Fut>(script: F) -> Result<Finished, SessionError>
+    where
+        F: FnOnce(Server) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send + 'static,
+    {
+        let session = Session {
+            dialect: Dialect::Lmtp,
+            job: three_recipients(),
+            extensions: &[],
+            reuse: Reuse::Fresh,
+            content: b"x\r\n",
+            buffer: 4096,
+        };
+        session.run(script).await
+    }
+
+    fn outcomes(finished: &Finished) -> Vec<(usize, Outcome, u16)> {
+        let mut all: Vec<_> = finished
+            .results
+            .iter()
+            .map(|r| (r.index, r.outcome, r.reply.code))
+            .collect();
+        all.sort_by_key(|r| r.0);
+        all
+    }
+
+    /// LMTP: each accepted recipient gets its own reply after the content.
+    #[tokio::test]
+    async fn lmtp_gives_each_recipient_its_own_reply() {
+        let finished = lmtp(|mut s| async move {
+            // Pipelined even without the extension being announced.
+            assert_eq!(s.lines(5).await[4], "DATA");
+            s.say(b"250 ok\r\n250 ok\r\n550 5.1.1 no such user\r\n250 ok\r\n354 go\r\n")
+                .await;
+            s.content().await;
+            s.say(b"250 2.0.0 a saved\r\n452 4.2.2 c over quota\r\n")
+                .await;
+            s.until_closed().await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            outcomes(&finished),
+            vec![
+                (0, Outcome::Delivered, 250),
+                (1, Outcome::Failed, 550),
+                (2, Outcome::Deferred, 452)
+            ]
+        );
+    }
+
+    /// The server goes away after answering for the first recipient: that
+    /// answer stands, the others are deferred.
+    #[tokio::test]
+    async fn lmtp_answers_given_before_a_hang_up_stand() {
+        let finished = lmtp(|mut s| async move {
+            s.lines(5).await;
+            s.say(b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+                .await;
+            s.content().await;
+            s.say(b"250 2.0.0 a saved\r\n").await;
+        })
+        .await
+        .unwrap();
+        assert_eq!(
+            outcomes(&finished),
+            vec![
+                (0, Outcome::Delivered, 250),
+                (1, Outcome::Deferred, 451),
+                (2, Outcome::Deferred, 451)
+            ]
+        );
+        assert!(!finished.reusable);
+    }
+
+    /// More replies than recipients, or a malformed one: nothing is
+    /// trusted.
+    #[tokio::test]
+    async fn lmtp_replies_out_of_step_are_protocol_errors() {
+        let extra = lmtp(|mut s| async move {
+            s.lines(5).await;
+            s.say(b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+                .await;
+            s.content().await;
+            s.say(b"250 a\r\n250 b\r\n250 c\r\n250 d\r\n").await;
+            s.until_closed().await;
+        })
+        .await;
+        assert!(is_protocol_error(&extra), "{extra:?}");
+        let malformed = lmtp(|mut s| async move {
+            s.lines(5).await;
+            s.say(b"250 ok\r\n250 ok\r\n250 ok\r\n250 ok\r\n354 go\r\n")
+                .await;
+            s.content().await;
+            s.say(b"250 a\r\n2500 b\r\n").await;
+            s.until_closed().await;
+        })
+        .await;
+        assert!(is_protocol_error(&malformed), "{malformed:?}");
     }
 
     fn is_protocol_error(result: &Result<Finished, SessionError>) -> bool {

@@ -22,7 +22,7 @@ use tokio::time::Instant;
 
 use crate::auth::{self, Mechanism};
 use crate::cleanup_client::{CHUNK_SIZE, CleanupClient};
-use crate::data_decoder::DataDecoder;
+use crate::data_decoder::{BareLineEndings, DataDecoder};
 use crate::limits::Admission;
 use crate::lines::{self, Line, MAX_COMMAND_LINE};
 use crate::module_hooks::ModuleHooks;
@@ -30,6 +30,7 @@ use crate::parser::{Command, parse_command};
 use crate::reply;
 use crate::session::{Action, Session};
 use crate::settings::Settings;
+use empath_common::config::BareLineEndings as BareLineEndingsPolicy;
 
 /// A client stream: TCP, a TLS stream over it, or a test pipe.
 pub trait Stream: AsyncRead + AsyncWrite + Unpin + Send {}
@@ -158,6 +159,7 @@ struct Connection {
 /// The commands whose acceptance the modules have a say in.
 #[derive(Clone, Copy)]
 enum Checked {
+    Ehlo,
     Mail,
     Rcpt,
 }
@@ -169,6 +171,7 @@ struct Chunks {
     sink: Option<CleanupClient>,
     size: u64,
     too_big: bool,
+    bare_line_endings: BareLineEndings,
 }
 
 impl Connection {
@@ -220,11 +223,13 @@ impl Connection {
                 Line::Complete(bytes) => {
                     let command = parse_command(&bytes);
                     let checked = match &command {
+                        Ok(Command::Ehlo(_) | Command::Helo(_)) => Some(Checked::Ehlo),
                         Ok(Command::Mail { .. }) => Some(Checked::Mail),
                         Ok(Command::Rcpt { .. }) => Some(Checked::Rcpt),
                         _ => None,
                     };
                     let action = self.session.handle(command);
+                    let action = self.verify_local(checked, action).await;
                     self.ask_modules(checked, action)
                 }
                 Line::TooLong => Action::Reply(self.session.line_too_long()),
@@ -286,16 +291,69 @@ impl Connection {
         }
     }
 
-    /// MAIL or RCPT that smtpd accepted goes to the modules, which may
-    /// still refuse it: a refused MAIL starts no transaction, a refused
-    /// RCPT adds no recipient.
+    /// A recipient at a local domain that smtpd accepted must be a user or
+    /// an alias: otherwise 550 5.1.1 and it is not added. The lookup
+    /// blocks (alias index, user database), so it leaves the async thread.
+    async fn verify_local(&mut self, checked: Option<Checked>, action: Action) -> Action {
+        let accepted = matches!(&action, Action::Reply(reply) if reply.is_positive());
+        if !accepted || !matches!(checked, Some(Checked::Rcpt)) {
+            return action;
+        }
+        let Some(recipient) = self
+            .session
+            .transaction()
+            .and_then(|t| t.recipients.last())
+            .map(|r| r.address.clone())
+        else {
+            return action;
+        };
+        if !self.settings.local.is_local(&recipient) {
+            return action;
+        }
+        let local = self.settings.local.clone();
+        let refusal = tokio::task::spawn_blocking(move || {
+            let refusal = local.verify(&recipient);
+            (recipient, refusal)
+        })
+        .await;
+        match refusal {
+            Ok((_, None)) => action,
+            Ok((recipient, Some(refusal))) => {
+                tracing::info!(client = %self.peer, %recipient, reply = %refusal, "local recipient refused");
+                self.session.drop_last_recipient();
+                Action::Reply(refusal)
+            }
+            Err(_) => {
+                self.session.drop_last_recipient();
+                Action::Reply(Reply::new(451, "4.3.0", "Temporary lookup failure"))
+            }
+        }
+    }
+
+    /// EHLO, MAIL or RCPT that smtpd accepted goes to the modules, which
+    /// may still refuse it: a refused EHLO leaves the client ungreeted, a
+    /// refused MAIL starts no transaction, a refused RCPT adds no recipient.
     fn ask_modules(&mut self, checked: Option<Checked>, action: Action) -> Action {
         let accepted = matches!(&action, Action::Reply(reply) if reply.is_positive());
+        if accepted && let Some(Checked::Ehlo) = checked {
+            let name = self
+                .session
+                .greeting()
+                .map(|g| g.name.clone())
+                .unwrap_or_default();
+            return match self.hooks.ehlo(&name) {
+                Ok(()) => action,
+                Err(refusal) => {
+                    self.session.forget_greeting();
+                    Action::Reply(refusal)
+                }
+            };
+        }
         let Some(transaction) = self.session.transaction().filter(|_| accepted) else {
             return action;
         };
         let verdict = match checked {
-            None => return action,
+            None | Some(Checked::Ehlo) => return action,
             Some(Checked::Mail) => {
                 let sender = transaction.sender.clone();
                 self.hooks.mail_from(&sender).inspect_err(|_| {
@@ -355,6 +413,7 @@ impl Connection {
             .unwrap_or("unknown");
         // "TLSv1_3" as people write it: "TLSv1.3".
         let version = version.replace('_', ".");
+        self.hooks.tls_established(&version, cipher);
         let description = format!("using {version} with cipher {cipher}");
         tracing::info!(client = %self.peer, tls = %description, "STARTTLS");
         self.tls = Some(description);
@@ -447,6 +506,7 @@ impl Connection {
                     sink: self.open_submission().await,
                     size: 0,
                     too_big: false,
+                    bare_line_endings: BareLineEndings::default(),
                 }
             }
         };
@@ -463,7 +523,11 @@ impl Connection {
                 sink.abort().await;
             }
         }
-        self.read_chunk(size, Some(&mut chunks.sink)).await?;
+        self.read_chunk(
+            size,
+            Some((&mut chunks.sink, &mut chunks.bare_line_endings)),
+        )
+        .await?;
         if chunks.too_big {
             tracing::info!(client = %self.peer, size = chunks.size, "message rejected: too big");
             self.session.finish_transaction();
@@ -479,6 +543,12 @@ impl Connection {
             chunks.sink = Some(sink);
             self.chunks = Some(chunks);
             self.send(&reply::chunk_ok(size));
+            return Ok(());
+        }
+        if chunks.bare_line_endings.found() && self.rejects_bare_line_endings() {
+            sink.abort().await;
+            self.session.finish_transaction();
+            self.send(&reply::bare_line_endings());
             return Ok(());
         }
         let reply = self.commit(sink, chunks.size).await;
@@ -506,7 +576,7 @@ impl Connection {
     async fn read_chunk(
         &mut self,
         size: u64,
-        mut sink: Option<&mut Option<CleanupClient>>,
+        mut sink: Option<(&mut Option<CleanupClient>, &mut BareLineEndings)>,
     ) -> Result<(), End> {
         let mut remaining = size;
         let mut piece = Vec::with_capacity(CHUNK_SIZE.min(READ_BUFFER));
@@ -530,12 +600,14 @@ impl Connection {
             {
                 copy.extend_from_slice(&piece);
             }
-            if let Some(slot) = sink.as_deref_mut()
-                && let Some(open) = slot
-                && let Err(error) = open.write(&piece).await
-            {
-                tracing::warn!(client = %self.peer, %error, "lost cleanup while receiving a message");
-                *slot = None;
+            if let Some((slot, bare_line_endings)) = &mut sink {
+                bare_line_endings.scan(&piece);
+                if let Some(open) = slot
+                    && let Err(error) = open.write(&piece).await
+                {
+                    tracing::warn!(client = %self.peer, %error, "lost cleanup while receiving a message");
+                    **slot = None;
+                }
             }
         }
         Ok(())
@@ -560,6 +632,7 @@ impl Connection {
 
     fn send(&mut self, reply: &Reply) {
         self.out.extend_from_slice(reply.to_wire().as_bytes());
+        self.hooks.replied(reply);
     }
 
     async fn flush(&mut self) -> Result<(), End> {
@@ -621,7 +694,15 @@ impl Connection {
                 reply::message_too_big()
             }
             Received::QueueFailed => reply::queue_error(),
-            Received::Complete { sink, size } => self.commit(sink, size).await,
+            Received::Complete {
+                sink,
+                bare_line_endings: true,
+                ..
+            } if self.rejects_bare_line_endings() => {
+                sink.abort().await;
+                reply::bare_line_endings()
+            }
+            Received::Complete { sink, size, .. } => self.commit(sink, size).await,
         };
         self.session.finish_transaction();
         self.send(&reply);
@@ -659,6 +740,7 @@ impl Connection {
                     client = %self.peer,
                     "queued"
                 );
+                self.hooks.message_received(&id.to_string(), size);
                 reply::queued(id)
             }
             // 250 only ever follows `Queued`, whatever cleanup says.
@@ -722,9 +804,23 @@ impl Connection {
         }
         Ok(match sink {
             _ if too_big => Received::TooBig { size },
-            Some(sink) => Received::Complete { sink, size },
+            Some(sink) => Received::Complete {
+                sink,
+                size,
+                bare_line_endings: decoder.saw_bare_line_endings(),
+            },
             None => Received::QueueFailed,
         })
+    }
+
+    /// `smtpd.bare_line_endings: reject`: a message with a bare CR or LF is
+    /// refused (after its end, which is never one of them).
+    fn rejects_bare_line_endings(&self) -> bool {
+        let reject = self.settings.bare_line_endings == BareLineEndingsPolicy::Reject;
+        if reject {
+            tracing::info!(client = %self.peer, "message rejected: bare CR or LF");
+        }
+        reject
     }
 
     fn submission(&self) -> Option<Submission> {
@@ -790,8 +886,14 @@ impl Block {
 
 /// How the message data ended.
 enum Received {
-    Complete { sink: CleanupClient, size: u64 },
-    TooBig { size: u64 },
+    Complete {
+        sink: CleanupClient,
+        size: u64,
+        bare_line_endings: bool,
+    },
+    TooBig {
+        size: u64,
+    },
     QueueFailed,
 }
 

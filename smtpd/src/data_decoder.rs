@@ -6,8 +6,11 @@
 //! the first behind an end marker that another MTA reads differently):
 //! - The message ends only at `<CRLF>.<CRLF>` with real CRLFs. A line `.`
 //!   ended by a bare LF, or following a line ended by a bare LF, is content.
-//! - A bare LF ends a line and becomes CRLF in the content, so the content
-//!   always has CRLF line endings. A bare CR is ordinary content.
+//! - A bare LF ends a line and becomes CRLF in the content. A bare CR is
+//!   passed on as content here; cleanup makes it a line ending too (see
+//!   `empath_common::content::shape`), so that no next hop sees either.
+//!   The decoder notes that it saw one, for `smtpd.bare_line_endings:
+//!   reject`.
 //! - Lines longer than RFC 5321's 1000 octets are accepted and passed on
 //!   unchanged: refusing or folding them would lose mail that other MTAs
 //!   accept, and the size limit bounds the message anyway.
@@ -44,6 +47,8 @@ pub struct Decoded {
 #[derive(Debug, Clone)]
 pub struct DataDecoder {
     state: State,
+    /// A bare CR or LF was seen (RFC 5321 section 2.3.8 forbids them).
+    bare_line_endings: bool,
 }
 
 impl Default for DataDecoder {
@@ -58,7 +63,13 @@ impl DataDecoder {
         // an immediate `<CRLF>.<CRLF>` (an empty message).
         Self {
             state: State::LineStart { after_crlf: true },
+            bare_line_endings: false,
         }
+    }
+
+    /// Whether the message held a bare CR or LF.
+    pub fn saw_bare_line_endings(&self) -> bool {
+        self.bare_line_endings
     }
 
     pub fn is_finished(&self) -> bool {
@@ -95,6 +106,12 @@ impl DataDecoder {
     }
 
     fn step(&mut self, byte: u8, out: &mut Vec<u8>) {
+        let bare = match (self.state, byte) {
+            (State::LineStart { .. } | State::Middle | State::Dot { .. }, b'\n') => true,
+            (State::DotCr { .. } | State::MiddleCr, next) => next != b'\n',
+            _ => false,
+        };
+        self.bare_line_endings |= bare;
         self.state = match (self.state, byte) {
             (State::Finished, _) => State::Finished,
             (State::LineStart { after_crlf }, b'.') => State::Dot { after_crlf },
@@ -149,6 +166,45 @@ impl DataDecoder {
                 State::Middle
             }
         };
+    }
+}
+
+/// Looks for bare CRs and LFs in content that arrives in pieces (BDAT,
+/// which is not dot-stuffed and has no end marker to find).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct BareLineEndings {
+    after_cr: bool,
+    found: bool,
+}
+
+impl BareLineEndings {
+    pub fn scan(&mut self, mut piece: &[u8]) {
+        while !piece.is_empty() {
+            if self.after_cr {
+                self.after_cr = false;
+                if piece[0] == b'\n' {
+                    piece = &piece[1..];
+                    continue;
+                }
+                self.found = true;
+            }
+            match memchr::memchr2(b'\r', b'\n', piece) {
+                None => return,
+                Some(at) if piece[at] == b'\n' => {
+                    self.found = true;
+                    piece = &piece[at + 1..];
+                }
+                Some(at) => {
+                    self.after_cr = true;
+                    piece = &piece[at + 1..];
+                }
+            }
+        }
+    }
+
+    /// Whether any were found, once the last piece was scanned.
+    pub fn found(&self) -> bool {
+        self.found || self.after_cr
     }
 }
 
@@ -245,5 +301,39 @@ mod tests {
         let input = b"\n".repeat(100);
         let (out, _, _) = decode(&input);
         assert_eq!(out.len(), 200);
+    }
+
+    #[test]
+    fn bare_line_endings_are_noticed() {
+        for (input, bare) in [
+            (&b"a\r\nb\r\n.\r\n"[..], false),
+            (b"a\nb\r\n.\r\n", true),
+            (b"a\rb\r\n.\r\n", true),
+            (b"a\r\n.\rx\r\n.\r\n", true),
+            (b"a\r\n.\nx\r\n.\r\n", true),
+            (b"a\r\r\n.\r\n", true),
+        ] {
+            let mut decoder = DataDecoder::new();
+            decoder.feed(input, &mut Vec::new());
+            assert_eq!(
+                decoder.saw_bare_line_endings(),
+                bare,
+                "{:?}",
+                String::from_utf8_lossy(input)
+            );
+            let mut chunks = BareLineEndings::default();
+            for byte in input {
+                chunks.scan(std::slice::from_ref(byte));
+            }
+            assert_eq!(
+                chunks.found(),
+                bare,
+                "{:?} in pieces",
+                String::from_utf8_lossy(input)
+            );
+        }
+        let mut chunk = BareLineEndings::default();
+        chunk.scan(b"ends with CR\r");
+        assert!(chunk.found());
     }
 }

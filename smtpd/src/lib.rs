@@ -28,6 +28,7 @@ pub mod data_decoder;
 pub mod limits;
 pub mod lines;
 pub mod listeners;
+pub mod local;
 pub mod module_hooks;
 pub mod params;
 pub mod parser;

@@ -5,11 +5,13 @@ use std::process::ExitCode;
 use std::sync::Arc;
 
 use empath_common::daemon;
+use empath_common::local_recipients::LocalRecipients;
 use empath_common::protocol::{ANVIL, CLEANUP};
 use empath_smtpd::anvil::AnvilClient;
 use empath_smtpd::auth::AuthState;
 use empath_smtpd::limits::ConnectionLimits;
 use empath_smtpd::listeners;
+use empath_smtpd::local::LocalPolicy;
 use empath_smtpd::relay::RelayPolicy;
 use empath_smtpd::settings::Settings;
 use empath_smtpd::tls::TlsSlot;
@@ -19,12 +21,7 @@ fn main() -> ExitCode {
     // Loaded once, before any session: a module that cannot be loaded is
     // a config error (EX_CONFIG), reported with its reason. Running
     // without a policy module the operator configured would be worse.
-    let modules = match empath_modules::Modules::load(
-        config
-            .modules
-            .iter()
-            .map(|m| (m.name.as_path(), m.arguments.as_slice())),
-    ) {
+    let modules = match empath_modules::Modules::load_configured(&config.modules) {
         Ok(modules) => Arc::new(modules),
         Err(error) => return fail_with(&format!("cannot load modules: {error}"), EX_CONFIG),
     };
@@ -43,7 +40,12 @@ fn main() -> ExitCode {
     raise_fd_limit();
     let hostname = config.hostname();
     let cleanup_socket = queue.private_socket(CLEANUP);
-    let relay = Arc::new(RelayPolicy::new(&hostname, &config.smtpd));
+    let relay = Arc::new(RelayPolicy::new(
+        &hostname,
+        &config.smtpd,
+        &config.local_domains(),
+    ));
+    let local = LocalPolicy::new(LocalRecipients::new(&config));
     let limits = ConnectionLimits::with_exceptions(
         config.smtpd.max_connections,
         config.smtpd.max_connections_per_ip,
@@ -66,7 +68,7 @@ fn main() -> ExitCode {
                 .map(|a| a.to_string())
                 .unwrap_or_else(|_| listener.socket.0.to_string());
             tracing::info!(%address, "listening");
-            let settings = Settings::for_listener(
+            let mut settings = Settings::for_listener(
                 hostname.clone(),
                 listener,
                 &config.smtpd,
@@ -75,6 +77,7 @@ fn main() -> ExitCode {
                 auth.clone(),
                 Arc::clone(&modules),
             );
+            settings.local = local.clone();
             tls_slots.extend(settings.tls.clone());
             accepting.spawn(listeners::accept_loop(
                 socket,

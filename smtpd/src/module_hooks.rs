@@ -2,12 +2,17 @@
 //! that follows the session and its transactions, the validation calls at
 //! each point, and turning a module's rejection into an SMTP reply.
 //!
-//! Metadata has two lifetimes: what the listener `context` and the Connect
-//! and StartTls callbacks set belongs to the session; what MailFrom and
-//! RcptTo set belongs to the transaction and is forgotten when it ends
-//! (RSET, EHLO, a rejected MAIL, or after DATA). The metadata of a
-//! transaction goes into its submission, so cleanup stores it with the
-//! message and the delivery events see it again.
+//! Metadata has two lifetimes: what the listener `context`, the
+//! ConnectionOpened event and the Connect, Ehlo and StartTls validators set
+//! belongs to the session; what MailFrom, RcptTo and Data set belongs to
+//! the transaction and is forgotten when it ends (RSET, EHLO, a rejected
+//! MAIL, or after DATA). The metadata of a transaction goes into its
+//! submission, so cleanup stores it with the message and the delivery
+//! events see it again.
+//!
+//! The events of a session: ConnectionOpened and ConnectionClosed,
+//! SmtpError for every 4xx or 5xx reply, and SmtpMessageReceived once a
+//! message is safely queued.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -15,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use empath_common::queue::Recipient;
 use empath_common::smtp::Reply;
-use empath_modules::{Event, ModuleContext, Modules, Rejection, Validation};
+use empath_modules::{Event, ModuleContext, Modules, Rejection, TlsInfo, Validation, blocking};
 
 /// The modules and the context of one session.
 pub struct ModuleHooks {
@@ -58,11 +63,34 @@ impl ModuleHooks {
     }
 
     pub fn opened(&mut self) {
-        self.emit(Event::ConnectionOpened);
+        self.emit(Event::ConnectionOpened, &[]);
+        self.session_metadata = self.context.metadata.clone();
     }
 
     pub fn closed(&mut self) {
-        self.emit(Event::ConnectionClosed);
+        self.emit(Event::ConnectionClosed, &[]);
+    }
+
+    /// smtpd sent `reply`: an SmtpError event if it is a 4xx or 5xx.
+    pub fn replied(&mut self, reply: &Reply) {
+        if reply.code >= 400 && self.modules.wants_events() {
+            let details = [
+                ("smtp_error_code", reply.code.to_string()),
+                ("smtp_error", reply.to_string()),
+            ];
+            self.emit(Event::SmtpError, &details);
+        }
+    }
+
+    /// The message of the current transaction is queued, its file on disk.
+    pub fn message_received(&mut self, queue_id: &str, size: u64) {
+        if self.modules.wants_events() {
+            let details = [
+                ("queue_id", queue_id.to_owned()),
+                ("message_size", size.to_string()),
+            ];
+            self.emit(Event::SmtpMessageReceived, &details);
+        }
     }
 
     /// The connection was accepted. What the modules set here stays for
@@ -73,9 +101,32 @@ impl ModuleHooks {
         verdict
     }
 
-    /// The TLS handshake succeeded (no transaction is open).
+    /// smtpd accepted EHLO or HELO `name` (which ends any transaction).
+    pub fn ehlo(&mut self, name: &str) -> Result<(), Reply> {
+        self.end_transaction();
+        self.context.helo = name.to_owned();
+        let verdict = self.validate(Validation::Ehlo);
+        if verdict.is_err() {
+            self.context.helo.clear();
+        }
+        self.session_metadata = self.context.metadata.clone();
+        verdict
+    }
+
+    /// The TLS handshake succeeded with `protocol` ("TLSv1.3") and
+    /// `cipher` (as rustls names it).
+    pub fn tls_established(&mut self, protocol: &str, cipher: &str) {
+        self.context.tls = Some(TlsInfo {
+            protocol: protocol.to_owned(),
+            cipher: iana_cipher_name(cipher),
+        });
+    }
+
+    /// The TLS handshake succeeded (no transaction is open, and the client
+    /// must greet again).
     pub fn tls_started(&mut self) -> Result<(), Reply> {
         self.end_transaction();
+        self.context.helo.clear();
         let verdict = self.validate(Validation::StartTls);
         self.session_metadata = self.context.metadata.clone();
         verdict
@@ -174,11 +225,21 @@ impl ModuleHooks {
         })
     }
 
-    fn emit(&mut self, event: Event) {
-        if self.modules.wants_event(event) {
+    fn emit(&mut self, event: Event, details: &[(&str, String)]) {
+        if self.modules.wants_events() {
             let (modules, context) = (&self.modules, &mut self.context);
-            blocking(|| modules.emit(event, context));
+            blocking(|| modules.emit(event, context, details));
         }
+    }
+}
+
+/// The IANA name of a cipher suite: rustls calls the TLS 1.3 suites
+/// `TLS13_AES_256_GCM_SHA384`, where IANA and OpenSSL say
+/// `TLS_AES_256_GCM_SHA384` (its TLS 1.2 names are IANA's already).
+fn iana_cipher_name(rustls_name: &str) -> String {
+    match rustls_name.strip_prefix("TLS13_") {
+        Some(rest) => format!("TLS_{rest}"),
+        None => rustls_name.to_owned(),
     }
 }
 
@@ -186,20 +247,6 @@ impl ModuleHooks {
 /// that could smuggle commands into a later SMTP session.
 fn address(text: &str) -> String {
     text.chars().filter(|c| !c.is_control()).collect()
-}
-
-/// Module callbacks are synchronous C code: on the multi-threaded runtime
-/// they run under `block_in_place`, so that a slow module holds up its own
-/// session only, not the other tasks of its worker thread. (Unit tests run
-/// on the single-threaded runtime, where that is not allowed.)
-fn blocking<T>(call: impl FnOnce() -> T) -> T {
-    let multi_thread = tokio::runtime::Handle::try_current()
-        .is_ok_and(|h| h.runtime_flavor() == tokio::runtime::RuntimeFlavor::MultiThread);
-    if multi_thread {
-        tokio::task::block_in_place(call)
-    } else {
-        call()
-    }
 }
 
 /// A session ID unique within this host for a long time: the process ID,
@@ -334,6 +381,18 @@ mod tests {
         assert_eq!(
             hooks.metadata(),
             BTreeMap::from([("listener".to_owned(), "in".to_owned())])
+        );
+    }
+
+    #[test]
+    fn cipher_names_are_iana_names() {
+        assert_eq!(
+            iana_cipher_name("TLS13_AES_256_GCM_SHA384"),
+            "TLS_AES_256_GCM_SHA384"
+        );
+        assert_eq!(
+            iana_cipher_name("TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"),
+            "TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256"
         );
     }
 

@@ -313,7 +313,12 @@ fn mailbox(path: &[u8]) -> Option<String> {
         }
         None => path,
     };
-    let (local, domain) = path.rsplit_once('@')?;
+    // An unqualified `<root>`: the session qualifies it for trusted
+    // clients and refuses it for others.
+    let Some((local, domain)) = path.rsplit_once('@') else {
+        let valid = path.len() <= MAX_LOCAL_PART && is_dot_string(path);
+        return valid.then(|| path.to_owned());
+    };
     let valid = local.len() <= MAX_LOCAL_PART
         && (is_dot_string(local) || is_quoted_string(local))
         && (is_domain(domain) || is_address_literal(domain));
@@ -526,7 +531,6 @@ mod tests {
             "MAIL FROM:a@b.example",
             "MAIL FROM:<a@b.example",
             "MAIL FROM:<a@b.example>x",
-            "MAIL FROM:<a>",
             "MAIL FROM:<@b.example>",
             "MAIL FROM:<a@>",
             "MAIL FROM:<a..b@c.example>",
@@ -535,7 +539,6 @@ mod tests {
             "MAIL FROM:<a@-c.example>",
             "MAIL FROM:<a@c..example>",
             "MAIL FROM:<\"unterminated@c.example>",
-            "MAIL FROM:<postmaster>",
         ] {
             assert_eq!(parse(line), Err(ParseError::BadSender), "{line}");
         }
@@ -577,12 +580,7 @@ mod tests {
                 }]
             })
         );
-        for line in [
-            "RCPT TO:<>",
-            "RCPT TO:a@b.example",
-            "RCPT TO:<a@b",
-            "RCPT TO:<bob>",
-        ] {
+        for line in ["RCPT TO:<>", "RCPT TO:a@b.example", "RCPT TO:<a@b"] {
             assert_eq!(parse(line), Err(ParseError::BadRecipient), "{line}");
         }
         assert_eq!(

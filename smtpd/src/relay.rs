@@ -1,30 +1,35 @@
 //! The relay policy: which recipients a client may send to. Mail for our
-//! own domains (`relay_domains` and the host name) is accepted from anyone;
+//! own domains (`relay_domains`, the host name and the local domains) is
+//! accepted from anyone;
 //! mail for any other domain only from `mynetworks` or an authenticated
 //! client. Anything else would make us an open relay.
 
 use std::net::IpAddr;
 
-use empath_common::config::{Network, Smtpd};
+use empath_common::config::{LocalDomains, Network, Smtpd};
 
 #[derive(Debug, Clone, Default)]
 pub struct RelayPolicy {
     /// Lower-cased; an entry `.example.com` matches its subdomains.
     local_domains: Vec<String>,
     mynetworks: Vec<Network>,
+    /// Whether untrusted clients may use sender-specified routing.
+    allow_untrusted_routing: bool,
 }
 
 impl RelayPolicy {
-    pub fn new(hostname: &str, config: &Smtpd) -> Self {
+    pub fn new(hostname: &str, config: &Smtpd, local: &LocalDomains) -> Self {
         let mut local_domains: Vec<String> = config
             .relay_domains
             .iter()
             .map(|d| d.to_ascii_lowercase())
             .collect();
         local_domains.push(hostname.to_ascii_lowercase());
+        local_domains.extend(local.domains().iter().cloned());
         Self {
             local_domains,
             mynetworks: config.mynetworks.clone(),
+            allow_untrusted_routing: config.allow_untrusted_routing,
         }
     }
 
@@ -33,6 +38,7 @@ impl RelayPolicy {
         Self {
             local_domains: domains.iter().map(|d| d.to_ascii_lowercase()).collect(),
             mynetworks: mynetworks.to_vec(),
+            allow_untrusted_routing: false,
         }
     }
 
@@ -57,15 +63,44 @@ impl RelayPolicy {
             })
     }
 
-    /// Whether a client may send to `address`.
+    /// Whether a client may send to `address`. A client outside
+    /// `mynetworks` that did not authenticate may send to our domains
+    /// only, and without sender-specified routing in the local part
+    /// (Postfix's `allow_untrusted_routing = no`): the next hop might
+    /// honour `user%elsewhere@us` and relay for it.
     pub fn allows(&self, address: &str, client: Option<IpAddr>, authenticated: bool) -> bool {
-        authenticated || self.is_local(address) || self.trusts(client)
+        if authenticated || self.trusts(client) {
+            return true;
+        }
+        self.is_local(address) && (self.allow_untrusted_routing || !has_routing(address))
     }
+}
+
+/// Whether the local part of `address` routes elsewhere: `user%domain`,
+/// `domain!user`, or a quoted `"user@domain"`.
+fn has_routing(address: &str) -> bool {
+    let local = address.rsplit_once('@').map_or(address, |(local, _)| local);
+    local.contains(['%', '!', '@'])
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn strangers_may_not_route_through_our_domains() {
+        let policy = policy();
+        let stranger = Some("192.0.2.1".parse().unwrap());
+        for routed in [
+            "user%evil.com@mx.example",
+            "\"user@evil.com\"@mx.example",
+            "evil.com!user@mx.example",
+        ] {
+            assert!(!policy.allows(routed, stranger, false), "{routed}");
+            assert!(policy.allows(routed, stranger, true), "{routed}");
+        }
+        assert!(policy.allows("user@mx.example", stranger, false));
+    }
 
     fn policy() -> RelayPolicy {
         let nets: Vec<Network> = ["10.0.0.0/8"]

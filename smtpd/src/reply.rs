@@ -205,6 +205,15 @@ pub fn too_many_recipients() -> Reply {
     Reply::new(452, "4.5.3", "Error: too many recipients")
 }
 
+/// `smtpd.bare_line_endings: reject` (RFC 5321 section 2.3.8).
+pub fn bare_line_endings() -> Reply {
+    Reply::new(
+        550,
+        "5.6.0",
+        "Message contains bare CR or LF line endings (RFC 5321 section 2.3.8)",
+    )
+}
+
 pub fn message_too_big() -> Reply {
     Reply::new(552, "5.3.4", "Message size exceeds fixed limit")
 }

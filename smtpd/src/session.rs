@@ -149,6 +149,12 @@ impl Session {
         self.authenticated = None;
     }
 
+    /// A plugin module refused the EHLO or HELO just accepted: the client
+    /// must greet again.
+    pub fn forget_greeting(&mut self) {
+        self.greeting = None;
+    }
+
     /// A plugin module refused the recipient that RCPT just accepted.
     pub fn drop_last_recipient(&mut self) {
         if let Some(transaction) = &mut self.transaction {
@@ -298,6 +304,9 @@ impl Session {
         if !sender.is_ascii() && !params.smtputf8 {
             return self.error(reply::utf8_not_declared());
         }
+        let Some(sender) = self.qualify(sender) else {
+            return self.error(reply::parse_error(ParseError::BadSender));
+        };
         // Not counted as a protocol error: the client did nothing wrong.
         if let (Some(declared), Some(limit)) = (params.size, self.settings.size_limit)
             && declared > limit
@@ -316,7 +325,10 @@ impl Session {
     fn rcpt(&mut self, to: ForwardPath, params: Vec<Param>) -> Reply {
         let settings = Arc::clone(&self.settings);
         let (address, postmaster) = match to {
-            ForwardPath::Mailbox(address) => (address, false),
+            ForwardPath::Mailbox(address) => match self.qualify(address) {
+                Some(address) => (address, false),
+                None => return self.error(reply::parse_error(ParseError::BadRecipient)),
+            },
             ForwardPath::Postmaster => (format!("postmaster@{}", settings.hostname), true),
         };
         let Some(transaction) = &self.transaction else {
@@ -353,6 +365,22 @@ impl Session {
             transaction.recipients.push(recipient);
         }
         reply::recipient_ok()
+    }
+
+    /// Completes an unqualified address (`root`) with the origin domain,
+    /// for trusted clients only (mynetworks or authenticated), as Postfix
+    /// does for its own users; others must send `local@domain`. `None`
+    /// refuses it. The null sender stays empty.
+    fn qualify(&self, address: String) -> Option<String> {
+        if address.is_empty() || address.contains('@') {
+            return Some(address);
+        }
+        let trusted = self.authenticated.is_some() || self.settings.relay.trusts(self.client_ip);
+        if trusted {
+            self.settings.local.qualify(&address)
+        } else {
+            None
+        }
     }
 
     /// Counts a client error and passes its reply through.
@@ -432,6 +460,51 @@ mod tests {
         session.finish_transaction();
         assert_eq!(code(&mut session, "MAIL FROM:<>"), 250);
         assert_eq!(code(&mut session, "QUIT"), 221);
+    }
+
+    #[test]
+    fn unqualified_addresses_are_qualified_for_trusted_clients_only() {
+        let mut settings = (*stranger().settings).clone();
+        settings.local =
+            crate::local::LocalPolicy::new(empath_common::local_recipients::LocalRecipients::with(
+                empath_common::config::LocalDomains::new(
+                    ["ours.example".to_owned()],
+                    "ours.example",
+                ),
+                Default::default(),
+            ));
+        let settings = Arc::new(settings);
+        let mut stranger = Session::new(Arc::clone(&settings), "192.0.2.1".parse().ok());
+        assert_eq!(code(&mut stranger, "EHLO client"), 250);
+        assert_eq!(code(&mut stranger, "MAIL FROM:<root>"), 501);
+        assert_eq!(code(&mut stranger, "MAIL FROM:<a@b.example>"), 250);
+        assert_eq!(code(&mut stranger, "RCPT TO:<bob>"), 501);
+        let mut trusted = Session::new(settings, "10.1.2.3".parse().ok());
+        assert_eq!(code(&mut trusted, "EHLO client"), 250);
+        assert_eq!(code(&mut trusted, "MAIL FROM:<root>"), 250);
+        assert_eq!(code(&mut trusted, "RCPT TO:<bob>"), 250);
+        let transaction = trusted.transaction().cloned().unwrap_or_default();
+        assert_eq!(transaction.sender, "root@ours.example");
+        assert_eq!(transaction.recipients[0].address, "bob@ours.example");
+        // Without an origin (no local delivery configured) even a trusted
+        // client must qualify its addresses.
+        let mut bare = Session::new(settings_from(stranger.settings), "10.1.2.3".parse().ok());
+        assert_eq!(code(&mut bare, "EHLO client"), 250);
+        assert_eq!(code(&mut bare, "MAIL FROM:<root>"), 501);
+    }
+
+    fn settings_from(settings: Arc<Settings>) -> Arc<Settings> {
+        let mut plain = (*settings).clone();
+        plain.local = crate::local::LocalPolicy::default();
+        let mynetworks: Vec<_> = ["10.0.0.0/8"]
+            .iter()
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        plain.relay = Arc::new(crate::relay::RelayPolicy::with(
+            &["ours.example"],
+            &mynetworks,
+        ));
+        Arc::new(plain)
     }
 
     #[test]

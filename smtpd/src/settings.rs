@@ -5,10 +5,11 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use empath_common::config::{Extension, ListenerFields, ServerTimeouts, Smtpd};
+use empath_common::config::{BareLineEndings, Extension, ListenerFields, ServerTimeouts, Smtpd};
 use empath_modules::Modules;
 
 use crate::auth::AuthState;
+use crate::local::LocalPolicy;
 use crate::relay::RelayPolicy;
 use crate::tls::TlsSlot;
 
@@ -29,6 +30,8 @@ pub struct Settings {
     pub cleanup_socket: PathBuf,
     /// Who may send to which domains.
     pub relay: Arc<RelayPolicy>,
+    /// This host's own recipients and the origin of unqualified addresses.
+    pub local: LocalPolicy,
     /// STARTTLS, where the listener configures it.
     pub tls: Option<Arc<TlsSlot>>,
     /// AUTH, where users are configured.
@@ -38,6 +41,8 @@ pub struct Settings {
     pub expn_code: u16,
     /// The plugin modules, loaded once per process.
     pub modules: Arc<Modules>,
+    /// Whether a bare CR or LF refuses a message.
+    pub bare_line_endings: BareLineEndings,
 }
 
 /// Server timeouts (RFC 5321 section 4.5.3.2) as durations.
@@ -97,11 +102,14 @@ impl Settings {
             metadata: listener.context.clone(),
             cleanup_socket,
             relay,
+            // Set by the caller that knows the local domains.
+            local: LocalPolicy::default(),
             tls,
             auth,
             vrfy_code: smtpd.vrfy_code,
             expn_code: smtpd.expn_code,
             modules,
+            bare_line_endings: smtpd.bare_line_endings,
         }
     }
 
@@ -121,11 +129,13 @@ impl Settings {
             metadata: BTreeMap::new(),
             cleanup_socket,
             relay: Arc::new(RelayPolicy::with(&[hostname], &everyone)),
+            local: LocalPolicy::default(),
             tls: None,
             auth: None,
             vrfy_code: 252,
             expn_code: 502,
             modules: Arc::new(Modules::default()),
+            bare_line_endings: BareLineEndings::default(),
         }
     }
 }

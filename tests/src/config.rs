@@ -22,10 +22,16 @@ pub struct TestConfig {
     delivery: BTreeMap<String, String>,
     /// Domain -> (key -> RON value).
     domains: BTreeMap<String, BTreeMap<String, String>>,
+    /// `local_delivery` keys. By default no alias files and a mail spool
+    /// in the test dir (`mail/`, created mode 0755), so no test touches
+    /// /etc/aliases or /var/mail.
+    local_delivery: BTreeMap<String, String>,
     /// Top-level sections other than the ones above, e.g. `health`.
     sections: BTreeMap<String, String>,
     /// Extra top-level RON fields, written verbatim.
     raw: Vec<String>,
+    /// Arguments for the master after `--config FILE`.
+    master_args: Vec<String>,
 }
 
 impl Default for TestConfig {
@@ -48,6 +54,7 @@ impl Default for TestConfig {
             listener_fields: Vec::new(),
             delivery: to_map(&delivery),
             domains: BTreeMap::new(),
+            local_delivery: to_map(&[("alias_maps", "[]")]),
             // The tests run as root in CI: let the daemons stay root
             // unless a test names a `user` (see tests/tests/master_*.rs).
             // A short graceful stop keeps within the harness's 10 s.
@@ -57,6 +64,7 @@ impl Default for TestConfig {
                 ("shutdown_timeout_secs", "5"),
             ]),
             raw: Vec::new(),
+            master_args: Vec::new(),
         }
     }
 }
@@ -109,6 +117,20 @@ impl TestConfig {
         self
     }
 
+    /// Sets a `local_delivery` key to a RON value, e.g.
+    /// `("home_mailbox", "\"Maildir/\"")`.
+    pub fn local_delivery(mut self, key: &str, ron_value: &str) -> Self {
+        self.local_delivery
+            .insert(key.to_owned(), ron_value.to_owned());
+        self
+    }
+
+    /// Uses the alias file `aliases` in the test dir (see
+    /// `Empath::set_aliases`).
+    pub fn with_aliases(self) -> Self {
+        self.local_delivery("alias_maps", "[\"__TEST_DIR__/aliases\"]")
+    }
+
     /// Sets a top-level section to a RON value, e.g. `("dsn", "(enabled: false)")`.
     pub fn section(mut self, key: &str, ron_value: &str) -> Self {
         self.sections.insert(key.to_owned(), ron_value.to_owned());
@@ -129,6 +151,16 @@ impl TestConfig {
     }
 
     /// How many listeners the config declares.
+    /// Starts the master with `--log-format FORMAT` (human, json, syslog).
+    pub fn log_format(mut self, format: &str) -> Self {
+        self.master_args = vec!["--log-format".to_owned(), format.to_owned()];
+        self
+    }
+
+    pub fn master_args(&self) -> &[String] {
+        &self.master_args
+    }
+
     pub fn listener_count(&self) -> usize {
         self.listeners.len()
     }
@@ -171,6 +203,24 @@ impl TestConfig {
             );
         }
         out.push_str("        },\n    ),\n");
+        let test_dir = spool
+            .parent()
+            .unwrap_or(spool)
+            .to_string_lossy()
+            .into_owned();
+        let mut local = self.local_delivery.clone();
+        local
+            .entry("mail_spool_directory".to_owned())
+            .or_insert_with(|| ron_string(&format!("{test_dir}/mail")));
+        out.push_str("    local_delivery: (\n");
+        for (key, value) in &local {
+            let _ = writeln!(
+                out,
+                "        {key}: {},",
+                value.replace("__TEST_DIR__", &test_dir)
+            );
+        }
+        out.push_str("    ),\n");
         for (key, value) in &self.sections {
             let _ = writeln!(out, "    {key}: {value},");
         }
@@ -194,6 +244,12 @@ impl TestConfig {
     pub fn write(&self, path: &Path, spool: &Path) {
         std::fs::write(path, self.render(spool))
             .unwrap_or_else(|e| panic!("cannot write {}: {e}", path.display()));
+        if let Some(dir) = spool.parent() {
+            let mail = dir.join("mail");
+            let _ = std::fs::create_dir_all(&mail);
+            use std::os::unix::fs::PermissionsExt;
+            let _ = std::fs::set_permissions(&mail, std::fs::Permissions::from_mode(0o755));
+        }
     }
 }
 

@@ -213,6 +213,7 @@ mod tests {
             helo: "mx.empath.test".to_owned(),
             mail_from: SENDER.to_owned(),
             rcpt_to: rcpt_to.iter().map(|r| (*r).to_owned()).collect(),
+            raw: Vec::new(),
             data,
         }
     }

@@ -19,7 +19,9 @@ pub mod config;
 pub mod ctl;
 pub mod deliveries;
 pub mod dns;
+pub mod dovecot;
 pub mod dsn;
+pub mod local;
 pub mod mail;
 pub mod master;
 pub mod modules;
@@ -31,6 +33,7 @@ pub mod run;
 pub mod sink;
 pub mod smtpd;
 pub mod sockets;
+pub mod wire;
 
 use std::fs::File;
 use std::net::SocketAddr;
@@ -59,8 +62,11 @@ pub const CLEANUP: &str = "empath-cleanup";
 pub const QMGR: &str = "empath-qmgr";
 pub const SMTP_OUT: &str = "empath-smtp-out";
 pub const BOUNCE: &str = "empath-bounce";
+/// The local delivery agent: root when the master is (it switches to
+/// each recipient), like the master itself.
+pub const LOCAL: &str = "empath-local";
 pub const ANVIL: &str = "empath-anvil";
-pub const DAEMONS: [&str; 6] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, BOUNCE, ANVIL];
+pub const DAEMONS: [&str; 7] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, ANVIL];
 
 /// How long the master may take to bind and publish its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -183,6 +189,8 @@ pub struct Empath {
     config_path: PathBuf,
     spool: PathBuf,
     child: Child,
+    /// The master's arguments after `--config FILE`.
+    master_args: Vec<String>,
     /// Set once the master has been reaped.
     exit: Option<ExitStatus>,
     smtp_addrs: Vec<SocketAddr>,
@@ -200,13 +208,15 @@ impl Empath {
         let dir_path = dir.path().to_owned();
         let config_path = config.write_to(&dir_path);
         let spool = dir_path.join("spool");
-        let child = spawn_master(&dir_path, &config_path);
+        let master_args = config.master_args().to_vec();
+        let child = spawn_master(&dir_path, &config_path, &master_args);
         let mut empath = Self {
             dir: Some(dir),
             dir_path,
             config_path,
             spool,
             child,
+            master_args,
             exit: None,
             smtp_addrs: Vec::new(),
         };
@@ -478,7 +488,7 @@ impl Drop for Empath {
 const STDOUT_FILE: &str = "empath.stdout";
 const STDERR_FILE: &str = "empath.stderr";
 
-fn spawn_master(dir: &Path, config_path: &Path) -> Child {
+fn spawn_master(dir: &Path, config_path: &Path, args: &[String]) -> Child {
     let output = |name: &str| {
         let path = dir.join(name);
         File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
@@ -487,6 +497,7 @@ fn spawn_master(dir: &Path, config_path: &Path) -> Child {
     command
         .arg("--config")
         .arg(config_path)
+        .args(args)
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(output(STDOUT_FILE))

@@ -1,6 +1,7 @@
-//! Helpers for the plugin module tests: the C examples built with gcc,
-//! their config entries, an smtplib session that reports the reply to each
-//! step, and `empathctl` against a test's control socket.
+//! Helpers for the plugin module tests: C modules (the examples, or source
+//! written by a test) built with gcc against empath.h and linked with the
+//! libempath.so cargo built (`-lempath`), their config entries, and an
+//! smtplib session that reports the reply to each step.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -17,24 +18,59 @@ fn modules_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules")
 }
 
-/// Builds `modules/examples/<name>.c` into `<dir>/lib<name>.so`, with the
-/// flags of the module crate's own tests.
+/// The directory of the libempath.so cargo built with these tests (the
+/// package depends on empath-ffi for that).
+pub fn libempath_dir() -> PathBuf {
+    empath_modules::built_libempath_dir().unwrap_or_else(|| {
+        panic!("no libempath.so next to the test binary: cargo builds it with empath-tests")
+    })
+}
+
+/// Builds `modules/examples/<name>.c` into `<dir>/lib<name>.so`.
 pub fn build_example(name: &str, dir: &Path) -> PathBuf {
-    let root = modules_dir();
-    let output = dir.join(format!("lib{name}.so"));
+    let source = modules_dir().join("examples").join(format!("{name}.c"));
+    build_module(
+        &source,
+        &modules_dir().join("include"),
+        &libempath_dir(),
+        dir,
+    )
+}
+
+/// Builds a module from C `source` text into `<dir>/lib<name>.so`.
+pub fn build_module_source(name: &str, source: &str, dir: &Path) -> PathBuf {
+    let file = dir.join(format!("{name}.c"));
+    std::fs::write(&file, source).unwrap_or_else(|e| panic!("write {}: {e}", file.display()));
+    build_module(&file, &modules_dir().join("include"), &libempath_dir(), dir)
+}
+
+/// Builds the module `source` into `<dir>/lib<stem>.so` as a module author
+/// would: empath.h from `include`, `-lempath` from `lib` (with an rpath, so
+/// that the daemons' loader finds libempath.so there).
+pub fn build_module(source: &Path, include: &Path, lib: &Path, dir: &Path) -> PathBuf {
+    let stem = source
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let output = dir.join(format!("lib{stem}.so"));
     let result = run_bounded(
         Command::new("gcc")
             .args(empath_modules::GCC_FLAGS)
             .arg("-I")
-            .arg(root.join("include"))
-            .arg(root.join("examples").join(format!("{name}.c")))
+            .arg(include)
+            .arg(source)
+            .arg("-L")
+            .arg(lib)
+            .arg(format!("-Wl,-rpath,{}", lib.display()))
+            .arg("-lempath")
             .arg("-o")
             .arg(&output),
         GCC_TIMEOUT,
     );
     assert!(
         result.status.success(),
-        "gcc failed on {name}.c:\n{}",
+        "gcc failed on {}:\n{}",
+        source.display(),
         result.combined()
     );
     output

@@ -7,6 +7,9 @@
 //! content received up to the final `.`, and only then a 250. Anything
 //! smtp-out calls delivered that is not among those is lost mail.
 //!
+//! It speaks SMTP, or LMTP (RFC 2033: LHLO, and one reply per recipient
+//! after the content); in LMTP it records each recipient it accepted.
+//!
 //! Blocking I/O on a thread per connection: the server is simple enough
 //! that its misbehaviour stays easy to read.
 
@@ -53,6 +56,7 @@ pub struct Accepted {
 }
 
 struct Shared {
+    lmtp: bool,
     misbehaviour: Misbehaviour,
     bad_transactions: usize,
     /// Transactions that reached DATA, over all connections.
@@ -70,6 +74,18 @@ pub struct RogueServer {
 
 impl RogueServer {
     pub fn start(misbehaviour: Misbehaviour, bad_transactions: usize) -> Self {
+        Self::start_speaking(false, misbehaviour, bad_transactions)
+    }
+
+    /// An LMTP server. In LMTP, [`Misbehaviour::MalformedFinalReply`]
+    /// answers the first recipient correctly and then sends a malformed
+    /// line, and [`Misbehaviour::CloseAfterContent`] answers the first
+    /// recipient (accepting it) and then hangs up.
+    pub fn start_lmtp(misbehaviour: Misbehaviour, bad_transactions: usize) -> Self {
+        Self::start_speaking(true, misbehaviour, bad_transactions)
+    }
+
+    fn start_speaking(lmtp: bool, misbehaviour: Misbehaviour, bad_transactions: usize) -> Self {
         let listener = TcpListener::bind("127.0.0.1:0").expect("bind the rogue server");
         // A small receive buffer, so that a large body cannot vanish into
         // kernel buffers: the client is still writing when an early reply
@@ -78,6 +94,7 @@ impl RogueServer {
         let _ = nix::sys::socket::setsockopt(&fd, nix::sys::socket::sockopt::RcvBuf, &16_384);
         let addr = listener.local_addr().expect("rogue server address");
         let shared = Arc::new(Shared {
+            lmtp,
             misbehaviour,
             bad_transactions,
             transactions: AtomicUsize::new(0),
@@ -177,7 +194,7 @@ impl Session {
                 .unwrap_or("")
                 .to_ascii_uppercase();
             let next = match verb.as_str() {
-                "EHLO" => self
+                "EHLO" | "LHLO" => self
                     .say(b"250-rogue.test\r\n250-PIPELINING\r\n250 8BITMIME\r\n")
                     .map(|()| Next::Continue)?,
                 "HELO" | "NOOP" => self.say(b"250 ok\r\n").map(|()| Next::Continue)?,
@@ -267,14 +284,24 @@ impl Session {
             }
             Misbehaviour::MalformedFinalReply => {
                 self.say(b"354 go ahead\r\n")?;
-                self.read_content()?;
+                let data = self.read_content()?;
+                if self.shared.lmtp {
+                    // The first recipient's reply is fine; the next is not.
+                    self.say(b"250 2.0.0 first recipient saved\r\n")?;
+                    self.record_first(&data);
+                }
                 let which = self.shared.misbehaved.load(Ordering::SeqCst) - 1;
                 self.say(MALFORMED_REPLIES[which % MALFORMED_REPLIES.len()])?;
                 Ok(Next::Continue)
             }
             Misbehaviour::CloseAfterContent => {
                 self.say(b"354 go ahead\r\n")?;
-                self.read_content()?;
+                let data = self.read_content()?;
+                if self.shared.lmtp {
+                    // The first recipient really is delivered.
+                    self.say(b"250 2.0.0 first recipient saved\r\n")?;
+                    self.record_first(&data);
+                }
                 Ok(Next::Close)
             }
             Misbehaviour::ExtraReplyWhilePipelining => unreachable!("it breaks at MAIL"),
@@ -284,9 +311,30 @@ impl Session {
     fn accept_content(&mut self) -> io::Result<Next> {
         self.say(b"354 go ahead\r\n")?;
         let data = self.read_content()?;
-        self.say(b"250 2.0.0 ok: queued\r\n")?;
+        if self.shared.lmtp {
+            for _ in 0..self.rcpt_to.len() {
+                self.say(b"250 2.0.0 saved\r\n")?;
+            }
+        } else {
+            self.say(b"250 2.0.0 ok: queued\r\n")?;
+        }
         self.record(data);
         Ok(Next::Continue)
+    }
+
+    /// Records the first recipient alone as accepted (LMTP, where each
+    /// recipient has its own reply).
+    fn record_first(&mut self, data: &[u8]) {
+        let first = self.rcpt_to.first().cloned().unwrap_or_default();
+        self.shared
+            .accepted
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .push(Accepted {
+                mail_from: self.mail_from.clone(),
+                rcpt_to: vec![first],
+                data: data.to_vec(),
+            });
     }
 
     fn record(&mut self, data: Vec<u8>) {

@@ -84,3 +84,21 @@ fn read_all(mut file: File) -> String {
     let _ = file.read_to_end(&mut bytes);
     String::from_utf8_lossy(&bytes).into_owned()
 }
+
+/// Runs `command` with `input` on its stdin, capturing its output.
+pub fn run_with_stdin(mut command: Command, input: &[u8]) -> RunOutput {
+    use std::io::Write;
+    command
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped());
+    let mut child = command.spawn().expect("spawn");
+    // A child that exits early (refusing the input) closes the pipe.
+    let _ = child.stdin.take().expect("stdin").write_all(input);
+    let output = child.wait_with_output().expect("wait");
+    RunOutput {
+        status: output.status,
+        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
+    }
+}

@@ -138,6 +138,9 @@ pub struct SinkMessage {
     pub rcpt_to: Vec<String>,
     /// The content after dot-unstuffing, without the final `.` line.
     pub data: Vec<u8>,
+    /// The content as it came over the wire after the 354: dot-stuffed,
+    /// with every line ending as sent, up to and including the end marker.
+    pub raw: Vec<u8>,
 }
 
 #[derive(Debug, Default)]
@@ -619,7 +622,7 @@ impl Session {
         }
         self.reply("354 End data with <CR><LF>.<CR><LF>\r\n")
             .await?;
-        let Some(data) = self.read_content().await? else {
+        let Some((data, raw)) = self.read_content().await? else {
             // The content was too big or the client vanished; the reply,
             // if any, was already given.
             self.reset();
@@ -641,18 +644,19 @@ impl Session {
         if hold {
             self.wait_for_release().await;
         }
-        self.accept(data).await
+        self.accept(data, raw).await
     }
 
     /// Records the transaction, then answers 250. Recording first is what a
     /// real server does (commit, then reply), so a lost 250 can cause a
     /// duplicate but never a loss.
-    async fn accept(&mut self, data: Vec<u8>) -> io::Result<()> {
+    async fn accept(&mut self, data: Vec<u8>, raw: Vec<u8>) -> io::Result<()> {
         let message = SinkMessage {
             helo: self.helo.clone().unwrap_or_default(),
             mail_from: self.mail_from.take().unwrap_or_default(),
             rcpt_to: std::mem::take(&mut self.rcpt_to),
             data,
+            raw,
         };
         let number = self.shared.update(|state| {
             state.messages.push(message);
@@ -671,10 +675,13 @@ impl Session {
         self.shared.update(|state| state.held -= 1);
     }
 
-    /// Reads the content up to the final `.`, undoing dot-stuffing. Returns
-    /// `None` (after replying) when the message is too big.
-    async fn read_content(&mut self) -> io::Result<Option<Vec<u8>>> {
+    /// Reads the content up to the final `.`, undoing dot-stuffing: the
+    /// content, and the wire bytes. Returns `None` (after replying) when
+    /// the message is too big. Like a lenient MTA, it takes `.` ended by
+    /// a bare LF as the end too: a client that sends one smuggles.
+    async fn read_content(&mut self) -> io::Result<Option<(Vec<u8>, Vec<u8>)>> {
         let mut data = Vec::new();
+        let mut raw = Vec::new();
         let mut too_big = false;
         loop {
             let line = match read_line(&mut self.reader).await? {
@@ -690,6 +697,10 @@ impl Session {
                     ));
                 }
             };
+            too_big |= raw.len() + line.len() > 2 * MAX_MESSAGE;
+            if !too_big {
+                raw.extend_from_slice(&line);
+            }
             if line == b".\r\n" || line == b".\n" {
                 break;
             }
@@ -703,7 +714,7 @@ impl Session {
             self.reply("552 5.3.4 Message too big\r\n").await?;
             return Ok(None);
         }
-        Ok(Some(data))
+        Ok(Some((data, raw)))
     }
 }
 

@@ -7,7 +7,8 @@ use std::process::Command;
 use std::time::Duration;
 
 use empath_tests::mail;
-use empath_tests::run::{RunOutput, run_bounded};
+use empath_tests::run::run_bounded;
+use empath_tests::run::run_with_stdin;
 use empath_tests::{Empath, Reply, SendReport, Sink, SinkPolicy, SmtpSend, TestConfig, binary};
 
 const SENDER: &str = "ops@client.test";
@@ -510,26 +511,6 @@ fn man_pages_render_without_warnings() {
             "{} rendered nothing",
             page.display()
         );
-    }
-}
-
-fn run_with_stdin(mut command: Command, input: &[u8]) -> RunOutput {
-    use std::io::Write;
-    command
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped());
-    let mut child = command.spawn().expect("spawn");
-    child
-        .stdin
-        .take()
-        .expect("stdin")
-        .write_all(input)
-        .expect("write stdin");
-    let output = child.wait_with_output().expect("wait");
-    RunOutput {
-        status: output.status,
-        stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&output.stderr).into_owned(),
     }
 }
 

@@ -171,3 +171,113 @@ fn malformed_reply_lines_are_not_deliveries() {
 fn a_close_after_the_content_is_not_a_delivery() {
     check(Misbehaviour::CloseAfterContent, 2, &small_messages(2));
 }
+
+// LMTP: the same checks, per recipient: a recipient is delivered only on
+// its own reply after the end of data.
+
+const LMTP_RECIPIENTS: [&str; 2] = ["alice@lmtp.test", "bob@lmtp.test"];
+
+/// (queue ID, recipient) of each record smtp-out logged as delivered.
+fn delivered_recipients(log: &str) -> Vec<(String, String)> {
+    log.lines()
+        .filter(|line| line.contains("delivery result") && line.contains("outcome=Delivered"))
+        .filter_map(|line| {
+            let id_at = line.find("message_id=")? + "message_id=".len();
+            let id: String = line[id_at..]
+                .chars()
+                .take_while(char::is_ascii_alphanumeric)
+                .collect();
+            let rcpt_at = line.find("recipient=\"")? + "recipient=\"".len();
+            let recipient: String = line[rcpt_at..].chars().take_while(|c| *c != '"').collect();
+            Some((id, recipient))
+        })
+        .collect()
+}
+
+fn check_lmtp(how: Misbehaviour, bad: usize, messages: &[TestMessage]) {
+    let rogue = RogueServer::start_lmtp(how, bad);
+    let empath = Empath::start(
+        TestConfig::new()
+            .domain_key(
+                "lmtp.test",
+                "transport",
+                &format!("\"lmtp:inet:{}\"", rogue.addr()),
+            )
+            .domain_key("lmtp.test", "max_concurrency", "1"),
+    );
+    let outbox = mail::write_eml_files(&empath.dir().join("outbox"), messages);
+    let report = SmtpSend::new(empath.smtp_addr(), SENDER, &LMTP_RECIPIENTS, &outbox).run();
+    report.assert_all_accepted(messages.len(), || empath.log_tail());
+    empath.wait_queue_empty(QUEUE_EMPTY_TIMEOUT);
+
+    let log = empath.log();
+    let accepted = rogue.accepted();
+    assert!(
+        rogue.misbehaved() >= 1,
+        "{how:?}: the server never misbehaved"
+    );
+    let mut made: HashMap<(String, String), usize> = HashMap::new();
+    for copy in &accepted {
+        let id = queue_id_of(&copy.data).unwrap_or_default();
+        for recipient in &copy.rcpt_to {
+            *made.entry((id.clone(), recipient.clone())).or_default() += 1;
+        }
+    }
+    let records = delivered_recipients(&log);
+    assert_eq!(
+        records.len(),
+        messages.len() * LMTP_RECIPIENTS.len(),
+        "{how:?}: one delivery record per recipient expected\n{}",
+        empath.log_tail()
+    );
+    let mut recorded: HashMap<(String, String), usize> = HashMap::new();
+    for pair in records {
+        *recorded.entry(pair).or_default() += 1;
+    }
+    for (pair, count) in &recorded {
+        let real = made.get(pair).copied().unwrap_or(0);
+        assert!(
+            *count <= real,
+            "{how:?}: {pair:?} recorded delivered {count} times, accepted {real} times\n{}",
+            empath.log_tail()
+        );
+    }
+    // Every recipient of every message was accepted in the end.
+    for message in messages {
+        for recipient in LMTP_RECIPIENTS {
+            let got = accepted.iter().any(|a| {
+                mail::test_id(&a.data) == Some(message.id)
+                    && a.rcpt_to.iter().any(|r| r == recipient)
+            });
+            assert!(
+                got,
+                "{how:?}: message {} never reached {recipient}",
+                message.id
+            );
+        }
+    }
+}
+
+#[test]
+fn lmtp_a_2xx_reply_to_data_is_not_a_delivery() {
+    check_lmtp(Misbehaviour::DataGets250, 2, &small_messages(2));
+}
+
+#[test]
+fn lmtp_a_malformed_reply_for_one_recipient_is_not_a_delivery() {
+    check_lmtp(Misbehaviour::MalformedFinalReply, 2, &small_messages(2));
+}
+
+#[test]
+fn lmtp_a_hang_up_after_one_recipient_keeps_only_that_delivery() {
+    check_lmtp(Misbehaviour::CloseAfterContent, 2, &small_messages(2));
+}
+
+#[test]
+fn lmtp_replies_out_of_step_are_not_deliveries() {
+    check_lmtp(
+        Misbehaviour::ExtraReplyWhilePipelining,
+        2,
+        &small_messages(2),
+    );
+}

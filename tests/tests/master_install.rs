@@ -1,7 +1,8 @@
 //! Unix integration: the alert rules pass `promtool check rules`, and
 //! `make install` lays out a tree whose master finds its daemons in
-//! libexec, whose systemd unit passes `systemd-analyze verify`, and whose
-//! init.d script is valid shell.
+//! libexec, whose systemd unit passes `systemd-analyze verify`, whose
+//! init.d script is valid shell, and whose empath.h and libempath.so build
+//! a plugin module that loads.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -9,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::Duration;
 
+use empath_tests::modules::{build_module, libempath_dir};
 use empath_tests::run::run_bounded;
 use empath_tests::{DAEMONS, TestConfig, binary, procfs, test_dir};
 
@@ -53,7 +55,14 @@ fn make_install_lays_out_a_working_tree() {
             .arg(workspace())
             .arg("install")
             .arg(format!("PREFIX={}", prefix.path().display()))
-            .arg(format!("BUILT={}", built.display())),
+            .arg(format!("BUILT={}", built.display()))
+            // `cargo test` leaves libempath.so among the dependencies.
+            .arg(format!(
+                "LIBEMPATH={}",
+                libempath_dir().join("libempath.so").display()
+            ))
+            // A test prefix is not the system's: no ldconfig.
+            .arg("LDCONFIG=true"),
         TIMEOUT,
     );
     assert!(output.status.success(), "{}", output.combined());
@@ -67,12 +76,15 @@ fn make_install_lays_out_a_working_tree() {
         "share/man/man8/empath-anvil.8",
         "share/man/man5/empath.config.ron.5",
         "share/man/man1/mailq.1",
+        "share/man/man3/empath-modules.3",
         "etc/empath/empath.config.ron",
         "etc/init.d/empath",
         "etc/logrotate.d/empath",
         "lib/systemd/system/empath.service",
         "share/empath/prometheus-alerts.yml",
         "share/empath/empath-dashboard.json",
+        "lib/libempath.so",
+        "include/empath.h",
     ] {
         assert!(root.join(file).is_file(), "{file} was not installed");
     }
@@ -128,6 +140,33 @@ fn make_install_lays_out_a_working_tree() {
 
     // The installed master finds its daemons in libexec/empath.
     started_from_libexec(root);
+    module_built_against(root);
+}
+
+/// Builds an example module as its author would, against the installed
+/// empath.h and libempath.so, and loads it as the daemons do.
+fn module_built_against(root: &Path) {
+    let build = test_dir();
+    let library = build_module(
+        &workspace().join("modules/examples/reject_domain.c"),
+        &root.join("include"),
+        &root.join("lib"),
+        build.path(),
+    );
+    let modules =
+        empath_modules::Modules::load([(library.as_path(), &["spam.test".to_owned()][..])])
+            .unwrap_or_else(|e| panic!("{e}"));
+    let mut context = empath_modules::ModuleContext {
+        sender: "x@spam.test".to_owned(),
+        ..Default::default()
+    };
+    let rejection = modules
+        .validate(empath_modules::Validation::MailFrom, &mut context)
+        .expect_err("reject_domain refuses spam.test");
+    assert_eq!(
+        (rejection.code, rejection.text.as_str()),
+        (550, "5.7.1 Mail from spam.test is not accepted here")
+    );
 }
 
 /// Starts the installed master on a test config and checks where its

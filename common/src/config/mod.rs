@@ -4,8 +4,10 @@
 //! with their line and column. Checks that span several keys run after
 //! parsing and name the key and the line where it is written.
 
+mod cleanup;
 mod dns;
 mod dsn;
+mod local;
 mod master;
 mod model;
 mod smtpd;
@@ -14,12 +16,14 @@ mod values;
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+pub use cleanup::{Cleanup, DEFAULT_HOPCOUNT_LIMIT};
 pub use dns::{Dns, Nameserver};
 pub use dsn::{DEFAULT_MAX_RETURN_SIZE, Dsn};
+pub use local::{LocalDelivery, LocalDomains, TargetSource};
 pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
-pub use smtpd::{Auth as SmtpdAuth, Network, Smtpd, is_bcrypt_hash};
-pub use values::{Extension, HostPort, ListenAddr, Listener};
+pub use smtpd::{Auth as SmtpdAuth, BareLineEndings, Network, Smtpd, is_bcrypt_hash};
+pub use values::{DomainTransport, Extension, HostPort, ListenAddr, Listener, LmtpEndpoint};
 
 /// The default location of the config file.
 pub const DEFAULT_PATH: &str = "/etc/empath/empath.config.ron";
@@ -86,6 +90,7 @@ impl Config {
         if let Ok(absolute) = std::path::absolute(&empath.spool.path) {
             empath.spool.path = absolute;
         }
+        empath.local_delivery.absolutize();
         validate(&empath).map_err(|(key, message)| ConfigError {
             path: path.to_owned(),
             line: line_of_key(text, key.rsplit('.').next().unwrap_or(&key)),
@@ -99,6 +104,45 @@ impl Config {
     /// The host name for banners and headers.
     pub fn hostname(&self) -> String {
         self.empath.hostname.clone().unwrap_or_else(system_hostname)
+    }
+
+    /// The largest message cleanup queues from an smtpd: the largest
+    /// listener limit (each listener's own limit is smtpd's to enforce).
+    pub fn smtp_message_size_limit(&self) -> u64 {
+        self.smtp_controller
+            .listeners
+            .iter()
+            .flat_map(|listener| &listener.extensions)
+            .filter_map(|extension| match extension {
+                Extension::Size(size) => Some(*size),
+                _ => None,
+            })
+            .fold(self.smtpd.max_message_size, u64::max)
+    }
+
+    /// The largest message cleanup queues from a local user (sendmail,
+    /// the maildrop): `smtpd.max_message_size`, Postfix's
+    /// `message_size_limit`.
+    pub fn local_message_size_limit(&self) -> u64 {
+        self.smtpd.max_message_size
+    }
+
+    /// The domains delivered on this host and the origin of unqualified
+    /// addresses (`local_delivery.local_domains` and `.origin`, by default
+    /// the host name, `localhost` and `localhost.localdomain`).
+    pub fn local_domains(&self) -> LocalDomains {
+        let hostname = self.hostname();
+        let local = &self.empath.local_delivery;
+        let origin = local.origin.clone().unwrap_or_else(|| hostname.clone());
+        let domains = match &local.local_domains {
+            Some(domains) => domains.clone(),
+            None => vec![
+                hostname,
+                "localhost".to_owned(),
+                "localhost.localdomain".to_owned(),
+            ],
+        };
+        LocalDomains::new(domains, &origin)
     }
 }
 
@@ -202,6 +246,8 @@ fn validate(config: &Empath) -> Result<(), Invalid> {
     }
     dsn::validate(&config.dsn)?;
     smtpd::validate(&config.smtpd)?;
+    cleanup::validate(&config.cleanup)?;
+    local::validate(&config.local_delivery)?;
     Ok(())
 }
 

@@ -12,11 +12,13 @@ use std::path::PathBuf;
 
 use serde::Deserialize;
 
+use super::cleanup::Cleanup;
 use super::dns::Dns;
 use super::dsn::Dsn;
+use super::local::LocalDelivery;
 use super::master::Supervisor;
 use super::smtpd::Smtpd;
-use super::values::{Extension, HostPort, ListenAddr, Listener};
+use super::values::{DomainTransport, Extension, HostPort, ListenAddr, Listener};
 
 /// The whole `Empath( ... )` document.
 #[derive(Debug, Clone, Deserialize)]
@@ -52,6 +54,12 @@ pub struct Empath {
     pub health: Health,
     #[serde(default)]
     pub dsn: Dsn,
+    /// What cleanup checks in every message.
+    #[serde(default)]
+    pub cleanup: Cleanup,
+    /// Local delivery: this host's domains, aliases, mailboxes.
+    #[serde(default)]
+    pub local_delivery: LocalDelivery,
     /// Where the master finds the daemon executables. Defaults to the
     /// directory that holds the `empath` executable itself.
     #[serde(default)]
@@ -263,6 +271,10 @@ pub struct DomainPolicy {
     pub require_tls: bool,
     /// Overrides `delivery.max_concurrency_per_domain` for this domain.
     pub max_concurrency: Option<usize>,
+    /// Deliver over LMTP (`"lmtp:unix:/path"`, `"lmtp:inet:host:port"`),
+    /// e.g. to Dovecot for a virtual mailbox domain, instead of SMTP to
+    /// the MX hosts (and instead of empath-local for a local domain).
+    pub transport: Option<DomainTransport>,
 }
 
 /// Per-domain circuit breaker: after `failure_threshold` consecutive

@@ -50,6 +50,36 @@ pub struct Smtpd {
     pub max_errors: u32,
     /// The message size limit of listeners without a `size` extension.
     pub max_message_size: u64,
+    /// What a bare CR or LF in a message gets (Postfix's
+    /// `smtpd_forbid_bare_newline`): `normalize` (it ends the line and
+    /// becomes CRLF) or `reject` (`550 5.6.0`, after the end of data).
+    pub bare_line_endings: BareLineEndings,
+    /// Accept `user%domain@us`, `"user@domain"@us` and `domain!user@us`
+    /// from clients outside `mynetworks` that did not authenticate.
+    /// Off, as Postfix's `allow_untrusted_routing`: they get `554 5.7.1`.
+    pub allow_untrusted_routing: bool,
+}
+
+/// See [`Smtpd::bare_line_endings`]; written as a string.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Deserialize)]
+#[serde(try_from = "String")]
+pub enum BareLineEndings {
+    #[default]
+    Normalize,
+    Reject,
+}
+
+impl TryFrom<String> for BareLineEndings {
+    type Error = String;
+    fn try_from(value: String) -> Result<Self, String> {
+        match value.as_str() {
+            "normalize" => Ok(Self::Normalize),
+            "reject" => Ok(Self::Reject),
+            other => Err(format!(
+                "unknown bare_line_endings {other:?}, expected \"normalize\" or \"reject\""
+            )),
+        }
+    }
 }
 
 impl Default for Smtpd {
@@ -70,6 +100,8 @@ impl Default for Smtpd {
             max_recipients: 1000,
             max_errors: 20,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
+            bare_line_endings: BareLineEndings::default(),
+            allow_untrusted_routing: false,
         }
     }
 }

@@ -217,3 +217,92 @@ mod tests {
         }
     }
 }
+
+/// A domain's transport instead of SMTP to its MX hosts, written as
+/// Postfix writes one: `"lmtp:unix:/run/dovecot/lmtp"` or
+/// `"lmtp:inet:127.0.0.1:24"` (`"lmtp:/path"` is a Unix socket too).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DomainTransport {
+    Lmtp(LmtpEndpoint),
+}
+
+/// Where an LMTP server listens.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum LmtpEndpoint {
+    Unix(std::path::PathBuf),
+    Inet(HostPort),
+}
+
+impl DomainTransport {
+    pub fn parse(text: &str) -> Result<Self, String> {
+        let bad = || {
+            format!(
+                "invalid transport {text:?}: expected \"lmtp:unix:/path\" or \"lmtp:inet:host:port\""
+            )
+        };
+        let rest = text.strip_prefix("lmtp:").ok_or_else(bad)?;
+        let endpoint = if let Some(path) = rest.strip_prefix("unix:") {
+            LmtpEndpoint::Unix(path.into())
+        } else if let Some(target) = rest.strip_prefix("inet:") {
+            LmtpEndpoint::Inet(HostPort::parse(target).map_err(|_| bad())?)
+        } else if rest.starts_with('/') {
+            LmtpEndpoint::Unix(rest.into())
+        } else {
+            return Err(bad());
+        };
+        if matches!(&endpoint, LmtpEndpoint::Unix(path) if path.as_os_str().is_empty()) {
+            return Err(bad());
+        }
+        Ok(Self::Lmtp(endpoint))
+    }
+}
+
+impl fmt::Display for DomainTransport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Self::Lmtp(LmtpEndpoint::Unix(path)) => write!(f, "lmtp:unix:{}", path.display()),
+            Self::Lmtp(LmtpEndpoint::Inet(target)) => write!(f, "lmtp:inet:{target}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for DomainTransport {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let text = String::deserialize(deserializer)?;
+        Self::parse(&text).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod transport_tests {
+    use super::*;
+
+    #[test]
+    fn transports_parse_as_postfix_writes_them() {
+        assert_eq!(
+            DomainTransport::parse("lmtp:unix:/run/dovecot/lmtp"),
+            Ok(DomainTransport::Lmtp(LmtpEndpoint::Unix(
+                "/run/dovecot/lmtp".into()
+            )))
+        );
+        assert_eq!(
+            DomainTransport::parse("lmtp:/run/lmtp"),
+            Ok(DomainTransport::Lmtp(LmtpEndpoint::Unix(
+                "/run/lmtp".into()
+            )))
+        );
+        assert_eq!(
+            DomainTransport::parse("lmtp:inet:127.0.0.1:24").map(|t| t.to_string()),
+            Ok("lmtp:inet:127.0.0.1:24".to_owned())
+        );
+        for bad in [
+            "smtp:x",
+            "lmtp:",
+            "lmtp:unix:",
+            "lmtp:inet:host",
+            "lmtp:tcp:h:1",
+        ] {
+            assert!(DomainTransport::parse(bad).is_err(), "{bad}");
+        }
+    }
+}

@@ -32,6 +32,9 @@ fn main() -> ExitCode {
         .config
         .clone()
         .map_or_else(|| PathBuf::from(config::DEFAULT_PATH), PathBuf::from);
+    if options.initialize_aliases {
+        return empath_ctl::newaliases::run(&config_path, "sendmail");
+    }
     let config = match Config::load(&config_path) {
         Ok(config) => config,
         Err(error) => return fail(EX_CONFIG, &error.to_string()),
@@ -51,6 +54,17 @@ fn main() -> ExitCode {
         return fail(
             EX_USAGE,
             "no recipient addresses found (give them as arguments or use -t)",
+        );
+    }
+    // cleanup would refuse it, or set a drop file that large aside.
+    let limit = config.local_message_size_limit();
+    if message.len() as u64 > limit {
+        return fail(
+            EX_DATAERR,
+            &format!(
+                "message of {} bytes is larger than the limit of {limit} (smtpd.max_message_size)",
+                message.len()
+            ),
         );
     }
     let queue = Queue::new(config.spool.path.clone());
@@ -101,7 +115,8 @@ fn recipients(options: &Options, found: Vec<String>) -> Vec<String> {
     all
 }
 
-/// `login@hostname` for the calling user.
+/// `login@origin` for the calling user (`local_delivery.origin`, by
+/// default the host name).
 fn default_sender(config: &Config) -> String {
     let user = nix::unistd::User::from_uid(nix::unistd::getuid())
         .ok()
@@ -109,7 +124,7 @@ fn default_sender(config: &Config) -> String {
         .map(|u| u.name)
         .or_else(|| std::env::var("LOGNAME").ok())
         .unwrap_or_else(|| "nobody".to_owned());
-    format!("{user}@{}", config.hostname())
+    format!("{user}@{}", config.local_domains().origin())
 }
 
 enum Submit {

@@ -2,7 +2,6 @@
 //! the scheduler itself so that they see and change its live state.
 
 use std::collections::BTreeMap;
-use std::io::Read;
 
 use empath_common::control::{
     ControlResponse, ListStatus, MessageView, QueueCommand, QueueEntry, QueueStats, RecipientView,
@@ -11,12 +10,14 @@ use empath_common::queue::{Envelope, QueueId, QueueState, RecipientStatus, domai
 use empath_common::time::unix_now;
 
 use super::Scheduler;
+use crate::dispatch::Couriers;
+use crate::store::Store;
 
 /// How much of the content `queue view` shows.
 const MAX_HEADERS: usize = 32 * 1024;
 const BODY_PREVIEW: usize = 1024;
 
-impl Scheduler {
+impl<S: Store, C: Couriers> Scheduler<S, C> {
     pub(super) fn control(&mut self, command: QueueCommand) -> ControlResponse {
         match command {
             QueueCommand::List {
@@ -63,19 +64,7 @@ impl Scheduler {
     /// Freezing is remembered in the spool, so a restarted qmgr stays frozen.
     pub(super) fn set_frozen(&mut self, frozen: bool) {
         self.frozen = frozen;
-        let marker = self.queue.root_file("frozen");
-        let result = if frozen {
-            std::fs::write(&marker, b"")
-        } else {
-            std::fs::remove_file(&marker).or_else(|e| {
-                if e.kind() == std::io::ErrorKind::NotFound {
-                    Ok(())
-                } else {
-                    Err(e)
-                }
-            })
-        };
-        if let Err(error) = result {
+        if let Err(error) = self.queue.set_frozen(frozen) {
             tracing::warn!(%error, "cannot record the freeze in the spool; it lasts until qmgr restarts");
         }
         tracing::info!(
@@ -83,11 +72,6 @@ impl Scheduler {
             "delivery {}",
             if frozen { "frozen" } else { "unfrozen" }
         );
-    }
-
-    /// Whether a freeze was recorded by an earlier qmgr.
-    pub(super) fn frozen_on_disk(&self) -> bool {
-        self.queue.root_file("frozen").exists()
     }
 
     /// Every queued message with its state, oldest first. Active messages
@@ -149,12 +133,9 @@ impl Scheduler {
     }
 
     fn content_preview(&self, id: QueueId) -> (String, String) {
-        let mut head = Vec::new();
-        if let Ok(file) = self.queue.open_content(id) {
-            let _ = file
-                .take((MAX_HEADERS + BODY_PREVIEW) as u64)
-                .read_to_end(&mut head);
-        }
+        let head = self
+            .queue
+            .content_head(id, (MAX_HEADERS + BODY_PREVIEW) as u64);
         let split = head
             .windows(4)
             .position(|w| w == b"\r\n\r\n")
@@ -200,8 +181,11 @@ impl Scheduler {
         match self.queue.locate(id) {
             None => not_found(id),
             Some(QueueState::Deferred) => {
+                // An operator's explicit request: tried even if the
+                // destination's circuit breaker is open.
                 self.deferred.retain(|(_, queued)| *queued != id);
                 self.deferred.insert((0, id));
+                self.forced.insert(id);
                 ControlResponse::Done(format!("{id} will be retried now"))
             }
             Some(QueueState::Incoming) => {
@@ -230,7 +214,7 @@ impl Scheduler {
         }
     }
 
-    fn stats(&self) -> QueueStats {
+    pub(super) fn stats(&self) -> QueueStats {
         let messages = self.all_messages();
         let mut by_status: BTreeMap<&'static str, usize> =
             ListStatus::ALL.iter().map(|s| (s.name(), 0)).collect();

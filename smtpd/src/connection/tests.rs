@@ -710,48 +710,58 @@ async fn a_client_dripping_data_is_cut_off_at_data_block() {
     assert!(!cleanup.next().await.ended);
 }
 
-/// A policy module in C, built with gcc: refuses clients from 192.0.2.99
-/// at Connect, the recipient nobody@b.example at RcptTo, and messages that
-/// contain "VIRUS" at Data; sets metadata at Connect and MailFrom.
+/// A policy module in C, written the original Empath's way and built
+/// with gcc: refuses clients from 192.0.2.99 at Connect, EHLO
+/// bad.example, the recipient nobody@b.example at RcptTo, and messages
+/// that contain "VIRUS" at Data; sets metadata at Connect and MailFrom.
 const POLICY_MODULE: &str = r#"
 #include <string.h>
 #include "empath.h"
-static int on_connect(em_context *ctx) {
+static int validate_connect(Context *ctx) {
     em_context_set_metadata(ctx, "seen_at_connect", "yes");
-    em_string client = em_context_get_client_address(ctx);
-    int refuse = client.data && strcmp(client.data, "192.0.2.99") == 0;
+    String client = em_context_get_client_address(ctx);
+    int refuse = strcmp(client.data, "192.0.2.99") == 0;
     em_free_string(client);
     if (refuse)
         em_context_set_response(ctx, 554, "go away");
     return refuse;
 }
-static int on_mail_from(em_context *ctx) {
-    em_string sender = em_context_get_sender(ctx);
+static int validate_ehlo(Context *ctx) {
+    String name = em_context_get_helo(ctx);
+    int refuse = strcmp(name.data, "bad.example") == 0;
+    em_free_string(name);
+    if (refuse)
+        em_context_set_response(ctx, 550, "5.7.1 not you");
+    return refuse;
+}
+static int validate_mail_from(Context *ctx) {
+    String sender = em_context_get_sender(ctx);
     em_context_set_metadata(ctx, "tx_sender", sender.data);
     em_free_string(sender);
     return 0;
 }
-static int on_rcpt_to(em_context *ctx) {
-    em_string_vector recipients = em_context_get_recipients(ctx);
+static int validate_rcpt_to(Context *ctx) {
+    StringVector recipients = em_context_get_recipients(ctx);
     int refuse = recipients.len > 0 && strcmp(recipients.data[recipients.len - 1].data, "nobody@b.example") == 0;
     em_free_string_vector(recipients);
     if (refuse)
         em_context_set_response(ctx, 550, "5.1.1 no such user");
     return refuse;
 }
-static int on_data(em_context *ctx) {
-    em_string data = em_context_get_data(ctx);
-    int refuse = data.data && strstr(data.data, "VIRUS") != NULL;
+static int validate_data(Context *ctx) {
+    String data = em_context_get_data(ctx);
+    int refuse = strstr(data.data, "VIRUS") != NULL;
     em_free_string(data);
     if (refuse)
         em_context_set_response(ctx, 554, "5.7.1 infected");
     return refuse;
 }
-EM_DECLARE_MODULE(
-    .name = "policy",
-    .validation = {.on_connect = on_connect, .on_mail_from = on_mail_from,
-                   .on_rcpt_to = on_rcpt_to, .on_data = on_data},
-)
+static int init(StringVector arguments) { (void)arguments; return 0; }
+EM_DECLARE_MODULE(Validation, .validation_listener = {
+    "policy", init,
+    {.validate_connect = validate_connect, .validate_ehlo = validate_ehlo,
+     .validate_mail_from = validate_mail_from, .validate_rcpt_to = validate_rcpt_to,
+     .validate_data = validate_data}});
 "#;
 
 /// Settings with [`POLICY_MODULE`] loaded; keep the dir while they live.
@@ -761,10 +771,17 @@ fn settings_with_policy(cleanup_socket: PathBuf) -> (Settings, tempfile::TempDir
     let library = dir.path().join("libpolicy.so");
     std::fs::write(&source, POLICY_MODULE).unwrap_or_else(|e| panic!("write: {e}"));
     let include = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/include");
+    let lib = empath_modules::built_libempath_dir()
+        .unwrap_or_else(|| panic!("cargo built libempath.so (dev-dependency empath-ffi)"));
     let status = std::process::Command::new("gcc")
-        .args(["-shared", "-fPIC", "-Wall", "-Werror", "-std=c11", "-I"])
+        .args(empath_modules::GCC_FLAGS)
+        .arg("-I")
         .arg(include)
         .arg(&source)
+        .arg("-L")
+        .arg(&lib)
+        .arg(format!("-Wl,-rpath,{}", lib.display()))
+        .arg("-lempath")
         .arg("-o")
         .arg(&library)
         .status()
@@ -782,6 +799,12 @@ async fn modules_refuse_recipients_and_content_and_tag_the_submission() {
     let mut cleanup = FakeCleanup::start(Behaviour::Queue);
     let (settings, _dir) = settings_with_policy(cleanup.socket.clone());
     let mut client = Client::connect(settings).await;
+    // A refused EHLO leaves the client ungreeted.
+    assert_eq!(
+        client.command("EHLO bad.example").await,
+        "550 5.7.1 not you"
+    );
+    client.expect("MAIL FROM:<alice@a.example>", "503").await;
     client.expect("EHLO client.example", "250-mx.example").await;
     client
         .expect("MAIL FROM:<alice@a.example>", "250 2.1.0")

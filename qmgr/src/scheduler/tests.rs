@@ -1,0 +1,302 @@
+//! The scheduler's decisions, in memory: a [`MemoryStore`] for the queue
+//! (with a disk that can fill up) and couriers that only record what they
+//! were asked to do; each test then answers as an agent would.
+
+use std::cell::RefCell;
+use std::rc::Rc;
+
+use empath_common::config::{Delivery, Dsn};
+use empath_common::protocol::{BounceKind, DeliveryJob, DeliveryReport, Outcome, RecipientResult};
+use empath_common::queue::{Envelope, QueueId, QueueState, Recipient, RecipientStatus};
+use empath_common::smtp::Reply;
+use empath_common::time::unix_now;
+use empath_modules::Modules;
+use tokio::sync::mpsc;
+
+use super::{Event, Scheduler};
+use crate::dispatch::{AgentError, Couriers};
+use crate::store::memory::MemoryStore;
+
+/// What the scheduler asked for.
+#[derive(Default)]
+struct Asked {
+    jobs: Vec<DeliveryJob>,
+    bounces: Vec<(QueueId, BounceKind)>,
+}
+
+#[derive(Clone, Default)]
+struct Recorder(Rc<RefCell<Asked>>);
+
+impl Couriers for Recorder {
+    fn deliver(&self, job: DeliveryJob, _events: mpsc::UnboundedSender<Event>) {
+        self.0.borrow_mut().jobs.push(job);
+    }
+
+    fn bounce(
+        &self,
+        id: QueueId,
+        _state: QueueState,
+        kind: BounceKind,
+        _events: mpsc::UnboundedSender<Event>,
+    ) {
+        self.0.borrow_mut().bounces.push((id, kind));
+    }
+}
+
+impl Recorder {
+    fn take_jobs(&self) -> Vec<DeliveryJob> {
+        std::mem::take(&mut self.0.borrow_mut().jobs)
+    }
+}
+
+struct Harness {
+    scheduler: Scheduler<Rc<MemoryStore>, Recorder>,
+    store: Rc<MemoryStore>,
+    couriers: Recorder,
+    _events: mpsc::UnboundedReceiver<Event>,
+}
+
+fn policy() -> Delivery {
+    let mut policy = Delivery {
+        max_attempts: 3,
+        base_retry_delay_secs: 10,
+        max_retry_delay_secs: 100,
+        retry_jitter_factor: 0.0,
+        ..Delivery::default()
+    };
+    policy.circuit_breaker.failure_threshold = 1;
+    policy.circuit_breaker.open_secs = 60;
+    policy.rate_limit.messages_per_second = 1000.0;
+    policy.rate_limit.burst_size = 1000;
+    policy
+}
+
+fn start(policy: Delivery, store: Rc<MemoryStore>) -> Harness {
+    let (events, receiver) = mpsc::unbounded_channel();
+    let couriers = Recorder::default();
+    let dsn = Dsn::default();
+    let mut scheduler = Scheduler::new(
+        Rc::clone(&store),
+        policy,
+        dsn,
+        events,
+        Modules::default(),
+        couriers.clone(),
+    );
+    scheduler.recover();
+    Harness {
+        scheduler,
+        store,
+        couriers,
+        _events: receiver,
+    }
+}
+
+fn envelope(recipients: &[&str]) -> Envelope {
+    Envelope {
+        id: QueueId::generate(),
+        sender: "sender@example.org".into(),
+        recipients: recipients.iter().map(|r| Recipient::new(*r)).collect(),
+        arrival: unix_now(),
+        attempts: 0,
+        next_retry: None,
+        last_error: None,
+        client: Default::default(),
+        dsn: Default::default(),
+        metadata: Default::default(),
+        content_size: 10,
+        smtputf8: false,
+        delay_warned: false,
+    }
+}
+
+/// Queues `envelope` in incoming/ and lets the scheduler see it.
+fn queue(h: &mut Harness, envelope: Envelope) -> QueueId {
+    let id = envelope.id;
+    h.store.add(QueueState::Incoming, envelope);
+    h.scheduler.handle(Event::Incoming(id));
+    id
+}
+
+fn report(
+    job: &DeliveryJob,
+    outcome: Outcome,
+    code: u16,
+    destination_failed: bool,
+) -> DeliveryReport {
+    DeliveryReport {
+        results: job
+            .recipients
+            .iter()
+            .map(|r| RecipientResult {
+                index: r.index,
+                outcome,
+                remote: Some("mx:25".into()),
+                reply: Reply::new(code, "", "test"),
+            })
+            .collect(),
+        destination_failed,
+    }
+}
+
+fn done(h: &mut Harness, job: DeliveryJob, result: Result<DeliveryReport, AgentError>) {
+    h.scheduler.handle(Event::JobDone { job, result });
+}
+
+fn deferred(h: &Harness, id: QueueId) -> Envelope {
+    h.store
+        .get(QueueState::Deferred, id)
+        .expect("the message is in deferred/")
+}
+
+#[test]
+fn an_open_circuit_breaker_uses_up_no_attempts() {
+    let mut h = start(policy(), Rc::default());
+    let first = queue(&mut h, envelope(&["a@down.test"]));
+    h.scheduler.run();
+    let job = h.couriers.take_jobs().remove(0);
+    // The destination fails: the breaker (threshold 1) opens.
+    let failed = report(&job, Outcome::Deferred, 421, true);
+    done(&mut h, job, Ok(failed));
+    assert_eq!(deferred(&h, first).attempts, 1);
+
+    // Later mail to it is held back without contacting it: no attempt,
+    // and it comes back when the breaker lets a probe through.
+    let second = queue(&mut h, envelope(&["b@down.test"]));
+    for _ in 0..5 {
+        h.scheduler.run();
+    }
+    assert!(
+        h.couriers.take_jobs().is_empty(),
+        "the breaker let a job through"
+    );
+    let held = deferred(&h, second);
+    assert_eq!(held.attempts, 0);
+    let due = held.next_retry.expect("a retry time");
+    assert!(due >= unix_now() + 55, "retried before the probe: {due}");
+
+    // An operator's process-now tries it at once, breaker or not.
+    h.scheduler.process_now();
+    h.scheduler.run();
+    let jobs = h.couriers.take_jobs();
+    assert_eq!(jobs.len(), 1, "process-now must probe the open breaker");
+}
+
+#[tokio::test]
+async fn a_job_that_kills_its_agent_counts_and_expires_on_schedule() {
+    let mut policy = policy();
+    policy.max_attempts = 2;
+    let mut h = start(policy, Rc::default());
+    let id = queue(&mut h, envelope(&["a@crash.test"]));
+    for attempt in 1..=2u32 {
+        h.scheduler.process_now();
+        h.scheduler.run();
+        let job = h.couriers.take_jobs().remove(0);
+        let lost = AgentError::Lost(std::io::ErrorKind::UnexpectedEof.into());
+        done(&mut h, job, Err(lost));
+        if attempt == 1 {
+            let envelope = deferred(&h, id);
+            assert_eq!(envelope.attempts, 1);
+            // Backed off, not resent after a second.
+            assert!(envelope.next_retry.unwrap_or(0) >= unix_now() + 9);
+        }
+    }
+    // Out of attempts: failed, and the sender is told.
+    let asked = h.couriers.0.borrow();
+    assert_eq!(asked.bounces, vec![(id, BounceKind::Final)]);
+    let active = h
+        .store
+        .get(QueueState::Active, id)
+        .expect("kept for bounce");
+    assert!(matches!(
+        active.recipients[0].status,
+        RecipientStatus::Failed { .. }
+    ));
+}
+
+#[tokio::test]
+async fn an_unreachable_agent_is_no_attempt_but_the_lifetime_still_counts() {
+    let mut policy = policy();
+    policy.max_queue_lifetime_secs = 3600;
+    let mut h = start(policy, Rc::default());
+    let fresh = queue(&mut h, envelope(&["a@x.test"]));
+    let mut old = envelope(&["b@x.test"]);
+    old.arrival = unix_now() - 7200;
+    let old = queue(&mut h, old);
+    h.scheduler.run();
+    h.scheduler.run();
+    for job in h.couriers.take_jobs() {
+        let down = AgentError::Unreachable(std::io::ErrorKind::ConnectionRefused.into());
+        done(&mut h, job, Err(down));
+    }
+    // The fresh one waits to be resent, unchanged and uncounted.
+    assert!(h.store.get(QueueState::Active, fresh).is_some());
+    assert_eq!(h.store.get(QueueState::Active, fresh).unwrap().attempts, 0);
+    // The expired one fails instead of waiting for ever.
+    let expired = h
+        .store
+        .get(QueueState::Active, old)
+        .expect("kept for bounce");
+    assert!(matches!(
+        expired.recipients[0].status,
+        RecipientStatus::Failed { .. }
+    ));
+}
+
+#[test]
+fn each_jobs_results_are_written_when_the_job_ends() {
+    let store: Rc<MemoryStore> = Rc::default();
+    let mut h = start(policy(), Rc::clone(&store));
+    let id = queue(&mut h, envelope(&["a@one.test", "b@two.test"]));
+    h.scheduler.run();
+    let mut jobs = h.couriers.take_jobs();
+    assert_eq!(jobs.len(), 2);
+    let first = jobs.remove(0);
+    let delivered = first.recipients[0].address.clone();
+    done(
+        &mut h,
+        first.clone(),
+        Ok(report(&first, Outcome::Delivered, 250, false)),
+    );
+    // The other job still runs, and the delivery is on "disk" already.
+    let on_disk = store.get(QueueState::Active, id).expect("still active");
+    let status = &on_disk.recipients[first.recipients[0].index].status;
+    assert!(
+        matches!(status, RecipientStatus::Delivered { .. }),
+        "{status:?}"
+    );
+
+    // qmgr dies here. The next one delivers only to the other domain.
+    let mut again = start(policy(), Rc::clone(&store));
+    again.scheduler.run();
+    let resent = again.couriers.take_jobs();
+    assert_eq!(resent.len(), 1);
+    assert!(
+        resent[0].recipients.iter().all(|r| r.address != delivered),
+        "{delivered} would get a second copy"
+    );
+}
+
+#[test]
+fn a_deferral_that_cannot_be_written_stays_scheduled_and_is_written_later() {
+    let store: Rc<MemoryStore> = Rc::default();
+    let mut h = start(policy(), Rc::clone(&store));
+    let id = queue(&mut h, envelope(&["a@x.test"]));
+    h.scheduler.run();
+    let job = h.couriers.take_jobs().remove(0);
+    store.disk_full.set(true);
+    let temporary = report(&job, Outcome::Deferred, 451, false);
+    done(&mut h, job, Ok(temporary));
+    assert!(store.get(QueueState::Active, id).is_some());
+    assert!(store.get(QueueState::Deferred, id).is_none());
+    // Still known to the scheduler (and counted in its stats).
+    assert_eq!(h.scheduler.stats().total, 1);
+
+    // Space comes back: the next retry of the write succeeds, with one
+    // attempt counted, not two.
+    store.disk_full.set(false);
+    h.scheduler.retry_writes_now();
+    h.scheduler.run();
+    let envelope = deferred(&h, id);
+    assert_eq!(envelope.attempts, 1);
+}
