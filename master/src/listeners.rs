@@ -35,11 +35,11 @@ pub fn bind_all(config: &Config) -> Result<Bound, String> {
     Ok(bound)
 }
 
-/// Binds `health.listen_address` for empath-anvil, and publishes its
-/// address in the spool's `health` file. `None` when health is disabled,
-/// or when it cannot be bound: mail flows without health checks, and the
-/// log says so loudly.
-pub fn bind_health(config: &Config, queue: &Queue) -> Option<TcpListener> {
+/// Binds `health.listen_address` for empath-anvil (the supervisor
+/// publishes its address in the spool's `health` file once the daemons
+/// are started). `None` when health is disabled, or when it cannot be
+/// bound: mail flows without health checks, and the log says so loudly.
+pub fn bind_health(config: &Config) -> Option<TcpListener> {
     if !config.health.enabled {
         return None;
     }
@@ -51,9 +51,6 @@ pub fn bind_health(config: &Config, queue: &Queue) -> Option<TcpListener> {
     match bound {
         Ok((socket, local)) => {
             tracing::info!(address = %local, "listening for /health and /metrics (served by empath-anvil)");
-            if let Err(error) = publish(queue, "health", &format!("{local}\n")) {
-                tracing::warn!(%error, "cannot publish the health address");
-            }
             Some(socket)
         }
         Err(error) => {

@@ -117,7 +117,7 @@ fn run(config: Config, log_format: LogFormat) -> Result<(), Failure> {
         message,
         status: EX_OSERR,
     })?;
-    let health = listeners::bind_health(&config, &queue);
+    let health = listeners::bind_health(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)

@@ -65,6 +65,9 @@ pub struct Settings {
 /// and published for empath-anvil on every change.
 pub struct Status {
     current: watch::Sender<MasterStatus>,
+    /// One writer of the file at a time, each writing the state current
+    /// when it writes: an older state never overwrites a newer one.
+    writing: std::sync::Mutex<()>,
     /// A second stop signal came: nothing is started any more.
     forced: AtomicBool,
 }
@@ -90,6 +93,7 @@ impl Status {
         };
         Self {
             current: watch::Sender::new(status),
+            writing: std::sync::Mutex::new(()),
             forced: AtomicBool::new(false),
         }
     }
@@ -147,24 +151,32 @@ impl Status {
             .collect()
     }
 
-    /// Writes `private/master.status` now and after every change, off the
-    /// async threads; a burst of changes is written once.
-    fn publish(&self, queue: Queue) -> JoinHandle<()> {
+    /// Writes `private/master.status` with the current state (blocking).
+    fn write(&self, queue: &Queue) {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let status = self.current.borrow().clone();
+        if let Err(error) = status.publish(queue) {
+            tracing::error!(%error, "cannot publish the daemons' status for empath-anvil");
+        }
+    }
+
+    /// Writes `private/master.status` now, off the async threads.
+    async fn write_now(self: &Arc<Self>, queue: &Queue) {
+        let (status, queue) = (Arc::clone(self), queue.clone());
+        if let Err(error) = tokio::task::spawn_blocking(move || status.write(&queue)).await {
+            tracing::error!(%error, "the status writer failed");
+        }
+    }
+
+    /// Writes `private/master.status` after every change; a burst of
+    /// changes is written once.
+    fn publish(self: &Arc<Self>, queue: Queue) -> JoinHandle<()> {
         let mut changes = self.current.subscribe();
+        let status = Arc::clone(self);
         tokio::spawn(async move {
-            loop {
-                let status = changes.borrow_and_update().clone();
-                let queue = queue.clone();
-                match tokio::task::spawn_blocking(move || status.publish(&queue)).await {
-                    Ok(Ok(())) => {}
-                    Ok(Err(error)) => {
-                        tracing::error!(%error, "cannot publish the daemons' status for empath-anvil");
-                    }
-                    Err(error) => tracing::error!(%error, "the status writer failed"),
-                }
-                if changes.changed().await.is_err() {
-                    return;
-                }
+            while changes.changed().await.is_ok() {
+                changes.borrow_and_update();
+                status.write_now(&queue).await;
             }
         })
     }
@@ -227,11 +239,14 @@ pub async fn run(
     // The health listener is bound here and only ever accepted on by
     // empath-anvil, which inherits it.
     let health_fds: Vec<RawFd> = health.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut first_starts = Vec::new();
     let slots: Vec<SlotHandle> = names
         .iter()
         .enumerate()
         .map(|(index, &name)| {
             let (orders, inbox) = mpsc::unbounded_channel();
+            let (first_start, tried) = oneshot::channel();
+            first_starts.push(tried);
             let slot = Slot {
                 index,
                 name,
@@ -244,6 +259,7 @@ pub async fn run(
                 },
                 status: Arc::clone(&status),
                 inbox,
+                first_start: Some(first_start),
             };
             SlotHandle {
                 name,
@@ -253,6 +269,13 @@ pub async fn run(
         })
         .collect();
     status.set_listeners_bound(true);
+    // Every daemon has been started once, and the status file says so,
+    // before the addresses are published: a first health check already
+    // sees them running.
+    for tried in first_starts {
+        let _ = tried.await;
+    }
+    status.write_now(&queue).await;
 
     // Once the daemons are on their way: tests and operators take it as
     // the sign that the master is up. smtp-out reads it (at its first
@@ -264,6 +287,11 @@ pub async fn run(
             queue.root_file("listeners").display()
         )
     })?;
+    if let Some(address) = health.as_ref().and_then(|h| h.local_addr().ok())
+        && let Err(error) = listeners::publish(&queue, "health", &format!("{address}\n"))
+    {
+        tracing::warn!(%error, "cannot publish the health address");
+    }
 
     let mut control =
         crate::control_socket::start(&config, &queue, started, &status, settings.run_as);
@@ -418,6 +446,8 @@ struct Slot {
     listen_fds: Vec<RawFd>,
     status: Arc<Status>,
     inbox: mpsc::UnboundedReceiver<Order>,
+    /// Told once the first start was tried (whether it worked or not).
+    first_start: Option<oneshot::Sender<()>>,
 }
 
 /// A running daemon and what is known about it.
@@ -444,7 +474,11 @@ impl Slot {
         // Consecutive deaths before serving anything.
         let mut early_deaths: u32 = 0;
         loop {
-            let (served, lived) = match self.start() {
+            let started = self.start();
+            if let Some(first_start) = self.first_start.take() {
+                let _ = first_start.send(());
+            }
+            let (served, lived) = match started {
                 Some(running) => match self.watch(running).await {
                     (Ended::Stopped, _, _) => return,
                     (Ended::Exited(_), _, _) if self.status.forced() => return,
