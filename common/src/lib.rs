@@ -20,5 +20,6 @@ pub mod protocol;
 pub mod queue;
 pub mod safeio;
 pub mod smtp;
+pub mod supervision;
 pub mod time;
 pub mod tls;

@@ -3,11 +3,13 @@
 //!
 //! Each daemon updates its own values in this process-wide registry with
 //! one-line calls (`metrics::get().smtp_messages_received_total.inc()`).
-//! The master serves `/metrics` for the whole system: it asks every
+//! empath-anvil serves `/metrics` for the whole system: it asks every
 //! daemon for a [`Snapshot`] of its values over a Unix socket in
 //! `private/metrics/` ([`exporter`]), adds them up (several smtpd
-//! processes are summed) and renders the Prometheus text format
-//! ([`snapshot::render`]).
+//! processes are summed, and the counters of processes that are gone are
+//! carried on) and renders the Prometheus text format
+//! ([`snapshot::render`]). The `empath_process_*` series come from the
+//! master's status file instead (see `empath-anvil`).
 //!
 //! Domain labels are capped: past `metrics.max_domain_cardinality`
 //! distinct domains, new ones are counted under `other`, except the
@@ -92,10 +94,6 @@ pub struct Metrics {
     delivery_circuit_breaker_trips_total: IntCounterVec,
     pub delivery_queue_age_seconds: Histogram,
     pub delivery_retries_total: IntCounter,
-    // master (about the daemons it supervises)
-    process_up: IntGaugeVec,
-    process_restarts_total: IntCounterVec,
-    process_throttled: IntGaugeVec,
 }
 
 /// Buckets for the age of a message when it leaves the queue: from a
@@ -241,21 +239,6 @@ impl Metrics {
                 "empath_delivery_retries_total",
                 "Messages deferred for another attempt.",
             )?,
-            process_up: gauges(
-                "empath_process_up",
-                "Daemon processes running, by daemon.",
-                &["daemon"],
-            )?,
-            process_restarts_total: counters(
-                "empath_process_restarts_total",
-                "Times the master restarted a daemon that died.",
-                &["daemon"],
-            )?,
-            process_throttled: gauges(
-                "empath_process_throttled",
-                "1 while a daemon is throttled after crashing before serving.",
-                &["daemon"],
-            )?,
             registry,
         };
         metrics.declared = declared.take();
@@ -306,33 +289,6 @@ impl Metrics {
                 .with_label_values(&[&domain])
                 .inc();
         }
-    }
-
-    /// Exports the master's series for `daemon` at zero, so that they
-    /// exist before the first restart.
-    pub fn daemon_declared(&self, daemon: &str) {
-        self.process_up.with_label_values(&[daemon]).set(0);
-        self.process_restarts_total
-            .with_label_values(&[daemon])
-            .inc_by(0);
-        self.process_throttled.with_label_values(&[daemon]).set(0);
-    }
-
-    /// The master's view of one daemon: processes up, restarts, throttled.
-    pub fn daemon_up(&self, daemon: &str, running: i64) {
-        self.process_up.with_label_values(&[daemon]).set(running);
-    }
-
-    pub fn daemon_restarted(&self, daemon: &str) {
-        self.process_restarts_total
-            .with_label_values(&[daemon])
-            .inc();
-    }
-
-    pub fn daemon_throttled(&self, daemon: &str, throttled: bool) {
-        self.process_throttled
-            .with_label_values(&[daemon])
-            .set(i64::from(throttled));
     }
 
     /// This process's current values, with the seeds' other names for

@@ -7,6 +7,7 @@
 //! | `smtp-out.sock`        | qmgr              | [`DeliveryJob`]    | [`DeliveryReport`] |
 //! | `local.sock`           | qmgr              | [`DeliveryJob`]    | [`DeliveryReport`] |
 //! | `bounce.sock`          | qmgr              | [`BounceRequest`]  | [`BounceReply`]  |
+//! | `anvil.sock`           | smtpd             | [`AnvilRequest`]   | [`AnvilReply`] (some requests) |
 
 use std::collections::BTreeMap;
 
@@ -23,7 +24,7 @@ pub const SMTP_OUT: &str = "smtp-out";
 /// smtp-out, for recipients at this host's own domains.
 pub const LOCAL: &str = "local";
 pub const BOUNCE: &str = "bounce";
-/// The master's connection accounting for smtpd: [`AnvilRequest`] in,
+/// empath-anvil's accounting for smtpd: [`AnvilRequest`] in,
 /// [`AnvilReply`] out (named after Postfix's anvil service).
 pub const ANVIL: &str = "anvil";
 /// qmgr's control socket: [`crate::control::ControlRequest::Queue`] in,
@@ -79,17 +80,41 @@ pub enum CleanupReply {
     Rejected(Reply),
 }
 
-/// Counting SMTP connections across every smtpd process, so that
-/// `max_connections` and `max_connections_per_ip` hold for the whole
-/// system. Each smtpd keeps one connection to the master's anvil socket;
-/// when it closes (the smtpd exited or crashed), everything it held is
-/// released.
+/// Counting SMTP connections and AUTH failures across every smtpd
+/// process, so that `max_connections`, `max_connections_per_ip` and
+/// `smtpd.auth.max_failures` hold for the whole system. Each smtpd keeps
+/// one connection to empath-anvil's socket; when it closes (the smtpd
+/// exited or crashed), every connection it held is released. When the
+/// anvil restarts, smtpd connects again and [`AnvilRequest::Register`]s
+/// the connections it still holds.
+///
+/// The variants only ever grow, at the end: postcard numbers them by
+/// position, and an smtpd and an anvil of different versions meet during
+/// a rolling restart.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AnvilRequest {
-    /// A client connected: may it stay? Answered with an [`AnvilReply`].
+    /// A client connected: may it stay? Answered with
+    /// [`AnvilReply::Granted`], [`AnvilReply::TooMany`] or
+    /// [`AnvilReply::TooManyFromIp`].
     Acquire(std::net::IpAddr),
     /// A granted connection ended. Not answered.
     Release(std::net::IpAddr),
+    /// This many connections from the address are open already (admitted
+    /// while the anvil was unreachable, or granted by an anvil that has
+    /// since restarted): count them, without a limit check. Answered with
+    /// [`AnvilReply::Registered`] once they count.
+    Register(std::net::IpAddr, u32),
+    /// A granted connection ends: answered with
+    /// [`AnvilReply::Disconnected`] once it is no longer counted, so that
+    /// smtpd says goodbye to the client only then, and the client's next
+    /// connection is never judged against its last one.
+    Disconnect(std::net::IpAddr),
+    /// May a client from the address try to authenticate? Answered with
+    /// [`AnvilReply::AuthPermitted`] or [`AnvilReply::AuthBlocked`].
+    AuthAllowed(std::net::IpAddr),
+    /// An AUTH attempt from the address failed. Answered like
+    /// [`AnvilRequest::AuthAllowed`], counting this failure.
+    AuthFailed(std::net::IpAddr),
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -99,6 +124,15 @@ pub enum AnvilReply {
     TooMany,
     /// `max_connections_per_ip` are open from this address.
     TooManyFromIp,
+    /// The connection of a [`AnvilRequest::Disconnect`] is released.
+    Disconnected,
+    /// Fewer than `smtpd.auth.max_failures` recent failures from the address.
+    AuthPermitted,
+    /// `smtpd.auth.max_failures` failures from the address within
+    /// `smtpd.auth.failure_window_secs`: refuse its AUTH attempts.
+    AuthBlocked,
+    /// The connections of a [`AnvilRequest::Register`] count.
+    Registered,
 }
 
 /// Notifications to qmgr.
@@ -200,3 +234,38 @@ pub const DSN_DELAY: &str = "delay";
 /// A notice to the postmaster that a DSN could not be delivered; when it
 /// fails too, nobody is told (only the log).
 pub const DSN_DOUBLE_BOUNCE: &str = "double-bounce";
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{IpAddr, Ipv4Addr};
+
+    /// The anvil's frames cross between an smtpd and an anvil of different
+    /// versions during a rolling restart: the variants keep their numbers.
+    #[test]
+    fn anvil_frames_keep_their_encoding() {
+        let ip = IpAddr::V4(Ipv4Addr::new(192, 0, 2, 1));
+        let encode = |request: &AnvilRequest| postcard::to_stdvec(request).unwrap();
+        assert_eq!(encode(&AnvilRequest::Acquire(ip)), [0, 0, 192, 0, 2, 1]);
+        assert_eq!(encode(&AnvilRequest::Release(ip))[0], 1);
+        assert_eq!(
+            encode(&AnvilRequest::Register(ip, 300)),
+            [2, 0, 192, 0, 2, 1, 0xac, 0x02]
+        );
+        assert_eq!(encode(&AnvilRequest::Disconnect(ip))[0], 3);
+        assert_eq!(encode(&AnvilRequest::AuthAllowed(ip))[0], 4);
+        assert_eq!(encode(&AnvilRequest::AuthFailed(ip))[0], 5);
+        let replies = [
+            AnvilReply::Granted,
+            AnvilReply::TooMany,
+            AnvilReply::TooManyFromIp,
+            AnvilReply::Disconnected,
+            AnvilReply::AuthPermitted,
+            AnvilReply::AuthBlocked,
+            AnvilReply::Registered,
+        ];
+        for (index, reply) in replies.iter().enumerate() {
+            assert_eq!(postcard::to_stdvec(reply).unwrap(), [index as u8]);
+        }
+    }
+}

@@ -23,8 +23,22 @@ pub fn create_new(path: &Path) -> io::Result<File> {
 /// Writes `bytes` to `tmp`, fsyncs it and renames it to `target`.
 /// The caller fsyncs the target directory (so several renames can share one fsync).
 pub fn write_then_rename(tmp: &Path, target: &Path, bytes: &[u8]) -> io::Result<()> {
+    write_then_rename_with_mode(tmp, target, bytes, 0o600)
+}
+
+/// [`write_then_rename`], the file created with `mode` (before the umask).
+pub fn write_then_rename_with_mode(
+    tmp: &Path,
+    target: &Path,
+    bytes: &[u8],
+    mode: u32,
+) -> io::Result<()> {
     let result = (|| {
-        let mut file = create_new(tmp)?;
+        let mut file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(mode)
+            .open(tmp)?;
         file.write_all(bytes)?;
         file.sync_all()?;
         std::fs::rename(tmp, target)

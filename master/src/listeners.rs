@@ -1,5 +1,7 @@
-//! Binding the SMTP listeners, and the files in the spool that tell
-//! operators and tests what the master is doing.
+//! Binding the SMTP listeners and the health listener (the master binds,
+//! the daemons accept: smtpd on the SMTP ones, empath-anvil on the health
+//! one), and the files in the spool that tell operators and tests what
+//! the master is doing.
 
 use std::fs::File;
 use std::net::{SocketAddr, TcpListener};
@@ -33,6 +35,31 @@ pub fn bind_all(config: &Config) -> Result<Bound, String> {
     Ok(bound)
 }
 
+/// Binds `health.listen_address` for empath-anvil (the supervisor
+/// publishes its address in the spool's `health` file once the daemons
+/// are started). `None` when health is disabled, or when it cannot be
+/// bound: mail flows without health checks, and the log says so loudly.
+pub fn bind_health(config: &Config) -> Option<TcpListener> {
+    if !config.health.enabled {
+        return None;
+    }
+    let addr = config.health.listen_address.0;
+    let bound = TcpListener::bind(addr).and_then(|socket| {
+        let local = socket.local_addr()?;
+        Ok((socket, local))
+    });
+    match bound {
+        Ok((socket, local)) => {
+            tracing::info!(address = %local, "listening for /health and /metrics (served by empath-anvil)");
+            Some(socket)
+        }
+        Err(error) => {
+            tracing::error!(%error, address = %addr, "health.listen_address: cannot listen; health and metrics endpoints are not available");
+            None
+        }
+    }
+}
+
 /// Takes the spool lock so that two masters never share one queue. The
 /// lock is held for as long as the returned file is open.
 pub fn lock_spool(queue: &Queue) -> Result<File, String> {
@@ -55,9 +82,20 @@ pub fn lock_spool(queue: &Queue) -> Result<File, String> {
 }
 
 /// Writes `name` under the spool root atomically, so a reader never sees
-/// half of it.
+/// half of it; readable by all (mode 0644). The spool belongs to the
+/// daemons' user: the temp file is created exclusively (`O_EXCL` does not
+/// follow a symlink planted there) and renamed, so the root master writes
+/// nowhere else.
 pub fn publish(queue: &Queue, name: &str, contents: &str) -> std::io::Result<()> {
     let tmp = queue.root_file(&format!(".{name}.tmp"));
-    std::fs::write(&tmp, contents)?;
-    std::fs::rename(&tmp, queue.root_file(name))
+    match std::fs::remove_file(&tmp) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    empath_common::safeio::write_then_rename_with_mode(
+        &tmp,
+        &queue.root_file(name),
+        contents.as_bytes(),
+        0o644,
+    )
 }

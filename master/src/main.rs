@@ -1,11 +1,13 @@
 //! `empath`, the master process: validates the config, prepares the queue,
-//! binds the listeners and supervises the daemons.
+//! binds the listeners and supervises the daemons. It parses nothing that
+//! a network client or an unprivileged daemon sends: HTTP and connection
+//! accounting are empath-anvil's; the master only binds the health
+//! listener for it. Its one input besides signals is the control socket,
+//! for root and the admin group.
 
-mod anvil;
 mod control;
 mod control_socket;
 mod dkim_keys;
-mod http;
 mod listeners;
 mod modules;
 mod privileges;
@@ -163,6 +165,7 @@ fn run(config: Config, log_format: LogFormat) -> Result<(), Failure> {
         message,
         status: EX_OSERR,
     })?;
+    let health = listeners::bind_health(&config);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .worker_threads(2)
@@ -177,7 +180,7 @@ fn run(config: Config, log_format: LogFormat) -> Result<(), Failure> {
         run_as,
     };
     runtime
-        .block_on(supervisor::run(config, queue, settings, bound))
+        .block_on(supervisor::run(config, queue, settings, bound, health))
         .map_err(|message| Failure {
             message,
             status: EX_OSERR,

@@ -1,5 +1,6 @@
 //! Starting one daemon process: its executable, its arguments, the
-//! listening sockets it inherits as fds 3, 4, ... (`EMPATH_LISTEN_FDS`),
+//! listening sockets it inherits as fds 3, 4, ... (`EMPATH_LISTEN_FDS`:
+//! the SMTP listeners for smtpd, the health listener for empath-anvil),
 //! the status pipe right after them (`EMPATH_STATUS_FD`), and the
 //! unprivileged identity it runs as.
 

@@ -1,27 +1,31 @@
 //! Supervision: start every daemon, restart the ones that die (with
 //! exponential backoff), throttle the ones that keep dying before they
 //! serve anything, restart them one at a time with a new config on
-//! SIGHUP, and stop them in order on SIGTERM.
+//! SIGHUP, and stop them in order on SIGTERM (a second SIGTERM or SIGINT
+//! kills them at once). What the supervisor knows is published for
+//! empath-anvil in `private/master.status` (see
+//! [`empath_common::supervision`]); nothing is read back.
 
-use std::os::fd::RawFd;
-use std::sync::{Arc, Mutex, RwLock};
-use std::time::{Duration, Instant};
+use std::net::TcpListener;
+use std::os::fd::{AsRawFd, RawFd};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use empath_common::config::Config;
 use empath_common::control::ProcessStatus;
 use empath_common::logging::LogFormat;
-use empath_common::metrics;
 use empath_common::queue::Queue;
+use empath_common::supervision::{DaemonStatus, MasterStatus};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tokio::io::AsyncReadExt;
 use tokio::net::unix::pipe;
 use tokio::process::Child;
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::{mpsc, oneshot};
+use tokio::signal::unix::{Signal as SignalStream, SignalKind, signal};
+use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 
-use crate::http::{HttpServer, Sources};
 use crate::listeners::{self, Bound};
 use crate::privileges::RunAs;
 use crate::spawn::{self, DaemonDir};
@@ -35,14 +39,18 @@ pub const BOUNCE: &str = "empath-bounce";
 /// master runs as root, to switch to each recipient's uid (see
 /// [`Slot::run_as`]).
 pub const LOCAL: &str = "empath-local";
+/// Connection and AUTH-failure accounting for smtpd, `/health` and
+/// `/metrics`: everything that parses what others send, unprivileged.
+pub const ANVIL: &str = "empath-anvil";
 
 /// The daemons, in start order: the ones others connect to come first.
-pub const DAEMONS: [&str; 6] = [CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, SMTPD];
+pub const DAEMONS: [&str; 7] = [ANVIL, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, SMTPD];
 /// Stop order on SIGTERM: first no new mail comes in (smtpd finishes its
 /// sessions), then no new deliveries start (qmgr waits for the running
-/// ones), then the daemons that the others hand work to (cleanup last:
-/// empath-local forwards through it).
-const STOP_ORDER: [&str; 6] = [SMTPD, QMGR, SMTP_OUT, LOCAL, BOUNCE, CLEANUP];
+/// ones), then the daemons that the others hand work to (cleanup late:
+/// empath-local forwards through it); the anvil last, so that
+/// `/health/ready` says "not ready" for the whole stop.
+const STOP_ORDER: [&str; 7] = [SMTPD, QMGR, SMTP_OUT, LOCAL, BOUNCE, CLEANUP, ANVIL];
 /// Every stop phase gets at least this long, even past the deadline.
 const MIN_PHASE_GRACE: Duration = Duration::from_secs(1);
 
@@ -54,78 +62,123 @@ pub struct Settings {
 }
 
 /// The supervisor's view of its daemons, shared with the control socket
-/// and the health endpoints.
+/// and published for empath-anvil on every change.
 pub struct Status {
-    slots: Mutex<Vec<SlotStatus>>,
-    listeners_bound: std::sync::atomic::AtomicBool,
-}
-
-#[derive(Debug, Clone)]
-struct SlotStatus {
-    name: &'static str,
-    pid: Option<u32>,
-    restarts: u64,
+    current: watch::Sender<MasterStatus>,
+    /// One writer of the file at a time, each writing the state current
+    /// when it writes: an older state never overwrites a newer one.
+    writing: std::sync::Mutex<()>,
+    /// A second stop signal came: nothing is started any more.
+    forced: AtomicBool,
 }
 
 impl Status {
     fn new(names: &[&'static str]) -> Self {
-        for name in names {
-            metrics::get().daemon_declared(name);
-        }
-        Self {
-            slots: Mutex::new(
-                names
-                    .iter()
-                    .map(|name| SlotStatus {
-                        name,
-                        pid: None,
-                        restarts: 0,
-                    })
-                    .collect(),
-            ),
-            listeners_bound: std::sync::atomic::AtomicBool::new(false),
-        }
-    }
-
-    fn update(&self, index: usize, change: impl FnOnce(&mut SlotStatus)) {
-        let mut slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(slot) = slots.get_mut(index) {
-            change(slot);
-            let name = slot.name;
-            let running = slots
+        let started_ms = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis());
+        let status = MasterStatus {
+            run: format!("{}-{started_ms}", std::process::id()),
+            stopping: false,
+            listeners_bound: false,
+            daemons: names
                 .iter()
-                .filter(|s| s.name == name && s.pid.is_some())
-                .count();
-            metrics::get().daemon_up(name, i64::try_from(running).unwrap_or(i64::MAX));
+                .map(|name| DaemonStatus {
+                    name: (*name).to_owned(),
+                    pid: None,
+                    restarts: 0,
+                    throttled: false,
+                })
+                .collect(),
+        };
+        Self {
+            current: watch::Sender::new(status),
+            writing: std::sync::Mutex::new(()),
+            forced: AtomicBool::new(false),
         }
     }
 
-    /// How many processes of daemon `name` run.
-    pub fn running(&self, name: &str) -> usize {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
-            .iter()
-            .filter(|s| s.name == name && s.pid.is_some())
-            .count()
+    fn update(&self, index: usize, change: impl FnOnce(&mut DaemonStatus)) {
+        self.current.send_modify(|status| {
+            if let Some(slot) = status.daemons.get_mut(index) {
+                change(slot);
+            }
+        });
     }
 
-    pub fn listeners_bound(&self) -> bool {
-        self.listeners_bound
-            .load(std::sync::atomic::Ordering::SeqCst)
+    fn set_listeners_bound(&self, bound: bool) {
+        self.current
+            .send_modify(|status| status.listeners_bound = bound);
+    }
+
+    fn set_stopping(&self) {
+        self.current.send_modify(|status| status.stopping = true);
+    }
+
+    /// Kills every running daemon at once, and starts none from now on.
+    fn kill_all(&self) {
+        self.forced.store(true, Ordering::SeqCst);
+        let pids: Vec<u32> = self
+            .current
+            .borrow()
+            .daemons
+            .iter()
+            .filter_map(|d| d.pid)
+            .collect();
+        for pid in pids {
+            if let Ok(pid) = i32::try_from(pid) {
+                let _ = kill(Pid::from_raw(pid), Signal::SIGKILL);
+            }
+        }
+    }
+
+    fn forced(&self) -> bool {
+        self.forced.load(Ordering::SeqCst)
     }
 
     /// For `empathctl system status`.
     pub fn processes(&self) -> Vec<ProcessStatus> {
-        let slots = self.slots.lock().unwrap_or_else(|p| p.into_inner());
-        slots
+        self.current
+            .borrow()
+            .daemons
             .iter()
             .map(|s| ProcessStatus {
-                name: s.name.to_owned(),
+                name: s.name.clone(),
                 pid: s.pid,
                 restarts: s.restarts,
                 running: s.pid.is_some(),
             })
             .collect()
+    }
+
+    /// Writes `private/master.status` with the current state (blocking).
+    fn write(&self, queue: &Queue) {
+        let _one_writer = self.writing.lock().unwrap_or_else(|p| p.into_inner());
+        let status = self.current.borrow().clone();
+        if let Err(error) = status.publish(queue) {
+            tracing::error!(%error, "cannot publish the daemons' status for empath-anvil");
+        }
+    }
+
+    /// Writes `private/master.status` now, off the async threads.
+    async fn write_now(self: &Arc<Self>, queue: &Queue) {
+        let (status, queue) = (Arc::clone(self), queue.clone());
+        if let Err(error) = tokio::task::spawn_blocking(move || status.write(&queue)).await {
+            tracing::error!(%error, "the status writer failed");
+        }
+    }
+
+    /// Writes `private/master.status` after every change; a burst of
+    /// changes is written once.
+    fn publish(self: &Arc<Self>, queue: Queue) -> JoinHandle<()> {
+        let mut changes = self.current.subscribe();
+        let status = Arc::clone(self);
+        tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                changes.borrow_and_update();
+                status.write_now(&queue).await;
+            }
+        })
     }
 }
 
@@ -148,6 +201,7 @@ pub async fn run(
     queue: Queue,
     settings: Settings,
     bound: Bound,
+    health: Option<TcpListener>,
 ) -> Result<(), String> {
     listeners::publish(&queue, "master.pid", &format!("{}\n", std::process::id())).map_err(
         |e| {
@@ -180,27 +234,32 @@ pub async fn run(
         })
         .collect();
     let status = Arc::new(Status::new(&names));
-    // Before any smtpd starts, so that every connection is counted.
-    let anvil = crate::anvil::Anvil::new(&config);
-    let _anvil_task = crate::anvil::start(&anvil, &queue, settings.run_as);
+    let publisher = status.publish(queue.clone());
     let listen_fds = spawn::raw_fds(&bound.sockets);
-    let mut slots: Vec<SlotHandle> = names
+    // The health listener is bound here and only ever accepted on by
+    // empath-anvil, which inherits it.
+    let health_fds: Vec<RawFd> = health.iter().map(AsRawFd::as_raw_fd).collect();
+    let mut first_starts = Vec::new();
+    let slots: Vec<SlotHandle> = names
         .iter()
         .enumerate()
         .map(|(index, &name)| {
             let (orders, inbox) = mpsc::unbounded_channel();
+            let (first_start, tried) = oneshot::channel();
+            first_starts.push(tried);
             let slot = Slot {
                 index,
                 name,
                 settings: Arc::clone(&settings),
                 config: Arc::clone(&config),
-                listen_fds: if name == SMTPD {
-                    listen_fds.clone()
-                } else {
-                    Vec::new()
+                listen_fds: match name {
+                    SMTPD => listen_fds.clone(),
+                    ANVIL => health_fds.clone(),
+                    _ => Vec::new(),
                 },
                 status: Arc::clone(&status),
                 inbox,
+                first_start: Some(first_start),
             };
             SlotHandle {
                 name,
@@ -209,9 +268,14 @@ pub async fn run(
             }
         })
         .collect();
-    status
-        .listeners_bound
-        .store(true, std::sync::atomic::Ordering::SeqCst);
+    status.set_listeners_bound(true);
+    // Every daemon has been started once, and the status file says so,
+    // before the addresses are published: a first health check already
+    // sees them running.
+    for tried in first_starts {
+        let _ = tried.await;
+    }
+    status.write_now(&queue).await;
 
     // Once the daemons are on their way: tests and operators take it as
     // the sign that the master is up. smtp-out reads it (at its first
@@ -223,9 +287,12 @@ pub async fn run(
             queue.root_file("listeners").display()
         )
     })?;
-    let shared_config = Arc::new(RwLock::new(Arc::clone(&config)));
-    let http = start_http(&config, &queue, &shared_config, &status);
-    let mut otlp = start_otlp(&config, &queue);
+    if let Some(address) = health.as_ref().and_then(|h| h.local_addr().ok())
+        && let Err(error) = listeners::publish(&queue, "health", &format!("{address}\n"))
+    {
+        tracing::warn!(%error, "cannot publish the health address");
+    }
+
     let mut control =
         crate::control_socket::start(&config, &queue, started, &status, settings.run_as);
     tracing::info!(pid = std::process::id(), spool = %queue.root().display(), "empath started");
@@ -235,10 +302,6 @@ pub async fn run(
             _ = hangup.recv() => {
                 if let Some(new) = reload(&config, &slots).await {
                     config = new;
-                    anvil.set_limits(&config);
-                    stop_otlp(otlp.take());
-                    otlp = start_otlp(&config, &queue);
-                    *shared_config.write().unwrap_or_else(|p| p.into_inner()) = Arc::clone(&config);
                     if let Some(task) = control.take() {
                         task.abort();
                     }
@@ -250,20 +313,42 @@ pub async fn run(
         }
     }
 
-    // The last push collects before the daemons stop (they answer for
-    // their own metrics), and is sent while they stop.
-    let last_push = match otlp {
-        Some(pusher) => tokio::task::spawn_blocking(move || pusher.stop_collecting())
-            .await
-            .ok(),
-        None => None,
-    };
+    status.set_stopping();
     let deadline = Instant::now() + Duration::from_secs(config.shutdown_timeout_secs);
     tracing::info!(
         timeout_secs = config.shutdown_timeout_secs,
-        "stopping: no new mail, finishing what is in flight"
+        "stopping: no new mail, finishing what is in flight (a second SIGTERM or SIGINT stops at once)"
     );
     let mut bound = Some(bound);
+    let graceful = stop_in_order(slots, deadline, &status, &mut bound);
+    tokio::select! {
+        () = graceful => {}
+        () = second_signal(&mut terminate, &mut interrupt) => {
+            tracing::warn!("second stop signal: killing every daemon now");
+            status.kill_all();
+        }
+    }
+    drop(bound);
+    drop(health);
+    if let Some(task) = control {
+        task.abort();
+    }
+    publisher.abort();
+    for name in ["listeners", "health", "master.pid"] {
+        let _ = std::fs::remove_file(queue.root_file(name));
+    }
+    let _ = std::fs::remove_file(queue.private_file(empath_common::supervision::STATUS_FILE));
+    tracing::info!("empath stopped");
+    Ok(())
+}
+
+/// The graceful stop: each phase of [`STOP_ORDER`] in turn.
+async fn stop_in_order(
+    mut slots: Vec<SlotHandle>,
+    deadline: Instant,
+    status: &Status,
+    bound: &mut Option<Bound>,
+) {
     for phase in STOP_ORDER {
         let phase_deadline = deadline.max(Instant::now() + MIN_PHASE_GRACE);
         let (stopping, rest): (Vec<SlotHandle>, Vec<SlotHandle>) =
@@ -277,69 +362,17 @@ pub async fn run(
         }
         if phase == SMTPD {
             // No smtpd holds the listeners any more: close them for good.
-            status
-                .listeners_bound
-                .store(false, std::sync::atomic::Ordering::SeqCst);
+            status.set_listeners_bound(false);
             drop(bound.take());
         }
     }
-    if let Some(task) = control {
-        task.abort();
-    }
-    drop(http);
-    if let Some(push) = last_push {
-        let _ = tokio::task::spawn_blocking(move || push.finish()).await;
-    }
-    let _ = std::fs::remove_file(queue.root_file("listeners"));
-    let _ = std::fs::remove_file(queue.root_file("health"));
-    let _ = std::fs::remove_file(queue.root_file("master.pid"));
-    tracing::info!("empath stopped");
-    Ok(())
 }
 
-fn start_http(
-    config: &Config,
-    queue: &Queue,
-    shared_config: &Arc<RwLock<Arc<Config>>>,
-    status: &Arc<Status>,
-) -> Option<HttpServer> {
-    if !config.health.enabled {
-        return None;
-    }
-    let sources = Sources {
-        config: Arc::clone(shared_config),
-        queue: queue.clone(),
-        status: Arc::clone(status),
-    };
-    match HttpServer::start(config.health.listen_address.0, sources) {
-        Ok(server) => {
-            if let Err(error) = listeners::publish(queue, "health", &format!("{}\n", server.addr)) {
-                tracing::warn!(%error, "cannot publish the health address");
-            }
-            Some(server)
-        }
-        Err(error) => {
-            // Mail still flows without health checks; say so loudly.
-            tracing::error!(%error, "health and metrics endpoints are not available");
-            None
-        }
-    }
-}
-
-/// Pushes the metrics of the whole system to an OTLP collector, if the
-/// config or the environment names one.
-fn start_otlp(config: &Config, queue: &Queue) -> Option<metrics::otlp::Pusher> {
-    let queue = queue.clone();
-    metrics::otlp::Pusher::from_config(&config.metrics, move || {
-        crate::http::collect_snapshot(&queue)
-    })
-}
-
-/// Stops a pusher without holding up the runtime (its last push may wait
-/// for a slow collector).
-fn stop_otlp(pusher: Option<metrics::otlp::Pusher>) {
-    if let Some(pusher) = pusher {
-        tokio::task::spawn_blocking(move || pusher.stop());
+/// Resolves on the next SIGTERM or SIGINT.
+async fn second_signal(terminate: &mut SignalStream, interrupt: &mut SignalStream) {
+    tokio::select! {
+        _ = terminate.recv() => {}
+        _ = interrupt.recv() => {}
     }
 }
 
@@ -364,6 +397,13 @@ async fn reload(current: &Arc<Config>, slots: &[SlotHandle]) -> Option<Arc<Confi
     if sockets(&new) != sockets(current) {
         tracing::warn!(
             "the listeners changed: that takes a restart of empath (systemctl restart empath); the old listeners stay"
+        );
+    }
+    if (new.health.enabled, new.health.listen_address.0)
+        != (current.health.enabled, current.health.listen_address.0)
+    {
+        tracing::warn!(
+            "health.enabled and health.listen_address take a restart of empath to change; the old health listener stays"
         );
     }
     if (
@@ -406,6 +446,8 @@ struct Slot {
     listen_fds: Vec<RawFd>,
     status: Arc<Status>,
     inbox: mpsc::UnboundedReceiver<Order>,
+    /// Told once the first start was tried (whether it worked or not).
+    first_start: Option<oneshot::Sender<()>>,
 }
 
 /// A running daemon and what is known about it.
@@ -432,9 +474,14 @@ impl Slot {
         // Consecutive deaths before serving anything.
         let mut early_deaths: u32 = 0;
         loop {
-            let (served, lived) = match self.start() {
+            let started = self.start();
+            if let Some(first_start) = self.first_start.take() {
+                let _ = first_start.send(());
+            }
+            let (served, lived) = match started {
                 Some(running) => match self.watch(running).await {
                     (Ended::Stopped, _, _) => return,
+                    (Ended::Exited(_), _, _) if self.status.forced() => return,
                     (Ended::Exited(how), served, lived) => {
                         tracing::warn!(daemon = self.name, status = %how, "daemon exited");
                         (served || lived >= stable_after, lived)
@@ -464,14 +511,15 @@ impl Slot {
                 tracing::info!(daemon = self.name, "restarting in {delay:?}");
                 delay
             };
-            metrics::get().daemon_throttled(self.name, throttled);
+            self.status.update(self.index, |s| s.throttled = throttled);
             if !self.pause(wait).await {
                 return;
             }
-            metrics::get().daemon_throttled(self.name, false);
             delay = (delay * 2).min(max_delay);
-            self.status.update(self.index, |s| s.restarts += 1);
-            metrics::get().daemon_restarted(self.name);
+            self.status.update(self.index, |s| {
+                s.throttled = false;
+                s.restarts += 1;
+            });
         }
     }
 
@@ -513,6 +561,9 @@ impl Slot {
     }
 
     fn start(&self) -> Option<Running> {
+        if self.status.forced() {
+            return None;
+        }
         match spawn::start(
             &self.settings.dir,
             self.name,

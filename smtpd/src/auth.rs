@@ -1,6 +1,8 @@
 //! SMTP AUTH (RFC 4954) with the PLAIN and LOGIN mechanisms: the users and
 //! their bcrypt hashes, checking a password, decoding the SASL responses,
-//! and the per-client limit on failures.
+//! and the per-client limit on failures, counted by empath-anvil across
+//! every smtpd process (and by this process too, for when the anvil does
+//! not answer).
 
 use std::collections::{HashMap, VecDeque};
 use std::net::IpAddr;
@@ -11,6 +13,8 @@ use std::time::{Duration, Instant};
 use base64::Engine;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use empath_common::config::{SmtpdAuth, is_bcrypt_hash};
+
+use crate::anvil::AnvilClient;
 
 /// A bcrypt hash checked for unknown users, so that the time taken does
 /// not tell which users exist.
@@ -25,12 +29,21 @@ pub type Users = HashMap<String, String>;
 pub struct AuthState {
     config: SmtpdAuth,
     users: RwLock<Arc<Users>>,
+    /// This process's own failure counts: the fallback.
     failures: Mutex<HashMap<IpAddr, VecDeque<Instant>>>,
+    /// The counts of every smtpd process.
+    anvil: Option<Arc<AnvilClient>>,
 }
 
 impl AuthState {
     /// `None` when no users are configured: AUTH is then not offered.
+    /// Failures are counted in this process only.
     pub fn new(config: &SmtpdAuth) -> Option<Arc<Self>> {
+        Self::with_anvil(config, None)
+    }
+
+    /// As [`AuthState::new`], with failures counted by empath-anvil.
+    pub fn with_anvil(config: &SmtpdAuth, anvil: Option<Arc<AnvilClient>>) -> Option<Arc<Self>> {
         if !config.enabled() {
             return None;
         }
@@ -38,6 +51,7 @@ impl AuthState {
             config: config.clone(),
             users: RwLock::new(Arc::new(Users::new())),
             failures: Mutex::new(HashMap::new()),
+            anvil,
         });
         state.reload();
         Some(state)
@@ -76,9 +90,20 @@ impl AuthState {
         .unwrap_or(false)
     }
 
-    /// True when `ip` failed too often recently and may not try now.
-    pub fn blocked(&self, ip: Option<IpAddr>) -> bool {
+    /// True when `ip` failed too often recently and may not try now:
+    /// empath-anvil's verdict for the whole system, or this process's
+    /// own when the anvil does not answer.
+    pub async fn blocked(&self, ip: Option<IpAddr>) -> bool {
         let Some(ip) = ip else { return false };
+        if let Some(anvil) = &self.anvil
+            && let Some(blocked) = anvil.auth_blocked(ip).await
+        {
+            return blocked;
+        }
+        self.blocked_here(ip)
+    }
+
+    fn blocked_here(&self, ip: IpAddr) -> bool {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         let window = Duration::from_secs(self.config.failure_window_secs);
         let Some(times) = failures.get_mut(&ip) else {
@@ -94,8 +119,16 @@ impl AuthState {
         times.len() >= self.config.max_failures as usize
     }
 
-    pub fn record_failure(&self, ip: Option<IpAddr>) {
+    /// Counts a failed attempt from `ip`, here and in empath-anvil.
+    pub async fn record_failure(&self, ip: Option<IpAddr>) {
         let Some(ip) = ip else { return };
+        self.record_failure_here(ip);
+        if let Some(anvil) = &self.anvil {
+            anvil.auth_failed(ip).await;
+        }
+    }
+
+    fn record_failure_here(&self, ip: IpAddr) {
         let mut failures = self.failures.lock().unwrap_or_else(PoisonError::into_inner);
         // Bound the memory a scan from many addresses can take.
         if failures.len() >= 100_000 {
@@ -233,11 +266,11 @@ mod tests {
         assert!(!state.verify("bob", "wrong").await);
         assert!(!state.verify("eve", "secret").await);
         let ip = "192.0.2.1".parse().ok();
-        assert!(!state.blocked(ip));
-        state.record_failure(ip);
-        assert!(!state.blocked(ip));
-        state.record_failure(ip);
-        assert!(state.blocked(ip));
-        assert!(!state.blocked("192.0.2.2".parse().ok()));
+        assert!(!state.blocked(ip).await);
+        state.record_failure(ip).await;
+        assert!(!state.blocked(ip).await);
+        state.record_failure(ip).await;
+        assert!(state.blocked(ip).await);
+        assert!(!state.blocked("192.0.2.2".parse().ok()).await);
     }
 }

@@ -22,6 +22,7 @@ use tokio::time::Instant;
 
 use crate::auth::{self, Mechanism};
 use crate::data_decoder::{BareLineEndings, DataDecoder};
+use crate::limits::Admission;
 use crate::lines::{self, Line, MAX_COMMAND_LINE};
 use crate::mail_filters::{self, EndOfMessage, Refusal, SessionFilters, Stage};
 use crate::module_hooks::ModuleHooks;
@@ -93,6 +94,21 @@ pub async fn serve<S>(stream: S, peer: String, settings: Arc<Settings>) -> End
 where
     S: Stream + 'static,
 {
+    serve_admitted(stream, peer, settings, None).await
+}
+
+/// As [`serve`], for a connection that holds `admission` against the
+/// connection limits: released before the last reply is written, so the
+/// client's next connection is never judged against this one.
+pub async fn serve_admitted<S>(
+    stream: S,
+    peer: String,
+    settings: Arc<Settings>,
+    admission: Option<Admission>,
+) -> End
+where
+    S: Stream + 'static,
+{
     let mut connection = Connection::new(stream, peer, settings);
     tracing::info!(
         client = %connection.peer,
@@ -101,6 +117,9 @@ where
     );
     connection.hooks.opened();
     let end = connection.run().await;
+    if let Some(admission) = admission {
+        admission.release().await;
+    }
     if end.is_error() {
         empath_common::metrics::get()
             .smtp_connection_errors_total
@@ -472,7 +491,7 @@ impl Connection {
             self.send(&reply::not_implemented("AUTH"));
             return Ok(());
         };
-        if state.blocked(self.client_ip) {
+        if state.blocked(self.client_ip).await {
             tracing::warn!(client = %self.peer, "AUTH refused: too many failures");
             self.send(&reply::too_many_auth_failures(&self.settings.hostname));
             return Err(End::TooManyAuthFailures);
@@ -509,7 +528,7 @@ impl Connection {
                     self.session.authenticated(user);
                     reply::auth_ok()
                 } else {
-                    state.record_failure(self.client_ip);
+                    state.record_failure(self.client_ip).await;
                     tracing::warn!(client = %self.peer, %user, ?mechanism, "authentication failed");
                     self.session.auth_failed(reply::auth_failed())
                 }

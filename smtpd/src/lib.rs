@@ -8,6 +8,8 @@
 //! - [`auth`]: AUTH users, passwords and the failure limit;
 //! - [`tls`]: the STARTTLS certificates, reloadable;
 //! - [`limits`]: connection limits, total and per client;
+//! - [`anvil`]: the same limits and the AUTH failures, counted by
+//!   empath-anvil for every smtpd process;
 //! - [`data_decoder`]: the DATA stream, dot-unstuffed (pure);
 //! - [`session`]: the SMTP state machine (pure);
 //! - [`reply`]: every reply we send;

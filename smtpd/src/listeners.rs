@@ -13,7 +13,7 @@ use tokio::net::TcpListener;
 
 use crate::anvil::AnvilClient;
 use crate::connection;
-use crate::limits::{ConnectionLimits, Refused};
+use crate::limits::{Admission, ConnectionLimits, Refused};
 use crate::reply;
 use crate::settings::Settings;
 
@@ -95,7 +95,8 @@ pub async fn accept_loop(
             Ok((stream, peer)) => {
                 let ip = peer.ip().to_canonical();
                 // This process's own count first (no round trip when it is
-                // already over), then the whole system's, kept by the master.
+                // already over), then the whole system's, kept by
+                // empath-anvil; exempt clients need only the first.
                 let slot = match limits.acquire(ip) {
                     Ok(slot) => slot,
                     Err(refused) => {
@@ -103,13 +104,18 @@ pub async fn accept_loop(
                         continue;
                     }
                 };
-                let grant = match anvil.acquire(ip).await {
-                    Ok(grant) => grant,
-                    Err(refused) => {
-                        refuse(stream, client_address(peer), refused, &settings.hostname);
-                        continue;
+                let grant = if limits.is_exempt(ip) {
+                    None
+                } else {
+                    match anvil.acquire(ip).await {
+                        Ok(grant) => Some(grant),
+                        Err(refused) => {
+                            refuse(stream, client_address(peer), refused, &settings.hostname);
+                            continue;
+                        }
                     }
                 };
+                let admission = Admission::new(slot, grant);
                 // Replies are already batched per pipelined group, so Nagle
                 // would only add latency.
                 let _ = stream.set_nodelay(true);
@@ -120,9 +126,14 @@ pub async fn accept_loop(
                 metrics.smtp_connections_total.inc();
                 tokio::spawn(async move {
                     metrics.smtp_connections_active.inc();
-                    connection::serve(stream, client_address(peer), settings).await;
+                    connection::serve_admitted(
+                        stream,
+                        client_address(peer),
+                        settings,
+                        Some(admission),
+                    )
+                    .await;
                     metrics.smtp_connections_active.dec();
-                    drop((slot, grant));
                 });
             }
             Err(error) => {

@@ -57,9 +57,10 @@ fn main() -> ExitCode {
         &config.local_domains(),
     ));
     let local = LocalPolicy::new(LocalRecipients::new(&config));
-    let limits = ConnectionLimits::new(
+    let limits = ConnectionLimits::with_exceptions(
         config.smtpd.max_connections,
         config.smtpd.max_connections_per_ip,
+        config.smtpd.connection_limit_exceptions().to_vec(),
     );
     let result: Result<(), String> = runtime.block_on(async {
         // Registered before anything else, so that a SIGHUP from the
@@ -68,8 +69,8 @@ fn main() -> ExitCode {
             .map_err(|e| format!("cannot handle SIGHUP: {e}"))?;
         let mut retire =
             daemon::retire_signal().map_err(|e| format!("cannot handle the retire signal: {e}"))?;
-        let auth = AuthState::new(&config.smtpd.auth);
         let anvil = AnvilClient::start(queue.private_socket(ANVIL));
+        let auth = AuthState::with_anvil(&config.smtpd.auth, Some(Arc::clone(&anvil)));
         let mut tls_slots = Vec::new();
         let mut accepting = tokio::task::JoinSet::new();
         for (socket, listener) in inherited.into_iter().zip(configured) {

@@ -34,6 +34,7 @@ pub mod run;
 pub mod seeds;
 pub mod sink;
 pub mod smtpd;
+pub mod sockets;
 pub mod wire;
 
 use std::fs::File;
@@ -66,7 +67,8 @@ pub const BOUNCE: &str = "empath-bounce";
 /// The local delivery agent: root when the master is (it switches to
 /// each recipient), like the master itself.
 pub const LOCAL: &str = "empath-local";
-pub const DAEMONS: [&str; 6] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE];
+pub const ANVIL: &str = "empath-anvil";
+pub const DAEMONS: [&str; 7] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, ANVIL];
 
 /// How long the master may take to bind and publish its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(30);

@@ -22,6 +22,37 @@ impl TestConfig {
 }
 
 impl Empath {
+    /// Sends `signal` to the master.
+    pub fn signal_master(&self, signal: nix::sys::signal::Signal) {
+        nix::sys::signal::kill(nix::unistd::Pid::from_raw(self.master_pid()), signal)
+            .unwrap_or_else(|e| panic!("cannot signal the master: {e}"));
+    }
+
+    /// Waits up to `timeout` for the master to exit by itself, and reaps
+    /// it; `None` if it still runs.
+    pub fn wait_master_exited(&mut self, timeout: Duration) -> Option<std::process::ExitStatus> {
+        if let Some(status) = self.exit {
+            return Some(status);
+        }
+        let status = crate::poll(timeout, || {
+            self.child
+                .try_wait()
+                .map_err(|e| e.to_string())?
+                .ok_or_else(|| "running".to_owned())
+        })
+        .ok()?;
+        self.exit = Some(status);
+        Some(status)
+    }
+
+    /// `/health/ready`: the status code and the JSON.
+    pub fn readiness(&self) -> (u16, serde_json::Value) {
+        let (status, body) = http_get(self.health_addr(), "/health/ready");
+        let json = serde_json::from_str(&body)
+            .unwrap_or_else(|e| panic!("/health/ready is not JSON ({e}): {body}"));
+        (status, json)
+    }
+
     /// The address of `/health` and `/metrics`, once the master has
     /// published it (needs [`TestConfig::with_health`]).
     pub fn health_addr(&self) -> SocketAddr {

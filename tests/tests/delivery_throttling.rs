@@ -43,9 +43,12 @@ fn tell_qmgr(empath: &Empath, notice: QmgrNotice) {
         .enable_all()
         .build()
         .expect("runtime");
-    runtime
-        .block_on(ipc::notify(&socket, &notice))
-        .unwrap_or_else(|e| panic!("tell qmgr {notice:?}: {e}"));
+    // qmgr may still be starting: its socket appears when it is ready.
+    empath.wait_until("qmgr to listen", Duration::from_secs(30), || {
+        runtime
+            .block_on(ipc::notify(&socket, &notice))
+            .map_err(|e| format!("tell qmgr {notice:?}: {e}"))
+    });
     // Notices are one-way: give qmgr a moment to act on it.
     std::thread::sleep(Duration::from_millis(300));
 }

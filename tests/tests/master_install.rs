@@ -73,6 +73,7 @@ fn make_install_lays_out_a_working_tree() {
         "sbin/sendmail",
         "bin/mailq",
         "share/man/man8/empath.8",
+        "share/man/man8/empath-anvil.8",
         "share/man/man5/empath.config.ron.5",
         "share/man/man1/mailq.1",
         "share/man/man3/empath-modules.3",

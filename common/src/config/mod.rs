@@ -531,4 +531,40 @@ mod tests {
             "{error}"
         );
     }
+
+    #[test]
+    fn connection_limit_exceptions_default_to_mynetworks_and_can_be_emptied() {
+        let ip = |t: &str| t.parse::<std::net::IpAddr>().unwrap();
+        let config = parse(MINIMAL).unwrap();
+        assert_eq!(
+            config.smtpd.connection_limit_exceptions(),
+            config.smtpd.mynetworks.as_slice()
+        );
+        assert_eq!(config.health.listen_address.0.to_string(), "127.0.0.1:8080");
+        let with = |value: &str| {
+            MINIMAL.replace(
+                "spool: (path: \"/tmp/empath-spool\"),",
+                &format!(
+                    "spool: (path: \"/tmp/empath-spool\"),\n    smtpd: (mynetworks: [\"10.0.0.0/8\"], {value}),"
+                ),
+            )
+        };
+        let own = parse(&with(
+            "client_connection_limit_exceptions: [\"192.0.2.0/24\"]",
+        ))
+        .unwrap();
+        let exempt = own.smtpd.connection_limit_exceptions();
+        assert!(exempt.iter().any(|n| n.contains(ip("192.0.2.9"))));
+        assert!(!exempt.iter().any(|n| n.contains(ip("10.1.2.3"))));
+        let inherited = parse(&with("max_errors: 5")).unwrap();
+        assert!(
+            inherited
+                .smtpd
+                .connection_limit_exceptions()
+                .iter()
+                .any(|n| n.contains(ip("10.1.2.3")))
+        );
+        let none = parse(&with("client_connection_limit_exceptions: []")).unwrap();
+        assert!(none.smtpd.connection_limit_exceptions().is_empty());
+    }
 }

@@ -416,7 +416,9 @@ impl Default for Health {
     fn default() -> Self {
         Self {
             enabled: true,
-            listen_address: ListenAddr::any(8080),
+            // Loopback unless the operator opens it up: the endpoints
+            // need no authentication (seeds: `[::]:8080`).
+            listen_address: ListenAddr::loopback(8080),
             max_queue_size: 10_000,
         }
     }

@@ -1,9 +1,9 @@
 //! The `smtpd` section: how the SMTP server side runs and what it allows:
 //! process count, relay policy, authentication, VRFY/EXPN, and limits.
 //!
-//! The connection limits hold for all smtpd processes together: the master
-//! keeps the count (its anvil socket). Should the master not answer, each
-//! process still holds them on its own.
+//! The connection limits and the AUTH failure limit hold for all smtpd
+//! processes together: empath-anvil keeps the counts. Should it not
+//! answer, each process still holds them on its own.
 
 use std::collections::BTreeMap;
 use std::fmt;
@@ -40,6 +40,10 @@ pub struct Smtpd {
     pub max_connections: usize,
     /// Open connections from one client IP address, in all.
     pub max_connections_per_ip: usize,
+    /// Clients exempt from `max_connections_per_ip` (Postfix's
+    /// `smtpd_client_connection_limit_exceptions`). `None`: `mynetworks`.
+    /// Use [`Smtpd::connection_limit_exceptions`].
+    pub client_connection_limit_exceptions: Option<Vec<Network>>,
     /// Recipients per message; more get `452 4.5.3`.
     pub max_recipients: usize,
     /// Protocol errors after which the session is closed with `421`.
@@ -92,12 +96,24 @@ impl Default for Smtpd {
             expn_code: 502,
             max_connections: 2048,
             max_connections_per_ip: 50,
+            client_connection_limit_exceptions: None,
             max_recipients: 1000,
             max_errors: 20,
             max_message_size: DEFAULT_MAX_MESSAGE_SIZE,
             bare_line_endings: BareLineEndings::default(),
             allow_untrusted_routing: false,
         }
+    }
+}
+
+impl Smtpd {
+    /// The networks exempt from the per-client connection limit: as
+    /// configured, else `mynetworks` (as Postfix's default
+    /// `$mynetworks`). An empty list exempts nobody.
+    pub fn connection_limit_exceptions(&self) -> &[Network] {
+        self.client_connection_limit_exceptions
+            .as_deref()
+            .unwrap_or(&self.mynetworks)
     }
 }
 

@@ -2,7 +2,7 @@
 //! value is reported with the line and column where it appears.
 
 use std::fmt;
-use std::net::{Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use serde::de::value::MapAccessDeserializer;
@@ -16,8 +16,9 @@ use super::model::ListenerFields;
 pub struct ListenAddr(pub SocketAddr);
 
 impl ListenAddr {
-    pub fn any(port: u16) -> Self {
-        Self(SocketAddr::new(Ipv6Addr::UNSPECIFIED.into(), port))
+    /// `127.0.0.1:port`: reachable from this host only.
+    pub fn loopback(port: u16) -> Self {
+        Self(SocketAddr::new(std::net::Ipv4Addr::LOCALHOST.into(), port))
     }
 }
 

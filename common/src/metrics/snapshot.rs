@@ -90,6 +90,45 @@ impl Value {
 }
 
 impl Snapshot {
+    /// Only the values that never go down while a process lives (counters
+    /// and histograms): what may be carried over when the process is gone.
+    pub fn monotonic(&self) -> Self {
+        Self {
+            families: self
+                .families
+                .iter()
+                .filter(|f| matches!(f.kind, Kind::Counter | Kind::Histogram))
+                .cloned()
+                .collect(),
+        }
+    }
+
+    /// True when some counter or histogram count of `self` is lower than
+    /// in `earlier`: they cannot come from the same process (its pid was
+    /// reused by a new one).
+    pub fn went_back_from(&self, earlier: &Self) -> bool {
+        let level = |value: &Value| match value {
+            Value::Scalar(v) => *v,
+            Value::Histogram { count, .. } => *count as f64,
+        };
+        earlier.families.iter().any(|old| {
+            let Some(new) = self
+                .families
+                .iter()
+                .find(|f| f.name == old.name && f.kind == old.kind)
+            else {
+                return false;
+            };
+            matches!(old.kind, Kind::Counter | Kind::Histogram)
+                && old.samples.iter().any(|sample| {
+                    new.samples
+                        .iter()
+                        .find(|s| s.labels == sample.labels)
+                        .is_some_and(|s| level(&s.value) < level(&sample.value))
+                })
+        })
+    }
+
     /// Converts what a prometheus registry gathered.
     pub fn from_families(gathered: &[MetricFamily]) -> Self {
         let families = gathered
@@ -166,6 +205,28 @@ impl Merged {
                     .and_modify(|value| value.add(&sample.value))
                     .or_insert_with(|| sample.value.clone());
             }
+        }
+    }
+
+    /// The sum so far, as one snapshot (to store or send).
+    pub fn snapshot(&self) -> Snapshot {
+        Snapshot {
+            families: self
+                .families
+                .iter()
+                .map(|(name, (help, kind, samples))| Family {
+                    name: name.clone(),
+                    help: help.clone(),
+                    kind: *kind,
+                    samples: samples
+                        .iter()
+                        .map(|(labels, value)| Sample {
+                            labels: labels.clone(),
+                            value: value.clone(),
+                        })
+                        .collect(),
+                })
+                .collect(),
         }
     }
 
@@ -343,6 +404,47 @@ mod tests {
         assert!(
             text.contains("d_seconds_sum 2.5\nd_seconds_count 6\n"),
             "{text}"
+        );
+    }
+
+    #[test]
+    fn only_counters_and_histograms_are_monotonic_and_a_reset_is_seen() {
+        let scalar = |name: &str, kind: Kind, v: f64| {
+            family(
+                name,
+                kind,
+                vec![Sample {
+                    labels: Vec::new(),
+                    value: Value::Scalar(v),
+                }],
+            )
+        };
+        let earlier = Snapshot {
+            families: vec![
+                scalar("sent_total", Kind::Counter, 5.0),
+                scalar("active", Kind::Gauge, 3.0),
+            ],
+        };
+        let kept = earlier.monotonic();
+        assert_eq!(kept.families.len(), 1);
+        assert_eq!(kept.families[0].name, "sent_total");
+        let later = Snapshot {
+            families: vec![
+                scalar("sent_total", Kind::Counter, 7.0),
+                scalar("active", Kind::Gauge, 0.0),
+            ],
+        };
+        assert!(!later.went_back_from(&earlier), "a gauge may go down");
+        let reset = Snapshot {
+            families: vec![scalar("sent_total", Kind::Counter, 1.0)],
+        };
+        assert!(reset.went_back_from(&earlier));
+        let mut merged = Merged::default();
+        merged.add(&earlier);
+        merged.add(&later);
+        assert_eq!(
+            merged.snapshot().families[1].samples[0].value,
+            Value::Scalar(12.0)
         );
     }
 }

@@ -154,6 +154,27 @@ impl Queue {
         self.root.join(PRIVATE).join(format!("{service}.sock"))
     }
 
+    /// A state file in `private/` that is not a socket: the master's
+    /// status for empath-anvil, the anvil's metric totals.
+    pub fn private_file(&self, name: &str) -> PathBuf {
+        self.root.join(PRIVATE).join(name)
+    }
+
+    /// Replaces `private/<name>` with `bytes` atomically (a temp file
+    /// beside it, fsynced, renamed over it): a reader sees the old content
+    /// or the new, never part of one. Neither step follows a symlink.
+    /// Mode 0644: whoever may enter `private/` (the daemons' user, root)
+    /// may read it, whichever of them wrote it.
+    pub fn replace_private_file(&self, name: &str, bytes: &[u8]) -> io::Result<()> {
+        let tmp = self.root.join(PRIVATE).join(format!(".{name}.tmp"));
+        // Left by a writer that died between create and rename.
+        match std::fs::remove_file(&tmp) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
+            _ => {}
+        }
+        safeio::write_then_rename_with_mode(&tmp, &self.private_file(name), bytes, 0o644)
+    }
+
     /// A file in `public/` (control socket, submission socket).
     pub fn public_path(&self, name: &str) -> PathBuf {
         self.root.join(PUBLIC).join(name)
