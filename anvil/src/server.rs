@@ -108,6 +108,11 @@ mod tests {
         tokio::spawn(serve(UnixListener::bind(&path).unwrap(), shared.clone()));
         let mut first = UnixStream::connect(&path).await.unwrap();
         let mut second = UnixStream::connect(&path).await.unwrap();
+        for stream in [&mut first, &mut second] {
+            empath_common::ipc::hello_client(stream, "anvil")
+                .await
+                .unwrap();
+        }
         assert_eq!(
             ask(&mut first, AnvilRequest::Register(A, 1)).await,
             AnvilReply::Registered

@@ -454,6 +454,9 @@ mod tests {
             .await
             .expect("the client reconnects by itself")
             .unwrap();
+        empath_common::ipc::hello_server(&mut stream, "anvil")
+            .await
+            .unwrap();
         let registered: Option<AnvilRequest> = read_frame(&mut stream).await.unwrap();
         assert_eq!(registered, Some(AnvilRequest::Register(A, 1)));
         write_frame(&mut stream, &AnvilReply::Registered)
@@ -464,6 +467,9 @@ mod tests {
         let (mut stream, _) = tokio::time::timeout(Duration::from_secs(5), listener.accept())
             .await
             .expect("the client reconnects after a restart")
+            .unwrap();
+        empath_common::ipc::hello_server(&mut stream, "anvil")
+            .await
             .unwrap();
         let registered: Option<AnvilRequest> = read_frame(&mut stream).await.unwrap();
         assert_eq!(registered, Some(AnvilRequest::Register(A, 1)));
@@ -484,7 +490,8 @@ mod tests {
         let hung = tokio::spawn(async move {
             let mut held = Vec::new();
             loop {
-                let (stream, _) = listener.accept().await.unwrap();
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let _ = empath_common::ipc::hello_server(&mut stream, "anvil").await;
                 held.push(stream);
             }
         });
