@@ -12,6 +12,7 @@ use empath_common::smtp::Reply;
 use empath_common::time::unix_now;
 
 use crate::headers::{self, Stamp};
+use empath_common::maillog;
 
 /// Why a message was not queued.
 #[derive(Debug, thiserror::Error)]
@@ -159,6 +160,11 @@ impl Incoming {
             now: self.arrival,
         };
         let prefix = headers::prefix(facts, &stamp);
+        let message_id = match self.shaper.message_id() {
+            Some(present) => present.to_owned(),
+            None => headers::generated_message_id(self.id, &self.hostname),
+        };
+        maillog::message_id(self.id, &message_id);
         self.content.write_all(prefix.as_bytes())?;
         Ok(self.content.write_all(&head)?)
     }

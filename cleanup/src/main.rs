@@ -16,6 +16,7 @@ use empath_common::config::LocalDomains;
 use empath_common::daemon;
 use empath_common::ipc::{read_frame, write_frame};
 use empath_common::maildrop::DropError;
+use empath_common::maillog;
 use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
 use empath_common::queue::{ClientInfo, DsnParams, Queue, QueueId, Recipient};
 use empath_common::smtp::Reply;
@@ -334,6 +335,15 @@ impl Cleanup {
                     client = %envelope.client.addr,
                     "message queued"
                 );
+                if envelope.client.protocol == "local" {
+                    let uid = envelope
+                        .client
+                        .name
+                        .as_deref()
+                        .and_then(|name| name.strip_prefix("userid "))
+                        .and_then(|uid| uid.parse().ok());
+                    maillog::picked_up(id, uid, &envelope.sender);
+                }
                 self.notifier.queued(id);
                 CleanupReply::Queued { id }
             }

@@ -62,7 +62,7 @@ fn main() -> ExitCode {
         println!("{}: config OK", config.path.display());
         return ExitCode::SUCCESS;
     }
-    if let Err(message) = logging::init(args.log_format, "empath") {
+    if let Err(message) = logging::init(args.log_format, "master", &config.logging) {
         eprintln!("empath: {message}");
     }
     match run(config, args.log_format) {

@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use empath_common::config::{Delivery, Dsn};
 use empath_common::control::{ControlResponse, QueueCommand};
+use empath_common::maillog;
 use empath_common::protocol::{
     BounceKind, BounceReply, DeliveryJob, DeliveryReport, Outcome, RecipientResult,
 };
@@ -308,7 +309,7 @@ impl Scheduler {
                 until.saturating_duration_since(now).as_secs().max(1)
             ),
         );
-        tracing::info!(message_id = %job.id, domain = %job.domain, "delivery deferred: circuit breaker open");
+        log_without_agent(&job, &reply, Outcome::Deferred);
         let report = DeliveryReport {
             results: job
                 .recipients
@@ -361,6 +362,13 @@ impl Scheduler {
             Ok(envelope) => envelope,
             Err(error) => return self.quarantine(QueueState::Active, id, &error),
         };
+        maillog::activated(
+            id,
+            &envelope.sender,
+            envelope.content_size,
+            envelope.recipients.len(),
+            envelope.attempts,
+        );
         let planned = jobs::plan(&envelope);
         let attempted = !planned.is_empty();
         self.active.insert(
@@ -447,6 +455,7 @@ impl Scheduler {
                 .map(|(_, r)| r.address.clone())
                 .collect();
             jobs::fail_open_recipients(envelope, now, reason);
+            log_given_up(envelope, &giving_up);
             events::failed(&self.modules, envelope, giving_up);
         }
         let failed = envelope.recipients.iter().any(|r| {
@@ -500,12 +509,13 @@ impl Scheduler {
             .rewrite_and_move(&envelope, QueueState::Active, QueueState::Deferred)
         {
             Ok(()) => {
-                tracing::info!(
-                    message_id = %id,
-                    delivery_attempt = envelope.attempts,
-                    retry_delay_secs = delay,
-                    "delivery deferred"
-                );
+                let mut domains: Vec<String> =
+                    envelope.undelivered().map(|(_, r)| r.domain()).collect();
+                domains.sort();
+                domains.dedup();
+                for domain in domains {
+                    maillog::retry_scheduled(id, &domain, envelope.attempts, delay, due);
+                }
                 self.deferred.insert((due, id));
                 if warn {
                     dispatch::bounce(
@@ -540,7 +550,7 @@ impl Scheduler {
         match result {
             Ok(BounceReply::Done { dsn }) => {
                 if let Some(dsn) = dsn {
-                    tracing::info!(message_id = %id, dsn_id = %dsn, "DSN generated");
+                    tracing::info!(message_id = %id, dsn_id = %dsn, "DSN queued; the message is done");
                 }
                 self.active.remove(&id);
                 self.remove(id);
@@ -573,7 +583,7 @@ impl Scheduler {
 
     fn remove(&mut self, id: QueueId) {
         match self.queue.remove(QueueState::Active, id) {
-            Ok(()) => tracing::info!(message_id = %id, "message done"),
+            Ok(()) => maillog::removed(id),
             Err(error) => {
                 tracing::error!(message_id = %id, %error, "cannot remove finished message")
             }
@@ -604,6 +614,62 @@ impl Scheduler {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "removed orphan content files"),
             Err(error) => tracing::warn!(%error, "cannot sweep orphan content"),
+        }
+    }
+}
+
+/// Logs the recipients of a job that qmgr itself decided on, without a
+/// delivery agent (an open circuit breaker), as the agents log theirs.
+fn log_without_agent(job: &DeliveryJob, reply: &empath_common::smtp::Reply, outcome: Outcome) {
+    let now = empath_common::time::unix_now_ms();
+    for recipient in &job.recipients {
+        maillog::delivery(&maillog::Delivered {
+            id: job.id,
+            recipient: &recipient.address,
+            domain: &job.domain,
+            relay: maillog::relay(None),
+            server: None,
+            delays: maillog::Delays::measure(job, now, now, now),
+            reply,
+            outcome,
+            attempt: job.attempt,
+        });
+    }
+}
+
+/// Logs the recipients a message gave up on (too many attempts, or
+/// expired) as bounced: they are returned to the sender.
+fn log_given_up(envelope: &Envelope, addresses: &[String]) {
+    let now = empath_common::time::unix_now_ms();
+    let job = DeliveryJob {
+        id: envelope.id,
+        sender: envelope.sender.clone(),
+        domain: String::new(),
+        recipients: Vec::new(),
+        content_size: envelope.content_size,
+        smtputf8: envelope.smtputf8,
+        active_since_ms: now,
+        attempt: envelope.attempts,
+    };
+    for recipient in envelope
+        .recipients
+        .iter()
+        .filter(|r| addresses.contains(&r.address))
+    {
+        if let empath_common::queue::RecipientStatus::Failed { remote, reply, .. } =
+            &recipient.status
+        {
+            maillog::delivery(&maillog::Delivered {
+                id: envelope.id,
+                recipient: &recipient.address,
+                domain: &recipient.domain(),
+                relay: maillog::relay(remote.as_deref()),
+                server: remote.as_deref(),
+                delays: maillog::Delays::measure(&job, now, now, now),
+                reply,
+                outcome: Outcome::Failed,
+                attempt: envelope.attempts,
+            });
         }
     }
 }
