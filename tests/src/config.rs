@@ -32,6 +32,8 @@ pub struct TestConfig {
     raw: Vec<String>,
     /// Arguments for the master after `--config FILE`.
     master_args: Vec<String>,
+    /// Environment variables for the master (and so its daemons).
+    master_env: Vec<(String, String)>,
 }
 
 impl Default for TestConfig {
@@ -65,6 +67,7 @@ impl Default for TestConfig {
             ]),
             raw: Vec::new(),
             master_args: Vec::new(),
+            master_env: Vec::new(),
         }
     }
 }
@@ -155,6 +158,17 @@ impl TestConfig {
     pub fn log_format(mut self, format: &str) -> Self {
         self.master_args = vec!["--log-format".to_owned(), format.to_owned()];
         self
+    }
+
+    /// Sets an environment variable for the master and its daemons,
+    /// e.g. `("LOG_LEVEL", "warn")`.
+    pub fn master_env(mut self, key: &str, value: &str) -> Self {
+        self.master_env.push((key.to_owned(), value.to_owned()));
+        self
+    }
+
+    pub fn master_environment(&self) -> &[(String, String)] {
+        &self.master_env
     }
 
     pub fn master_args(&self) -> &[String] {

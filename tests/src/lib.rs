@@ -31,6 +31,7 @@ pub mod rogue;
 pub mod run;
 pub mod sink;
 pub mod smtpd;
+pub mod syslog;
 pub mod wire;
 
 use std::fs::File;
@@ -206,7 +207,12 @@ impl Empath {
         let config_path = config.write_to(&dir_path);
         let spool = dir_path.join("spool");
         let master_args = config.master_args().to_vec();
-        let child = spawn_master(&dir_path, &config_path, &master_args);
+        let child = spawn_master(
+            &dir_path,
+            &config_path,
+            &master_args,
+            config.master_environment(),
+        );
         let mut empath = Self {
             dir: Some(dir),
             dir_path,
@@ -485,7 +491,12 @@ impl Drop for Empath {
 const STDOUT_FILE: &str = "empath.stdout";
 const STDERR_FILE: &str = "empath.stderr";
 
-fn spawn_master(dir: &Path, config_path: &Path, args: &[String]) -> Child {
+fn spawn_master(
+    dir: &Path,
+    config_path: &Path,
+    args: &[String],
+    env: &[(String, String)],
+) -> Child {
     let output = |name: &str| {
         let path = dir.join(name);
         File::create(&path).unwrap_or_else(|e| panic!("create {}: {e}", path.display()))
@@ -495,6 +506,7 @@ fn spawn_master(dir: &Path, config_path: &Path, args: &[String]) -> Child {
         .arg("--config")
         .arg(config_path)
         .args(args)
+        .envs(env.iter().map(|(k, v)| (k, v)))
         .current_dir(dir)
         .stdin(Stdio::null())
         .stdout(output(STDOUT_FILE))

@@ -74,7 +74,7 @@ impl Empath {
         // A stale file would hand out the dead master's ports.
         let _ = std::fs::remove_file(self.spool.join("listeners"));
         let expected = self.smtp_addrs.len();
-        self.child = spawn_master(&self.dir_path, &self.config_path, &self.master_args);
+        self.child = spawn_master(&self.dir_path, &self.config_path, &self.master_args, &[]);
         self.exit = None;
         self.smtp_addrs = self.wait_for_listeners(expected);
         self.smtp_addrs.clone()
