@@ -374,7 +374,11 @@ fn local_submission(
         sender: domains.qualify(&sender),
         recipients: recipients
             .into_iter()
-            .map(|r| Recipient::new(domains.qualify(&r.address)))
+            // Only the address is qualified; the user's NOTIFY (sendmail -N) stays.
+            .map(|r| Recipient {
+                notify: r.notify,
+                ..Recipient::new(domains.qualify(&r.address))
+            })
             .collect(),
         client,
         dsn: DsnParams::default(),

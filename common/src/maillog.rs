@@ -341,7 +341,8 @@ pub fn delivery(result: &Delivered<'_>) {
     let (id, recipient, domain) = (result.id, result.recipient, result.domain);
     let server = result.server.unwrap_or("");
     let reply = result.reply;
-    let delay = delays.total();
+    // Milliseconds are what the clocks measure.
+    let delay = (delays.total() * 1000.0).round() / 1000.0;
     let attempt = result.attempt;
     macro_rules! log {
         ($level:ident, $message:literal) => {

@@ -84,8 +84,20 @@ fn make_install_lays_out_a_working_tree() {
         "share/empath/empath-dashboard.json",
         "lib/libempath.so",
         "include/empath.h",
+        "share/doc/empath/ALERT_RUNBOOKS.md",
+        "etc/fail2ban/filter.d/empath-auth.conf",
+        "share/man/man8/empath-smtpd.8",
+        "share/man/man8/empath-qmgr.8",
     ] {
         assert!(root.join(file).is_file(), "{file} was not installed");
+    }
+    // The names other programs call an MTA by.
+    for (link, target) in [
+        ("lib/sendmail", "sbin/sendmail"),
+        ("bin/newaliases", "sbin/newaliases"),
+    ] {
+        let found = std::fs::read_link(root.join(link)).unwrap_or_else(|e| panic!("{link}: {e}"));
+        assert_eq!(found, root.join(target), "{link}");
     }
     for daemon in DAEMONS {
         assert!(
@@ -109,6 +121,21 @@ fn make_install_lays_out_a_working_tree() {
         unit.contains(&format!("ExecStart={}/sbin/empath", root.display())),
         "{unit}"
     );
+    // The unit may write where it says, and those directories exist.
+    let writable = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ReadWritePaths="))
+        .expect("ReadWritePaths=");
+    for dir in writable.split_whitespace() {
+        assert!(
+            dir.starts_with(&*root.to_string_lossy()) && Path::new(dir).is_dir(),
+            "ReadWritePaths= names {dir}, which make install did not create under {}",
+            root.display()
+        );
+    }
+    for line in ["SyslogFacility=mail", "Conflicts=postfix.service"] {
+        assert!(unit.contains(line), "{line} missing:\n{unit}");
+    }
     if have("systemd-analyze") {
         let verify = run_bounded(
             Command::new("systemd-analyze")
