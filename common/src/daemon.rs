@@ -58,6 +58,7 @@ pub fn start(service: &'static str) -> Daemon {
     let queue = Queue::new(config.spool.path.clone());
     take_status_fd();
     crate::metrics::configure(&config.metrics);
+    crate::metrics::set_daemon(name);
     crate::metrics::exporter::serve(&queue, service);
     Daemon { config, queue }
 }

@@ -223,30 +223,9 @@ fn queue_snapshot(queue: &Queue) -> metrics::Snapshot {
     let oldest = view
         .oldest_ms
         .map_or(0.0, |ms| now_ms.saturating_sub(ms) as f64 / 1000.0);
-    let gauge = |name: &str, help: &str, value: f64| Family {
-        name: name.into(),
-        help: help.into(),
-        kind: Kind::Gauge,
-        samples: vec![Sample {
-            labels: Vec::new(),
-            value: Value::Scalar(value),
-        }],
-    };
     let mut families = Vec::new();
-    // Free space where the queue lives, for the SpoolDiskSpaceLow alert.
-    if let Ok(stats) = nix::sys::statvfs::statvfs(queue.root()) {
-        let fragment = stats.fragment_size() as f64;
-        families.push(gauge(
-            "empath_spool_available_bytes",
-            "Bytes available to the daemons on the spool's filesystem.",
-            stats.blocks_available() as f64 * fragment,
-        ));
-        families.push(gauge(
-            "empath_spool_size_bytes",
-            "Size of the spool's filesystem.",
-            stats.blocks() as f64 * fragment,
-        ));
-    }
+    // The spool's size and its filesystem's room (SpoolDiskSpaceLow).
+    families.extend(metrics::spool::families(queue));
     metrics::Snapshot {
         families: families.into_iter().chain([
 

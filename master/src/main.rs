@@ -62,6 +62,7 @@ fn main() -> ExitCode {
         println!("{}: config OK", config.path.display());
         return ExitCode::SUCCESS;
     }
+    empath_common::metrics::set_daemon("empath");
     if let Err(message) = logging::init(args.log_format, "master", &config.logging) {
         eprintln!("empath: {message}");
     }

@@ -437,7 +437,10 @@ impl Scheduler {
             envelope.attempts += 1;
         }
         if envelope.undelivered().next().is_none() {
-            let age = now.saturating_sub(envelope.arrival) as f64;
+            // From the queue ID (a ULID): milliseconds, not the
+            // envelope's whole seconds.
+            let age = empath_common::time::unix_now_ms().saturating_sub(id.timestamp_ms()) as f64
+                / 1000.0;
             empath_common::metrics::get()
                 .delivery_queue_age_seconds
                 .observe(age);
