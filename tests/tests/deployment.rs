@@ -35,11 +35,20 @@ fn check_deploy(root: &Path) -> empath_tests::RunOutput {
 fn the_kubernetes_manifests_pass_the_schema_and_cross_checks() {
     let output = check_deploy(&workspace());
     assert!(output.status.success(), "{}", output.combined());
-    assert!(output.stdout.contains(" passed, 0 failed"), "{}", output.stdout);
+    assert!(
+        output.stdout.contains(" passed, 0 failed"),
+        "{}",
+        output.stdout
+    );
 
     // The checks can fail: a misspelt field and a wrong probe path in a copy.
     let copy = test_dir();
-    for dir in ["deploy/k8s", "deploy/docker/grafana/provisioning/datasources", "deploy/docker/grafana/provisioning/dashboards", "tests/fixtures/k8s-schemas"] {
+    for dir in [
+        "deploy/k8s",
+        "deploy/docker/grafana/provisioning/datasources",
+        "deploy/docker/grafana/provisioning/dashboards",
+        "tests/fixtures/k8s-schemas",
+    ] {
         std::fs::create_dir_all(copy.path().join(dir)).expect("mkdir");
     }
     for dir in ["deploy/k8s", "tests/fixtures/k8s-schemas"] {
@@ -61,7 +70,13 @@ fn the_kubernetes_manifests_pass_the_schema_and_cross_checks() {
     let output = check_deploy(copy.path());
     assert!(!output.status.success(), "{}", output.stdout);
     assert!(output.stdout.contains("readinesProbe"), "{}", output.stdout);
-    assert!(output.stdout.contains("FAILED: livenessProbe asks /health/live"), "{}", output.stdout);
+    assert!(
+        output
+            .stdout
+            .contains("FAILED: livenessProbe asks /health/live"),
+        "{}",
+        output.stdout
+    );
 }
 
 #[test]
@@ -99,7 +114,9 @@ fn the_shipped_container_configs_pass_check_config() {
     std::fs::write(&from_configmap, &embedded).expect("write");
     assert_eq!(
         embedded.trim(),
-        std::fs::read_to_string(&docker).expect("docker config").trim(),
+        std::fs::read_to_string(&docker)
+            .expect("docker config")
+            .trim(),
         "the ConfigMap holds deploy/docker/empath.config.ron"
     );
     for config in [docker, from_configmap] {
@@ -110,28 +127,43 @@ fn the_shipped_container_configs_pass_check_config() {
                 .arg("check-config"),
             TIMEOUT,
         );
-        assert!(output.status.success(), "{}: {}", config.display(), output.combined());
+        assert!(
+            output.status.success(),
+            "{}: {}",
+            config.display(),
+            output.combined()
+        );
     }
 }
 
 #[test]
 fn the_dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
-    let dockerfile = std::fs::read_to_string(workspace().join("deploy/docker/Dockerfile"))
-        .expect("Dockerfile");
+    let dockerfile =
+        std::fs::read_to_string(workspace().join("deploy/docker/Dockerfile")).expect("Dockerfile");
     let instructions: Vec<&str> = dockerfile
         .lines()
         .map(str::trim)
         .filter(|line| !line.is_empty() && !line.starts_with('#'))
         .collect();
-    let stages = instructions.iter().filter(|l| l.starts_with("FROM ")).count();
+    let stages = instructions
+        .iter()
+        .filter(|l| l.starts_with("FROM "))
+        .count();
     assert!(stages >= 2, "multi-stage: {stages} FROM");
-    assert!(instructions.iter().any(|l| l.starts_with("FROM ") && l.contains(" AS build")));
+    assert!(
+        instructions
+            .iter()
+            .any(|l| l.starts_with("FROM ") && l.contains(" AS build"))
+    );
     let user = instructions
         .iter()
         .rev()
         .find_map(|l| l.strip_prefix("USER "))
         .expect("a USER instruction");
-    assert!(!user.starts_with("root") && !user.starts_with('0'), "USER {user}");
+    assert!(
+        !user.starts_with("root") && !user.starts_with('0'),
+        "USER {user}"
+    );
     assert!(instructions.iter().any(|l| l.starts_with("HEALTHCHECK")));
     // Every daemon the master starts is copied into the image.
     for daemon in empath_tests::DAEMONS {
@@ -147,7 +179,10 @@ fn the_dockerfile_builds_in_one_stage_and_runs_unprivileged_in_another() {
     let config = std::fs::read_to_string(workspace().join("deploy/docker/empath.config.ron"))
         .expect("config");
     for port in exposed.split_whitespace() {
-        assert!(config.contains(&format!(":{port}\"")), "port {port} is not in the config");
+        assert!(
+            config.contains(&format!(":{port}\"")),
+            "port {port} is not in the config"
+        );
     }
 }
 
@@ -158,12 +193,17 @@ fn the_compose_prometheus_config_passes_promtool() {
         .expect("prometheus.yml")
         .replace(
             "/etc/prometheus/empath-alerts.yml",
-            &workspace().join("etc/prometheus-alerts.yml").display().to_string(),
+            &workspace()
+                .join("etc/prometheus-alerts.yml")
+                .display()
+                .to_string(),
         );
     let path = dir.path().join("prometheus.yml");
     std::fs::write(&path, config).expect("write");
     let output = run_bounded(
-        Command::new("promtool").args(["check", "config"]).arg(&path),
+        Command::new("promtool")
+            .args(["check", "config"])
+            .arg(&path),
         TIMEOUT,
     );
     assert!(output.status.success(), "{}", output.combined());

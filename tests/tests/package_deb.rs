@@ -38,7 +38,15 @@ fn the_deb_installs_a_debian_mta_and_is_lintian_clean() {
     let out = test_dir();
     let deb = run_bounded(
         cargo()
-            .args(["deb", "-p", "empath-master", "--profile", "dev", "--no-build", "-o"])
+            .args([
+                "deb",
+                "-p",
+                "empath-master",
+                "--profile",
+                "dev",
+                "--no-build",
+                "-o",
+            ])
             .arg(out.path()),
         BUILD_TIMEOUT,
     );
@@ -53,12 +61,17 @@ fn the_deb_installs_a_debian_mta_and_is_lintian_clean() {
         .find(|p| p.extension().is_some_and(|x| x == "deb"))
         .expect("a .deb");
 
-    let listing = run_bounded(Command::new("dpkg-deb").arg("-c").arg(&package), LINT_TIMEOUT);
+    let listing = run_bounded(
+        Command::new("dpkg-deb").arg("-c").arg(&package),
+        LINT_TIMEOUT,
+    );
     assert!(listing.status.success(), "{}", listing.combined());
     let has = |path: &str| listing.stdout.lines().any(|line| line.contains(path));
     for path in [
         "./usr/sbin/sendmail",
         "./usr/sbin/empath",
+        "./usr/lib/empath/libempath.so",
+        "./usr/include/empath.h",
         "./usr/sbin/newaliases",
         "./usr/bin/mailq",
         "./usr/lib/sendmail -> ../sbin/sendmail",
@@ -75,14 +88,25 @@ fn the_deb_installs_a_debian_mta_and_is_lintian_clean() {
         "./usr/share/man/man8/empath-bounce.8",
         "./usr/share/man/man8/empath-local.8",
     ] {
-        assert!(has(path), "{path} is not in the package:\n{}", listing.stdout);
+        assert!(
+            has(path),
+            "{path} is not in the package:\n{}",
+            listing.stdout
+        );
     }
-    let control = run_bounded(Command::new("dpkg-deb").arg("-f").arg(&package), LINT_TIMEOUT);
+    let control = run_bounded(
+        Command::new("dpkg-deb").arg("-f").arg(&package),
+        LINT_TIMEOUT,
+    );
     for field in [
         "Provides: mail-transport-agent",
         "Conflicts: mail-transport-agent",
     ] {
-        assert!(control.stdout.contains(field), "{field}:\n{}", control.stdout);
+        assert!(
+            control.stdout.contains(field),
+            "{field}:\n{}",
+            control.stdout
+        );
     }
 
     let lint = run_bounded(
