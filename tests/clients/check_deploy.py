@@ -41,12 +41,17 @@ registry_schemas = {p.name: json.loads(p.read_text()) for p in schemas.glob("*.j
 
 
 def validator(schema_name):
-    from referencing import Registry, Resource
-
+    schema = registry_schemas[schema_name]
+    try:
+        from referencing import Registry, Resource
+    except ImportError:
+        # jsonschema before 4.18 (Debian 12's) resolves $refs itself.
+        resolver = jsonschema.RefResolver(base_uri="", referrer=schema, store=registry_schemas)
+        return jsonschema.Draft202012Validator(schema, resolver=resolver)
     registry = Registry().with_resources(
-        (name, Resource.from_contents(schema)) for name, schema in registry_schemas.items()
+        (name, Resource.from_contents(contents)) for name, contents in registry_schemas.items()
     )
-    return jsonschema.Draft202012Validator(registry_schemas[schema_name], registry=registry)
+    return jsonschema.Draft202012Validator(schema, registry=registry)
 
 
 SCHEMA_OF = {
