@@ -277,8 +277,30 @@ mod tests {
         assert_eq!(options.full_name.as_deref(), Some("Alice"));
         assert_eq!(options.recipients, ["bob@y.org"]);
         assert!(parse_args(&args(&["-f"])).is_err());
-        assert!(parse_args(&args(&["-bs"])).is_err());
+        assert!(parse_args(&args(&["-bd"])).is_err());
         assert!(parse_args(&args(&["-Z"])).is_err());
+    }
+
+    #[test]
+    fn parses_modes_and_notify() {
+        let mode = |list: &[&str]| parse_args(&args(list)).unwrap().mode;
+        assert_eq!(mode(&["-bs"]), Mode::Smtp);
+        assert_eq!(mode(&["-bp"]), Mode::PrintQueue);
+        assert_eq!(mode(&["-bv", "a@b"]), Mode::Verify);
+        assert_eq!(mode(&["-bi"]), Mode::InitializeAliases);
+        assert_eq!(mode(&["-q"]), Mode::ProcessQueue);
+        assert_eq!(mode(&["-q30m"]), Mode::Nothing);
+        assert_eq!(mode(&["--version"]), Mode::Version);
+        assert_eq!(mode(&["a@b"]), Mode::Deliver);
+        let notify = parse_args(&args(&["-N", "success,delay", "a@b"]))
+            .unwrap()
+            .notify
+            .unwrap();
+        assert!(notify.explicit && notify.success && notify.delay && !notify.failure);
+        let never = parse_args(&args(&["-Nnever", "a@b"])).unwrap().notify.unwrap();
+        assert!(never.explicit && !never.success && !never.failure && !never.delay);
+        assert!(parse_args(&args(&["-N", "never,success"])).is_err());
+        assert!(parse_args(&args(&["-N", "sometimes"])).is_err());
     }
 
     #[test]
