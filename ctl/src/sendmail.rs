@@ -297,7 +297,10 @@ mod tests {
             .notify
             .unwrap();
         assert!(notify.explicit && notify.success && notify.delay && !notify.failure);
-        let never = parse_args(&args(&["-Nnever", "a@b"])).unwrap().notify.unwrap();
+        let never = parse_args(&args(&["-Nnever", "a@b"]))
+            .unwrap()
+            .notify
+            .unwrap();
         assert!(never.explicit && !never.success && !never.failure && !never.delay);
         assert!(parse_args(&args(&["-N", "never,success"])).is_err());
         assert!(parse_args(&args(&["-N", "sometimes"])).is_err());
