@@ -31,21 +31,17 @@ fn send(empath: &Empath, count: usize, rcpt: &str) {
 /// Tells qmgr something over its socket, as the control plane does.
 fn tell_qmgr(empath: &Empath, notice: QmgrNotice) {
     let socket = Queue::new(empath.spool().to_owned()).private_socket(protocol::QMGR);
-    // The master publishes its listeners before qmgr has bound its socket.
-    empath.wait_until("qmgr's socket", TIMEOUT, || {
-        if socket.exists() {
-            Ok(())
-        } else {
-            Err("not yet".to_owned())
-        }
-    });
+    // The master publishes its listeners before qmgr listens on its
+    // socket: try until qmgr takes the notice.
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .expect("runtime");
-    runtime
-        .block_on(ipc::notify(&socket, &notice))
-        .unwrap_or_else(|e| panic!("tell qmgr {notice:?}: {e}"));
+    empath.wait_until(&format!("qmgr to take {notice:?}"), TIMEOUT, || {
+        runtime
+            .block_on(ipc::notify(&socket, &notice))
+            .map_err(|e| format!("tell qmgr {notice:?}: {e}"))
+    });
     // Notices are one-way: give qmgr a moment to act on it.
     std::thread::sleep(Duration::from_millis(300));
 }
