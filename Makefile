@@ -26,7 +26,10 @@ DATADIR ?= $(PREFIX)/share
 MANDIR ?= $(DATADIR)/man
 SYSCONFDIR ?= $(if $(filter /usr,$(PREFIX)),/etc,$(PREFIX)/etc)
 SYSTEMDDIR ?= $(PREFIX)/lib/systemd/system
-SPOOLDIR ?= /var/spool/empath
+# /var for the system's prefixes, else under the prefix (a test tree).
+LOCALSTATEDIR ?= $(if $(filter /usr /usr/local,$(PREFIX)),/var,$(PREFIX)/var)
+SPOOLDIR ?= $(LOCALSTATEDIR)/spool/empath
+LOGDIR ?= $(LOCALSTATEDIR)/log/empath
 
 CARGO ?= cargo
 PROFILE ?= release
@@ -42,11 +45,14 @@ BIN_PROGRAMS = mailq
 MAN1 = man/mailq.1 man/sendmail.1
 MAN3 = man/empath-modules.3
 MAN5 = man/empath.config.ron.5 man/aliases.5
-MAN8 = man/empath.8 man/empath-anvil.8 man/empathctl.8 man/empath-local.8 man/newaliases.8
+MAN8 = man/empath.8 man/empath-anvil.8 man/empathctl.8 man/empath-local.8 man/newaliases.8 \
+	man/empath-smtpd.8 man/empath-cleanup.8 man/empath-qmgr.8 \
+	man/empath-smtp-out.8 man/empath-bounce.8
 
 INSTALL ?= install
 # Installed copies of the units and scripts point at the chosen directories.
-SUBST = sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc/empath/|$(SYSCONFDIR)/empath/|g'
+SUBST = sed -e 's|/usr/sbin/|$(SBINDIR)/|g' -e 's|/etc/empath/|$(SYSCONFDIR)/empath/|g' \
+	-e 's|/var/spool/empath|$(SPOOLDIR)|g' -e 's|/var/log/empath|$(LOGDIR)|g'
 
 .PHONY: all build install uninstall deb check-etc
 
@@ -85,6 +91,18 @@ install:
 	$(INSTALL) -m 0644 etc/logrotate.d/empath $(DESTDIR)$(SYSCONFDIR)/logrotate.d/empath
 	$(INSTALL) -d $(DESTDIR)$(DATADIR)/empath
 	$(INSTALL) -m 0644 etc/prometheus-alerts.yml etc/grafana/empath-dashboard.json $(DESTDIR)$(DATADIR)/empath/
+	$(INSTALL) -d $(DESTDIR)$(DATADIR)/doc/empath
+	$(INSTALL) -m 0644 docs/ALERT_RUNBOOKS.md $(DESTDIR)$(DATADIR)/doc/empath/
+	$(INSTALL) -d $(DESTDIR)$(SYSCONFDIR)/fail2ban/filter.d $(DESTDIR)$(SYSCONFDIR)/fail2ban/jail.d
+	$(INSTALL) -m 0644 etc/fail2ban/filter.d/empath-auth.conf $(DESTDIR)$(SYSCONFDIR)/fail2ban/filter.d/
+	$(INSTALL) -m 0644 etc/fail2ban/jail.d/empath.conf $(DESTDIR)$(SYSCONFDIR)/fail2ban/jail.d/
+	# The traditional names of an MTA's commands, as Debian's MTAs install them.
+	$(INSTALL) -d $(DESTDIR)$(LIBDIR)
+	ln -sf $(SBINDIR)/sendmail $(DESTDIR)$(LIBDIR)/sendmail
+	ln -sf $(SBINDIR)/newaliases $(DESTDIR)$(BINDIR)/newaliases
+	# The directories the systemd unit's ReadWritePaths= names.
+	$(INSTALL) -d -m 0755 $(DESTDIR)$(SPOOLDIR)
+	$(INSTALL) -d -m 0750 $(DESTDIR)$(LOGDIR)
 	@echo "Installed. Create the mail user (useradd --system --home-dir $(SPOOLDIR) --shell /usr/sbin/nologin empath),"
 	@echo "let it read the config (chgrp empath $(SYSCONFDIR)/empath/empath.config.ron), then start empath."
 
@@ -93,6 +111,9 @@ uninstall:
 	for f in $(BIN_PROGRAMS); do rm -f $(DESTDIR)$(BINDIR)/$$f; done
 	rm -rf $(DESTDIR)$(LIBEXECDIR)/empath $(DESTDIR)$(DATADIR)/empath
 	rm -f $(DESTDIR)$(LIBDIR)/libempath.so $(DESTDIR)$(INCLUDEDIR)/empath.h
+	rm -f $(DESTDIR)$(LIBDIR)/sendmail $(DESTDIR)$(BINDIR)/newaliases
+	rm -rf $(DESTDIR)$(DATADIR)/doc/empath
+	rm -f $(DESTDIR)$(SYSCONFDIR)/fail2ban/filter.d/empath-auth.conf $(DESTDIR)$(SYSCONFDIR)/fail2ban/jail.d/empath.conf
 	for f in $(notdir $(MAN1)); do rm -f $(DESTDIR)$(MANDIR)/man1/$$f; done
 	for f in $(notdir $(MAN3)); do rm -f $(DESTDIR)$(MANDIR)/man3/$$f; done
 	for f in $(notdir $(MAN5)); do rm -f $(DESTDIR)$(MANDIR)/man5/$$f; done
@@ -106,5 +127,6 @@ deb: build
 
 check-etc:
 	promtool check rules etc/prometheus-alerts.yml
+	promtool test rules etc/prometheus-alerts.test.yml
 	sh -n etc/init.d/empath
 	python3 -c 'import json,sys; json.load(open(sys.argv[1]))' etc/grafana/empath-dashboard.json

@@ -47,7 +47,6 @@ impl QueueView {
 #[derive(Debug, Clone, Copy)]
 pub struct SpoolSpace {
     pub available_bytes: f64,
-    pub size_bytes: f64,
     pub inodes_left: bool,
 }
 
@@ -61,7 +60,6 @@ impl SpoolSpace {
         let fragment = stats.fragment_size() as f64;
         Some(Self {
             available_bytes: stats.blocks_available() as f64 * fragment,
-            size_bytes: stats.blocks() as f64 * fragment,
             inodes_left: stats.files_available() > 0,
         })
     }
@@ -96,19 +94,8 @@ pub fn queue_snapshot(queue: &Queue) -> Snapshot {
         .oldest_ms
         .map_or(0.0, |ms| now_ms.saturating_sub(ms) as f64 / 1000.0);
     let mut families = Vec::new();
-    // Free space where the queue lives, for the SpoolDiskSpaceLow alert.
-    if let Some(space) = SpoolSpace::of(queue) {
-        families.push(gauge(
-            "empath_spool_available_bytes",
-            "Bytes available to the daemons on the spool's filesystem.",
-            space.available_bytes,
-        ));
-        families.push(gauge(
-            "empath_spool_size_bytes",
-            "Size of the spool's filesystem.",
-            space.size_bytes,
-        ));
-    }
+    // The spool's size and its filesystem's room (SpoolDiskSpaceLow).
+    families.extend(empath_common::metrics::spool::families(queue));
     families.push(Family {
         name: "empath_delivery_queue_size".into(),
         help: "Messages in the queue, by status (pending: not yet tried; active: being delivered; deferred: waiting to retry; held).".into(),

@@ -124,14 +124,13 @@ impl Bounce {
             return Ok(None);
         };
         let id = submit::submit(&self.queue, &to, kind, &built).await?;
-        tracing::info!(
-            message_id = %envelope.id,
-            dsn_id = %id,
-            original_sender = %envelope.sender,
-            kind = kind.metadata(),
-            to = %to,
-            recipients = built.recipients,
-            "DSN generated"
+        empath_common::maillog::notified(
+            envelope.id,
+            id,
+            kind.metadata(),
+            &to.to_string(),
+            &envelope.sender,
+            built.recipients,
         );
         Ok(Some(id))
     }

@@ -11,14 +11,19 @@ pub fn prefix(present: HeaderFacts, stamp: &Stamp<'_>) -> String {
     let mut out = received(stamp);
     if !present.message_id {
         out.push_str(&format!(
-            "Message-ID: <{}@{}>\r\n",
-            stamp.id, stamp.hostname
+            "Message-ID: {}\r\n",
+            generated_message_id(stamp.id, stamp.hostname)
         ));
     }
     if !present.date {
         out.push_str(&format!("Date: {}\r\n", rfc5322_date(stamp.now)));
     }
     out
+}
+
+/// The `Message-ID:` cleanup gives a message that has none.
+pub fn generated_message_id(id: QueueId, hostname: &str) -> String {
+    format!("<{id}@{hostname}>")
 }
 
 /// What goes into the `Received:` header.

@@ -17,6 +17,7 @@ use crate::rewrite;
 
 /// The metadata key under which a quarantined message keeps the reason.
 pub const QUARANTINE_METADATA: &str = "empath.quarantine";
+use empath_common::maillog;
 
 /// Why a message was not queued.
 #[derive(Debug, thiserror::Error)]
@@ -212,6 +213,11 @@ impl Incoming {
             now: self.arrival,
         };
         let prefix = headers::prefix(facts, &stamp);
+        let message_id = match self.shaper.message_id() {
+            Some(present) => present.to_owned(),
+            None => headers::generated_message_id(self.id, &self.hostname),
+        };
+        maillog::message_id(self.id, &message_id);
         self.content.write_all(prefix.as_bytes())?;
         Ok(self.content.write_all(&head)?)
     }

@@ -19,6 +19,7 @@ use empath_common::daemon;
 use empath_common::edits::Edit;
 use empath_common::ipc::{read_frame, write_frame};
 use empath_common::maildrop::DropError;
+use empath_common::maillog;
 use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
 use empath_common::queue::{ClientInfo, DsnParams, Envelope, Queue, QueueId, Recipient};
 use empath_common::smtp::Reply;
@@ -399,6 +400,15 @@ impl Cleanup {
             client = %envelope.client.addr,
             "message queued"
         );
+        if envelope.client.protocol == "local" {
+            let uid = envelope
+                .client
+                .name
+                .as_deref()
+                .and_then(|name| name.strip_prefix("userid "))
+                .and_then(|uid| uid.parse().ok());
+            maillog::picked_up(id, uid, &envelope.sender);
+        }
         self.notifier.queued(id);
         CleanupReply::Queued { id }
     }
@@ -493,7 +503,11 @@ fn local_submission(
         sender: domains.qualify(&sender),
         recipients: recipients
             .into_iter()
-            .map(|r| Recipient::new(domains.qualify(&r.address)))
+            // Only the address is qualified; the user's NOTIFY (sendmail -N) stays.
+            .map(|r| Recipient {
+                notify: r.notify,
+                ..Recipient::new(domains.qualify(&r.address))
+            })
             .collect(),
         client,
         dsn: DsnParams::default(),

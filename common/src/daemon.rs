@@ -14,6 +14,10 @@ use crate::queue::Queue;
 
 /// Arguments that the master passes to every daemon.
 #[derive(Debug, Clone, clap::Parser)]
+#[command(
+    version,
+    about = "An Empath daemon, started by the empath master (see empath(8))"
+)]
 pub struct DaemonArgs {
     /// The config file.
     #[arg(long, default_value = config::DEFAULT_PATH)]
@@ -29,24 +33,32 @@ pub struct Daemon {
     pub queue: Queue,
 }
 
-/// Parses arguments, starts logging and loads the config. Exits with a
-/// message on stderr (status 78, EX_CONFIG) when that fails.
+/// Parses arguments, loads the config and starts logging (as the config's
+/// `logging` section says). Exits with a message on stderr (status 78,
+/// EX_CONFIG) when the config cannot be used.
 pub fn start(service: &'static str) -> Daemon {
-    let args = <DaemonArgs as clap::Parser>::parse();
-    if let Err(message) = logging::init(args.log_format, service) {
-        eprintln!("{service}: {message}");
-    }
+    // Named once per process, for --help and --version.
+    let name: &'static str = Box::leak(format!("empath-{service}").into_boxed_str());
+    let command = <DaemonArgs as clap::CommandFactory>::command().name(name);
+    let args = match <DaemonArgs as clap::FromArgMatches>::from_arg_matches(&command.get_matches())
+    {
+        Ok(args) => args,
+        Err(error) => error.exit(),
+    };
     let config = match Config::load(&args.config) {
         Ok(config) => config,
         Err(error) => {
-            tracing::error!(%error, "cannot load config");
-            eprintln!("{service}: {error}");
+            eprintln!("empath-{service}: {error}");
             std::process::exit(78);
         }
     };
+    if let Err(message) = logging::init(args.log_format, service, &config.logging) {
+        eprintln!("empath-{service}: {message}");
+    }
     let queue = Queue::new(config.spool.path.clone());
     take_status_fd();
     crate::metrics::configure(&config.metrics);
+    crate::metrics::set_daemon(name);
     crate::metrics::exporter::serve(&queue, service);
     Daemon { config, queue }
 }

@@ -15,6 +15,7 @@ pub mod ipc;
 pub mod local_recipients;
 pub mod logging;
 pub mod maildrop;
+pub mod maillog;
 pub mod metrics;
 pub mod protocol;
 pub mod queue;

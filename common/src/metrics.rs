@@ -18,6 +18,7 @@
 pub mod exporter;
 pub mod otlp;
 pub mod snapshot;
+pub mod spool;
 
 use std::collections::HashSet;
 use std::sync::{LazyLock, Mutex, OnceLock};
@@ -98,8 +99,9 @@ pub struct Metrics {
 
 /// Buckets for the age of a message when it leaves the queue: from a
 /// second to five days.
-const QUEUE_AGE_BUCKETS: [f64; 12] = [
-    1.0, 5.0, 15.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 14_400.0, 43_200.0, 86_400.0, 432_000.0,
+const QUEUE_AGE_BUCKETS: [f64; 16] = [
+    0.05, 0.1, 0.25, 0.5, 1.0, 5.0, 15.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 14_400.0, 43_200.0,
+    86_400.0, 432_000.0,
 ];
 /// Buckets for one DNS lookup.
 const DNS_BUCKETS: [f64; 10] = [0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0];
@@ -291,10 +293,12 @@ impl Metrics {
         }
     }
 
-    /// This process's current values, with the seeds' other names for
-    /// some of them ([`SEED_NAMES`]).
+    /// This process's current values, with the standard `process_*`
+    /// metrics and `empath_build_info` labelled by daemon, and the seeds'
+    /// other names for some of them ([`SEED_NAMES`]).
     pub fn snapshot(&self) -> Snapshot {
         let mut snapshot = Snapshot::from_families(&self.registry.gather());
+        snapshot.families.extend(process_families());
         for (name, help, kind) in &self.declared {
             if !snapshot.families.iter().any(|f| &f.name == name) {
                 snapshot.families.push(Family {
@@ -348,6 +352,44 @@ static METRICS: LazyLock<Metrics> = LazyLock::new(|| match Metrics::new() {
 /// The process-wide metrics.
 pub fn get() -> &'static Metrics {
     &METRICS
+}
+
+/// The daemon this process is (`empath-smtpd`, ..., `empath` for the
+/// master): the `daemon` label of its process metrics.
+static DAEMON: OnceLock<String> = OnceLock::new();
+
+/// Names this process for its process metrics. Called once at start.
+pub fn set_daemon(name: &str) {
+    let _ = DAEMON.set(name.to_owned());
+}
+
+/// `process_cpu_seconds_total`, `process_resident_memory_bytes`,
+/// `process_open_fds`, ... (the prometheus crate's process collector,
+/// from /proc) and `empath_build_info`, each with a `daemon` label, so
+/// that the master's merged `/metrics` keeps every daemon apart (several
+/// processes of one daemon add up).
+fn process_families() -> Vec<Family> {
+    use prometheus::core::Collector;
+    let daemon = DAEMON.get().map_or("empath", String::as_str);
+    let collector = prometheus::process_collector::ProcessCollector::for_self();
+    let mut families = Snapshot::from_families(&collector.collect()).families;
+    families.push(Family {
+        name: "empath_build_info".into(),
+        help: "1 for each process of each daemon, labelled with the version it was built from."
+            .into(),
+        kind: Kind::Gauge,
+        samples: vec![Sample {
+            labels: vec![("version".into(), env!("CARGO_PKG_VERSION").into())],
+            value: Value::Scalar(1.0),
+        }],
+    });
+    for family in &mut families {
+        for sample in &mut family.samples {
+            sample.labels.push(("daemon".into(), daemon.to_owned()));
+            sample.labels.sort();
+        }
+    }
+    families
 }
 
 /// Which domains keep their own label.

@@ -157,6 +157,12 @@ pub struct DeliveryJob {
     pub recipients: Vec<JobRecipient>,
     pub content_size: u64,
     pub smtputf8: bool,
+    /// When qmgr took the message into `active/` (Unix milliseconds), so
+    /// that the agent's log line splits the delay as Postfix's
+    /// `delays=a/b/c/d` does.
+    pub active_since_ms: u64,
+    /// This attempt's number: 1 for the first.
+    pub attempt: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -10,6 +10,62 @@ pub fn unix_now() -> u64 {
         .as_secs()
 }
 
+/// Milliseconds since the Unix epoch, now.
+pub fn unix_now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_millis()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// Formats Unix microseconds as RFC 3339 in UTC, as the log lines'
+/// timestamps and `next_retry_at`: `2025-11-16T10:30:45.623456+00:00`.
+pub fn rfc3339_micros(unix_micros: u64) -> String {
+    let secs = unix_micros / 1_000_000;
+    let days = secs / 86_400;
+    let secs_of_day = secs % 86_400;
+    let (year, month, day) = civil_from_days(days as i64);
+    format!(
+        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+        secs_of_day / 3600,
+        (secs_of_day / 60) % 60,
+        secs_of_day % 60,
+        unix_micros % 1_000_000
+    )
+}
+
+/// [`rfc3339_micros`] of Unix seconds.
+pub fn rfc3339(unix_secs: u64) -> String {
+    rfc3339_micros(unix_secs.saturating_mul(1_000_000))
+}
+
+/// Microseconds since the Unix epoch, now.
+pub fn unix_now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or(Duration::ZERO)
+        .as_micros()
+        .try_into()
+        .unwrap_or(u64::MAX)
+}
+
+/// The RFC 3164 timestamp of a syslog line (UTC): `Nov 16 10:10:45`,
+/// the day padded with a space as syslog files have it.
+pub fn syslog_timestamp(unix_secs: u64) -> String {
+    let days = unix_secs / 86_400;
+    let secs_of_day = unix_secs % 86_400;
+    let (_, month, day) = civil_from_days(days as i64);
+    format!(
+        "{} {day:2} {:02}:{:02}:{:02}",
+        MONTHS[(month - 1) as usize],
+        secs_of_day / 3600,
+        (secs_of_day / 60) % 60,
+        secs_of_day % 60
+    )
+}
+
 const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
 const MONTHS: [&str; 12] = [
     "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
@@ -73,5 +129,11 @@ mod tests {
         assert_eq!(rfc5322_date(951_782_400), "Tue, 29 Feb 2000 00:00:00 +0000");
         assert_eq!(short_date(1_763_287_845), "Sun Nov 16 10:10:45");
         assert_eq!(short_date(0), "Thu Jan  1 00:00:00");
+        assert_eq!(
+            rfc3339_micros(1_763_289_045_623_456),
+            "2025-11-16T10:30:45.623456+00:00"
+        );
+        assert_eq!(syslog_timestamp(1_763_287_845), "Nov 16 10:10:45");
+        assert_eq!(syslog_timestamp(0), "Jan  1 00:00:00");
     }
 }

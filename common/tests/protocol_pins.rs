@@ -21,7 +21,7 @@ use empath_common::smtp::Reply;
 use serde::Serialize;
 
 /// The version the pins below belong to.
-const PINNED_VERSION: u32 = 4;
+const PINNED_VERSION: u32 = 5;
 
 fn hex<T: Serialize>(value: &T) -> String {
     postcard::to_stdvec(value)
@@ -63,6 +63,8 @@ fn samples() -> Vec<(&'static str, String)> {
         }],
         content_size: 42,
         smtputf8: false,
+        active_since_ms: 1_700_000_000_000,
+        attempt: 1,
     };
     let report = DeliveryReport {
         results: vec![RecipientResult {
@@ -123,7 +125,7 @@ fn samples() -> Vec<(&'static str, String)> {
 
 /// What `samples()` encoded to at `PINNED_VERSION`.
 const PINS: &[(&str, &str)] = &[
-    ("Hello", "454d504804"),
+    ("Hello", "454d504805"),
     (
         "CleanupRequest::Begin",
         "000b6140622e6578616d706c65010b6340642e6578616d706c650000000101000c3139322e302e322e313a323506636c69656e74000545534d54500000000001016b01760001dbcef1ebd6f494a3f8b98ddbd4f2fb9d9303",
@@ -141,7 +143,7 @@ const PINS: &[(&str, &str)] = &[
     ),
     (
         "DeliveryJob",
-        "dbcef1ebd6f494a3f8b98ddbd4f2fb9d93030b6140622e6578616d706c6509642e6578616d706c6501000b6340642e6578616d706c652a00",
+        "dbcef1ebd6f494a3f8b98ddbd4f2fb9d93030b6140622e6578616d706c6509642e6578616d706c6501000b6340642e6578616d706c652a0080d095ffbc3101",
     ),
     (
         "DeliveryReport",

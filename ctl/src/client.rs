@@ -36,18 +36,32 @@ impl ClientError {
     }
 }
 
+/// sysexits EX_CONFIG: the config named cannot be used.
+pub const EX_CONFIG: u8 = 78;
+
 /// The control socket: `--control-socket`, else `control_socket` from the
-/// config, else `public/control.sock` under the configured spool.
-pub fn socket_path(explicit: Option<&Path>, config_path: &Path) -> PathBuf {
+/// config, else `public/control.sock` under the configured spool. A config
+/// named with `--config` must load: a typo or a missing file is an error,
+/// not a silent fall-back to the default socket. Without `--config`, a
+/// missing default config means the default spool.
+pub fn socket_path(
+    explicit: Option<&Path>,
+    config_path: Option<&Path>,
+) -> Result<PathBuf, config::ConfigError> {
     if let Some(path) = explicit {
-        return path.to_owned();
+        return Ok(path.to_owned());
     }
-    match Config::load(config_path) {
-        Ok(config) => config
+    let named = config_path.is_some();
+    let path = config_path.map_or_else(default_config, Path::to_owned);
+    match Config::load(&path) {
+        Ok(config) => Ok(config
             .control_socket
             .clone()
-            .unwrap_or_else(|| Queue::new(config.spool.path.clone()).public_path("control.sock")),
-        Err(_) => PathBuf::from("/var/spool/empath/public/control.sock"),
+            .unwrap_or_else(|| Queue::new(config.spool.path.clone()).public_path("control.sock"))),
+        Err(_) if !named && !path.exists() => {
+            Ok(PathBuf::from("/var/spool/empath/public/control.sock"))
+        }
+        Err(error) => Err(error),
     }
 }
 

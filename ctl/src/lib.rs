@@ -8,3 +8,4 @@ pub mod mailq;
 pub mod newaliases;
 pub mod render;
 pub mod sendmail;
+pub mod smtp_stdin;

@@ -2,12 +2,63 @@
 //! extracting recipients with `-t`, and adding a `From:` header. Pure
 //! functions over bytes.
 
+/// What sendmail is asked to do (`-b` modes, `-q`, `--version`).
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub enum Mode {
+    /// `-bm` (the default): a message on standard input.
+    #[default]
+    Deliver,
+    /// `-bs`: an SMTP session on standard input and output.
+    Smtp,
+    /// `-bp`: list the queue (mailq).
+    PrintQueue,
+    /// `-bv`: say whether each recipient is deliverable; send nothing.
+    Verify,
+    /// `-bi`: rebuild the alias indexes (newaliases).
+    InitializeAliases,
+    /// `-q`: deliver the deferred mail now. (`-qINTERVAL`, a queue run
+    /// interval for a sendmail daemon, is accepted and ignored, as
+    /// Postfix does.)
+    ProcessQueue,
+    /// `--version`.
+    Version,
+    /// `-qINTERVAL`: nothing to do (Empath's qmgr runs the queue).
+    Nothing,
+}
+
+/// `-N never` or `-N success,failure,delay` (RFC 3461 NOTIFY).
+pub fn parse_notify(text: &str) -> Result<Notify, String> {
+    let mut notify = Notify {
+        explicit: true,
+        success: false,
+        failure: false,
+        delay: false,
+    };
+    for word in text.split(',').map(|w| w.trim().to_ascii_lowercase()) {
+        match word.as_str() {
+            "never" if text.split(',').count() == 1 => {}
+            "success" => notify.success = true,
+            "failure" => notify.failure = true,
+            "delay" => notify.delay = true,
+            _ => {
+                return Err(format!(
+                    "-N {text:?}: expected never, or success, failure and delay separated by commas"
+                ));
+            }
+        }
+    }
+    Ok(notify)
+}
+
+pub use empath_common::queue::Notify;
+
 /// Command-line options, parsed by hand because sendmail's flags (`-oi`,
 /// `-fADDR`, `-bm`) predate getopt conventions.
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct Options {
-    /// `-bi`: rebuild the alias indexes (newaliases) instead of sending.
-    pub initialize_aliases: bool,
+    pub mode: Mode,
+    /// `-N`: the NOTIFY of every recipient.
+    pub notify: Option<Notify>,
     pub extract_recipients: bool,
     pub ignore_dots: bool,
     pub sender: Option<String>,
@@ -38,11 +89,22 @@ pub fn parse_args(args: &[String]) -> Result<Options, String> {
             "-t" => options.extract_recipients = true,
             "-i" | "-oi" => options.ignore_dots = true,
             "-bm" | "-v" => {}
-            "-bi" => options.initialize_aliases = true,
-            "-bs" => return Err(
-                "-bs (SMTP on standard input) is not supported; connect to the SMTP port instead"
-                    .into(),
-            ),
+            "-bi" => options.mode = Mode::InitializeAliases,
+            "-bs" => options.mode = Mode::Smtp,
+            "-bp" => options.mode = Mode::PrintQueue,
+            "-bv" => options.mode = Mode::Verify,
+            "-q" => options.mode = Mode::ProcessQueue,
+            "--version" => options.mode = Mode::Version,
+            // -qINTERVAL: a queue run interval, for a sendmail daemon.
+            _ if arg.starts_with("-q") => options.mode = Mode::Nothing,
+            _ if arg.starts_with("-N") => {
+                options.notify = Some(parse_notify(&value(&mut index, "-N", &arg[2..])?)?)
+            }
+            _ if arg.starts_with("-b") => {
+                return Err(format!(
+                    "unsupported mode {arg} (supported: -bm, -bs, -bp, -bv, -bi)"
+                ));
+            }
             _ if arg.starts_with("-f") || arg.starts_with("-r") => {
                 options.sender = Some(value(&mut index, &arg[..2], &arg[2..])?)
             }
@@ -215,8 +277,33 @@ mod tests {
         assert_eq!(options.full_name.as_deref(), Some("Alice"));
         assert_eq!(options.recipients, ["bob@y.org"]);
         assert!(parse_args(&args(&["-f"])).is_err());
-        assert!(parse_args(&args(&["-bs"])).is_err());
+        assert!(parse_args(&args(&["-bd"])).is_err());
         assert!(parse_args(&args(&["-Z"])).is_err());
+    }
+
+    #[test]
+    fn parses_modes_and_notify() {
+        let mode = |list: &[&str]| parse_args(&args(list)).unwrap().mode;
+        assert_eq!(mode(&["-bs"]), Mode::Smtp);
+        assert_eq!(mode(&["-bp"]), Mode::PrintQueue);
+        assert_eq!(mode(&["-bv", "a@b"]), Mode::Verify);
+        assert_eq!(mode(&["-bi"]), Mode::InitializeAliases);
+        assert_eq!(mode(&["-q"]), Mode::ProcessQueue);
+        assert_eq!(mode(&["-q30m"]), Mode::Nothing);
+        assert_eq!(mode(&["--version"]), Mode::Version);
+        assert_eq!(mode(&["a@b"]), Mode::Deliver);
+        let notify = parse_args(&args(&["-N", "success,delay", "a@b"]))
+            .unwrap()
+            .notify
+            .unwrap();
+        assert!(notify.explicit && notify.success && notify.delay && !notify.failure);
+        let never = parse_args(&args(&["-Nnever", "a@b"]))
+            .unwrap()
+            .notify
+            .unwrap();
+        assert!(never.explicit && !never.success && !never.failure && !never.delay);
+        assert!(parse_args(&args(&["-N", "never,success"])).is_err());
+        assert!(parse_args(&args(&["-N", "sometimes"])).is_err());
     }
 
     #[test]

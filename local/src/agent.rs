@@ -150,15 +150,18 @@ impl Agent {
                     .find(|r| r.index == index)
                     .map(|r| r.address.as_str())
                     .unwrap_or("");
-                tracing::info!(
-                    message_id = %job.id,
+                let now = empath_common::time::unix_now_ms();
+                empath_common::maillog::delivery(&empath_common::maillog::Delivered {
+                    id: job.id,
                     recipient,
-                    domain = %job.domain,
-                    smtp_code = status.reply.code,
-                    outcome = ?status.outcome,
-                    reply = %status.reply,
-                    "delivery result"
-                );
+                    domain: &job.domain,
+                    relay: "local".to_owned(),
+                    server: None,
+                    delays: empath_common::maillog::Delays::measure(job, now, now, now),
+                    reply: &status.reply,
+                    outcome: status.outcome,
+                    attempt: job.attempt,
+                });
                 RecipientResult {
                     index,
                     outcome: status.outcome,

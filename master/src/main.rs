@@ -112,7 +112,8 @@ fn main() -> ExitCode {
         println!("{}: config OK", config.path.display());
         return ExitCode::SUCCESS;
     }
-    if let Err(message) = logging::init(args.log_format, "empath") {
+    empath_common::metrics::set_daemon("empath");
+    if let Err(message) = logging::init(args.log_format, "master", &config.logging) {
         eprintln!("empath: {message}");
     }
     match run(config, args.log_format) {

@@ -29,6 +29,7 @@ impl DaemonDir {
     /// itself (a build tree), or `../libexec/empath` next to it (an
     /// installed tree: `sbin/empath`, `libexec/empath/empath-*`).
     pub fn locate(config: &Config) -> Result<Self, String> {
+        let configured = config.daemon_directory.is_some();
         let dir = match &config.daemon_directory {
             Some(dir) => dir.clone(),
             None => {
@@ -48,16 +49,46 @@ impl DaemonDir {
             }
         };
         let found = Self(dir);
-        for name in crate::supervisor::DAEMONS {
-            let path = found.executable(name);
-            if !path.is_file() {
-                return Err(format!(
-                    "daemon executable {} not found (set daemon_directory in the config)",
-                    path.display()
-                ));
-            }
+        let missing: Vec<&str> = crate::supervisor::DAEMONS
+            .iter()
+            .copied()
+            .filter(|name| !found.executable(name).is_file())
+            .collect();
+        match missing.first() {
+            None => Ok(found),
+            Some(first) => Err(format!(
+                "daemon executable {} not found{}; {}",
+                found.executable(first).display(),
+                if missing.len() > 1 {
+                    format!(" (nor {})", missing[1..].join(", "))
+                } else {
+                    String::new()
+                },
+                found.how_to_get_the_daemons(configured)
+            )),
         }
-        Ok(found)
+    }
+
+    /// What an operator should do about missing daemons: in a cargo
+    /// build tree (`cargo run --bin empath` builds the master alone),
+    /// build them all; in an installed tree, fix `daemon_directory`.
+    fn how_to_get_the_daemons(&self, configured: bool) -> String {
+        let in_cargo_target = self
+            .0
+            .parent()
+            .is_some_and(|target| target.join("CACHEDIR.TAG").is_file())
+            || self.0.join(".cargo-lock").is_file();
+        if configured {
+            "check daemon_directory in the config".to_owned()
+        } else if in_cargo_target {
+            "build every daemon first: cargo build --workspace --bins \
+             (from the source tree; add --release for target/release)"
+                .to_owned()
+        } else {
+            "install them beside empath or in ../libexec/empath, or set daemon_directory \
+             in the config"
+                .to_owned()
+        }
     }
 
     pub fn executable(&self, name: &str) -> PathBuf {

@@ -112,10 +112,15 @@ impl Destinations {
             if !destination.rate_logged {
                 destination.rate_logged = true;
                 empath_common::metrics::get().rate_limited(domain, wait.as_secs_f64());
+                let next_retry_at = empath_common::time::rfc3339_micros(
+                    empath_common::time::unix_now_micros()
+                        + u64::try_from(wait.as_micros()).unwrap_or(u64::MAX / 2),
+                );
                 tracing::info!(
                     message_id,
                     domain,
                     wait_seconds = wait.as_secs_f64(),
+                    next_retry_at,
                     "Rate limit exceeded, delaying delivery"
                 );
             }

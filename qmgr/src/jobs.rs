@@ -7,7 +7,9 @@ use empath_common::protocol::{DeliveryJob, DeliveryReport, JobRecipient, Outcome
 use empath_common::queue::{Envelope, RecipientStatus, domain_of};
 
 /// One job per destination domain, covering the recipients still open.
+/// Planned as the message becomes active, so the job says when that was.
 pub fn plan(envelope: &Envelope) -> Vec<DeliveryJob> {
+    let active_since_ms = empath_common::time::unix_now_ms();
     let mut by_domain: BTreeMap<String, Vec<JobRecipient>> = BTreeMap::new();
     for (index, recipient) in envelope.undelivered() {
         by_domain
@@ -27,6 +29,8 @@ pub fn plan(envelope: &Envelope) -> Vec<DeliveryJob> {
             recipients,
             content_size: envelope.content_size,
             smtputf8: envelope.smtputf8,
+            active_since_ms,
+            attempt: envelope.attempts + 1,
         })
         .collect()
 }

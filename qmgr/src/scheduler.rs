@@ -7,6 +7,7 @@ use std::time::{Duration, Instant};
 
 use empath_common::config::{Delivery, Dsn};
 use empath_common::control::{ControlResponse, QueueCommand};
+use empath_common::maillog;
 use empath_common::protocol::{
     BounceKind, BounceReply, DeliveryJob, DeliveryReport, Outcome, RecipientResult,
 };
@@ -374,7 +375,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
                 until.saturating_duration_since(now).as_secs().max(1)
             ),
         );
-        tracing::info!(message_id = %job.id, domain = %job.domain, "delivery deferred: circuit breaker open");
+        log_without_agent(&job, &reply, Outcome::Deferred);
         let report = DeliveryReport {
             results: job
                 .recipients
@@ -428,6 +429,13 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
             Ok(envelope) => envelope,
             Err(error) => return self.quarantine(QueueState::Active, id, &error),
         };
+        maillog::activated(
+            id,
+            &envelope.sender,
+            envelope.content_size,
+            envelope.recipients.len(),
+            envelope.attempts,
+        );
         let planned = jobs::plan(&envelope);
         let nothing_to_do = planned.is_empty();
         self.active
@@ -525,7 +533,10 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
             message.not_before = None;
         }
         if envelope.undelivered().next().is_none() {
-            let age = now.saturating_sub(envelope.arrival) as f64;
+            // From the queue ID (a ULID): milliseconds, not the
+            // envelope's whole seconds.
+            let age = empath_common::time::unix_now_ms().saturating_sub(id.timestamp_ms()) as f64
+                / 1000.0;
             empath_common::metrics::get()
                 .delivery_queue_age_seconds
                 .observe(age);
@@ -543,6 +554,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
                 .map(|(_, r)| r.address.clone())
                 .collect();
             jobs::fail_open_recipients(envelope, now, reason);
+            log_given_up(envelope, &giving_up);
             events::failed(&self.modules, envelope, giving_up);
         }
         let failed = envelope.recipients.iter().any(|r| {
@@ -602,12 +614,13 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
         {
             Ok(()) => {
                 empath_common::metrics::get().delivery_retries_total.inc();
-                tracing::info!(
-                    message_id = %id,
-                    delivery_attempt = envelope.attempts,
-                    retry_delay_secs = delay,
-                    "delivery deferred"
-                );
+                let mut domains: Vec<String> =
+                    envelope.undelivered().map(|(_, r)| r.domain()).collect();
+                domains.sort();
+                domains.dedup();
+                for domain in domains {
+                    maillog::retry_scheduled(id, &domain, envelope.attempts, delay, due);
+                }
                 self.deferred.insert((due, id));
                 if warn {
                     self.couriers.bounce(
@@ -681,7 +694,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
         match result {
             Ok(BounceReply::Done { dsn }) => {
                 if let Some(dsn) = dsn {
-                    tracing::info!(message_id = %id, dsn_id = %dsn, "DSN generated");
+                    tracing::info!(message_id = %id, dsn_id = %dsn, "DSN queued; the message is done");
                 }
                 self.active.remove(&id);
                 self.remove(id);
@@ -717,7 +730,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
 
     fn remove(&mut self, id: QueueId) {
         match self.queue.remove(QueueState::Active, id) {
-            Ok(()) => tracing::info!(message_id = %id, "message done"),
+            Ok(()) => maillog::removed(id),
             Err(error) => {
                 tracing::error!(message_id = %id, %error, "cannot remove finished message")
             }
@@ -749,6 +762,62 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
             Ok(0) => {}
             Ok(removed) => tracing::info!(removed, "removed orphan content files"),
             Err(error) => tracing::warn!(%error, "cannot sweep orphan content"),
+        }
+    }
+}
+
+/// Logs the recipients of a job that qmgr itself decided on, without a
+/// delivery agent (an open circuit breaker), as the agents log theirs.
+fn log_without_agent(job: &DeliveryJob, reply: &empath_common::smtp::Reply, outcome: Outcome) {
+    let now = empath_common::time::unix_now_ms();
+    for recipient in &job.recipients {
+        maillog::delivery(&maillog::Delivered {
+            id: job.id,
+            recipient: &recipient.address,
+            domain: &job.domain,
+            relay: maillog::relay(None),
+            server: None,
+            delays: maillog::Delays::measure(job, now, now, now),
+            reply,
+            outcome,
+            attempt: job.attempt,
+        });
+    }
+}
+
+/// Logs the recipients a message gave up on (too many attempts, or
+/// expired) as bounced: they are returned to the sender.
+fn log_given_up(envelope: &Envelope, addresses: &[String]) {
+    let now = empath_common::time::unix_now_ms();
+    let job = DeliveryJob {
+        id: envelope.id,
+        sender: envelope.sender.clone(),
+        domain: String::new(),
+        recipients: Vec::new(),
+        content_size: envelope.content_size,
+        smtputf8: envelope.smtputf8,
+        active_since_ms: now,
+        attempt: envelope.attempts,
+    };
+    for recipient in envelope
+        .recipients
+        .iter()
+        .filter(|r| addresses.contains(&r.address))
+    {
+        if let empath_common::queue::RecipientStatus::Failed { remote, reply, .. } =
+            &recipient.status
+        {
+            maillog::delivery(&maillog::Delivered {
+                id: envelope.id,
+                recipient: &recipient.address,
+                domain: &recipient.domain(),
+                relay: maillog::relay(remote.as_deref()),
+                server: remote.as_deref(),
+                delays: maillog::Delays::measure(&job, now, now, now),
+                reply,
+                outcome: Outcome::Failed,
+                attempt: envelope.attempts,
+            });
         }
     }
 }

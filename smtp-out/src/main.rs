@@ -19,9 +19,11 @@ use std::time::Duration;
 use empath_common::config::{Config, DomainTransport, LmtpEndpoint};
 use empath_common::daemon;
 use empath_common::ipc::write_frame;
+use empath_common::maillog;
 use empath_common::protocol::{self, DeliveryJob, DeliveryReport, Outcome, RecipientResult};
 use empath_common::queue::{Queue, QueueId};
 use empath_common::smtp::Reply;
+use empath_common::time::unix_now_ms;
 use tokio::net::UnixStream;
 
 use client::{Connection, SessionError, Stream};
@@ -157,6 +159,7 @@ impl SmtpOut {
         {
             return self.deliver_lmtp(job, &endpoint).await;
         }
+        let received = unix_now_ms();
         let targets = match route::targets(
             &self.config,
             &self.resolver,
@@ -167,19 +170,23 @@ impl SmtpOut {
         {
             Ok(targets) => targets,
             Err(NoRoute::Permanent(reply)) => {
-                return everyone(job, Outcome::Failed, None, &reply, false);
+                return everyone(job, Outcome::Failed, None, &reply, false, received);
             }
             Err(NoRoute::Temporary(reply)) => {
-                return everyone(job, Outcome::Deferred, None, &reply, true);
+                return everyone(job, Outcome::Deferred, None, &reply, true, received);
             }
         };
         let policy = self.tls_policy(&job.domain);
         let mut last_error = None;
         for target in &targets {
             let remote = target.describe();
-            match self.attempt(target, policy, job, &remote).await {
+            let mut connected = received;
+            match self
+                .attempt(target, policy, job, &remote, &mut connected)
+                .await
+            {
                 Ok(results) => {
-                    log_results(job, &results);
+                    log_results(job, &results, received, connected);
                     return DeliveryReport {
                         results,
                         destination_failed: false,
@@ -198,7 +205,7 @@ impl SmtpOut {
                 Reply::new(451, "4.4.3", format!("no server to try for {}", job.domain)),
             ),
         };
-        everyone(job, Outcome::Deferred, remote, &reply, true)
+        everyone(job, Outcome::Deferred, remote, &reply, true, received)
     }
 
     /// Our listeners and names. Until the master has published its
@@ -232,6 +239,8 @@ impl SmtpOut {
             LmtpEndpoint::Unix(path) => path.display().to_string(),
             LmtpEndpoint::Inet(target) => target.to_string(),
         };
+        let received = unix_now_ms();
+        let mut connected = received;
         let attempt = async {
             let timeouts = &self.config.delivery.smtp_timeouts;
             let mut connection = match endpoint {
@@ -256,6 +265,7 @@ impl SmtpOut {
                 });
             }
             connection.lhlo(&self.hostname).await?;
+            connected = unix_now_ms();
             let finished = self
                 .transaction(&mut connection, job, &remote, Reuse::Fresh, Dialect::Lmtp)
                 .await?;
@@ -266,7 +276,7 @@ impl SmtpOut {
         };
         match attempt.await {
             Ok(results) => {
-                log_results(job, &results);
+                log_results(job, &results, received, connected);
                 DeliveryReport {
                     results,
                     destination_failed: false,
@@ -274,7 +284,14 @@ impl SmtpOut {
             }
             Err(error) => {
                 tracing::warn!(message_id = %job.id, domain = %job.domain, server = %remote, %error, "LMTP delivery attempt failed");
-                everyone(job, Outcome::Deferred, Some(remote), &error.reply(), true)
+                everyone(
+                    job,
+                    Outcome::Deferred,
+                    Some(remote),
+                    &error.reply(),
+                    true,
+                    received,
+                )
             }
         }
     }
@@ -287,6 +304,7 @@ impl SmtpOut {
         policy: TlsPolicy,
         job: &DeliveryJob,
         remote: &str,
+        connected: &mut u64,
     ) -> Result<Vec<RecipientResult>, SessionError> {
         let key = pool::Key {
             addr: target.addr,
@@ -295,6 +313,7 @@ impl SmtpOut {
             require_tls: policy.require_tls,
         };
         if let Some(mut connection) = self.pool.take(&key) {
+            *connected = unix_now_ms();
             match self
                 .transaction(&mut connection, job, remote, Reuse::Kept, Dialect::Smtp)
                 .await
@@ -310,6 +329,7 @@ impl SmtpOut {
             }
         }
         let mut connection = self.open(target, policy, &job.domain).await?;
+        *connected = unix_now_ms();
         let finished = self
             .transaction(&mut connection, job, remote, Reuse::Fresh, Dialect::Smtp)
             .await?;
@@ -444,24 +464,30 @@ fn everyone(
     remote: Option<String>,
     reply: &Reply,
     destination_failed: bool,
+    received: u64,
 ) -> DeliveryReport {
-    tracing::info!(message_id = %job.id, domain = %job.domain, smtp_code = reply.code, outcome = ?outcome, %reply, "delivery not possible");
+    let results: Vec<RecipientResult> = job
+        .recipients
+        .iter()
+        .map(|r| RecipientResult {
+            index: r.index,
+            outcome,
+            remote: remote.clone(),
+            reply: reply.clone(),
+        })
+        .collect();
+    let done = unix_now_ms();
+    log_results(job, &results, received, done);
     DeliveryReport {
-        results: job
-            .recipients
-            .iter()
-            .map(|r| RecipientResult {
-                index: r.index,
-                outcome,
-                remote: remote.clone(),
-                reply: reply.clone(),
-            })
-            .collect(),
+        results,
         destination_failed,
     }
 }
 
-fn log_results(job: &DeliveryJob, results: &[RecipientResult]) {
+/// One line per recipient, as Postfix's smtp(8) writes them (see
+/// [`maillog::delivery`]).
+fn log_results(job: &DeliveryJob, results: &[RecipientResult], received: u64, connected: u64) {
+    let delays = maillog::Delays::measure(job, received, connected, unix_now_ms());
     for result in results {
         let recipient = job
             .recipients
@@ -469,15 +495,16 @@ fn log_results(job: &DeliveryJob, results: &[RecipientResult]) {
             .find(|r| r.index == result.index)
             .map(|r| r.address.as_str())
             .unwrap_or("");
-        tracing::info!(
-            message_id = %job.id,
+        maillog::delivery(&maillog::Delivered {
+            id: job.id,
             recipient,
-            domain = %job.domain,
-            server = result.remote.as_deref().unwrap_or(""),
-            smtp_code = result.reply.code,
-            outcome = ?result.outcome,
-            reply = %result.reply,
-            "delivery result"
-        );
+            domain: &job.domain,
+            relay: maillog::relay(result.remote.as_deref()),
+            server: result.remote.as_deref(),
+            delays,
+            reply: &result.reply,
+            outcome: result.outcome,
+            attempt: job.attempt,
+        });
     }
 }

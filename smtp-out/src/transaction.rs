@@ -455,6 +455,8 @@ mod tests {
             }],
             content_size: 5,
             smtputf8: false,
+            active_since_ms: 0,
+            attempt: 1,
         }
     }
 

@@ -14,6 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
+use empath_common::maillog;
 use empath_common::protocol::{CleanupReply, Submission};
 use empath_common::queue::ClientInfo;
 use empath_common::smtp::Reply;
@@ -110,11 +111,7 @@ where
     S: Stream + 'static,
 {
     let mut connection = Connection::new(stream, peer, settings);
-    tracing::info!(
-        client = %connection.peer,
-        session = %connection.hooks.session_id(),
-        "connect"
-    );
+    maillog::connect(&connection.peer, connection.hooks.session_id());
     connection.hooks.opened();
     let end = connection.run().await;
     if let Some(admission) = admission {
@@ -128,13 +125,12 @@ where
     connection.close(&end).await;
     connection.filters.quit().await;
     connection.hooks.closed();
-    tracing::info!(
-        client = %connection.peer,
-        reason = %end,
-        messages = connection.messages,
-        tls = connection.tls.is_some(),
-        user = connection.session.authenticated_as().unwrap_or(""),
-        "disconnect"
+    maillog::disconnect(
+        &connection.peer,
+        &end.to_string(),
+        connection.messages,
+        connection.tls.is_some(),
+        connection.session.authenticated_as().unwrap_or(""),
     );
     end
 }
@@ -165,6 +161,8 @@ struct Connection {
     data_copy: Option<Vec<u8>>,
     /// The milters and authentication checks of this session.
     filters: SessionFilters,
+    /// The SASL mechanism the client authenticated with, for the log.
+    sasl_method: Option<&'static str>,
 }
 
 /// The commands whose acceptance the modules have a say in.
@@ -173,6 +171,37 @@ enum Checked {
     Ehlo,
     Mail,
     Rcpt,
+}
+
+/// A command whose refusal is logged as Postfix's `reject:` lines: its
+/// stage and the addresses it named.
+struct Attempt {
+    stage: &'static str,
+    sender: Option<String>,
+    recipient: Option<String>,
+}
+
+impl Attempt {
+    fn of(command: &Result<Command, crate::parser::ParseError>) -> Option<Self> {
+        let (stage, sender, recipient) = match command {
+            Ok(Command::Mail { from, .. }) => ("MAIL", Some(from.clone()), None),
+            Ok(Command::Rcpt { to, .. }) => {
+                let address = match to {
+                    crate::parser::ForwardPath::Mailbox(address) => address.clone(),
+                    crate::parser::ForwardPath::Postmaster => "Postmaster".to_owned(),
+                };
+                ("RCPT", None, Some(address))
+            }
+            Ok(Command::Data) => ("DATA", None, None),
+            Ok(Command::Bdat { .. }) => ("BDAT", None, None),
+            _ => return None,
+        };
+        Some(Self {
+            stage,
+            sender,
+            recipient,
+        })
+    }
 }
 
 /// A message arriving in BDAT chunks (RFC 3030).
@@ -212,6 +241,7 @@ impl Connection {
             chunks: None,
             hooks,
             data_copy: None,
+            sasl_method: None,
         }
     }
 
@@ -239,6 +269,7 @@ impl Connection {
             let action = match line {
                 Line::Complete(bytes) => {
                     let command = parse_command(&bytes);
+                    let attempt = Attempt::of(&command);
                     let checked = match &command {
                         Ok(Command::Ehlo(_) | Command::Helo(_)) => Some(Checked::Ehlo),
                         Ok(Command::Mail { .. }) => Some(Checked::Mail),
@@ -249,7 +280,14 @@ impl Connection {
                     let action = self.session.handle(command);
                     let action = self.verify_local(checked, action).await;
                     let action = self.ask_milters(stage, action).await;
-                    self.ask_modules(checked, action)
+                    let action = self.ask_modules(checked, action);
+                    if let (Some(attempt), Action::Reply(reply) | Action::Close(reply)) =
+                        (attempt, &action)
+                        && !reply.is_positive()
+                    {
+                        self.log_rejection(attempt.stage, reply, attempt.sender, attempt.recipient);
+                    }
+                    action
                 }
                 Line::TooLong => Action::Reply(self.session.line_too_long()),
                 Line::Eof => return End::ClientClosed,
@@ -523,13 +561,18 @@ impl Connection {
             None => self.session.auth_failed(reply::auth_aborted()),
             Some(None) => self.session.auth_failed(reply::auth_bad_response()),
             Some(Some((user, password))) => {
+                let method = match mechanism {
+                    Mechanism::Plain => "PLAIN",
+                    Mechanism::Login => "LOGIN",
+                };
                 if state.verify(&user, &password).await {
-                    tracing::info!(client = %self.peer, %user, ?mechanism, "authenticated");
+                    tracing::info!(client = %self.peer, %user, mechanism = method, "authenticated");
                     self.session.authenticated(user);
+                    self.sasl_method = Some(method);
                     reply::auth_ok()
                 } else {
                     state.record_failure(self.client_ip).await;
-                    tracing::warn!(client = %self.peer, %user, ?mechanism, "authentication failed");
+                    maillog::auth_failed(&self.peer, method, &user);
                     self.session.auth_failed(reply::auth_failed())
                 }
             }
@@ -695,6 +738,35 @@ impl Connection {
         self.out.clear();
     }
 
+    /// Logs a refused MAIL, RCPT, DATA or end of data as Postfix's
+    /// `NOQUEUE: reject:` line.
+    fn log_rejection(
+        &self,
+        stage: &str,
+        reply: &Reply,
+        sender: Option<String>,
+        recipient: Option<String>,
+    ) {
+        let transaction = self.session.transaction();
+        let sender = sender.or_else(|| transaction.map(|t| t.sender.clone()));
+        let recipient = recipient.or_else(|| {
+            transaction
+                .filter(|t| t.recipients.len() == 1)
+                .and_then(|t| t.recipients.first())
+                .map(|r| r.address.clone())
+        });
+        let greeting = self.session.greeting();
+        maillog::rejected(&maillog::Rejection {
+            stage,
+            peer: &self.peer,
+            reply,
+            sender: sender.as_deref(),
+            recipient: recipient.as_deref(),
+            helo: greeting.map(|g| g.name.as_str()),
+            esmtp: greeting.is_some_and(|g| g.extended),
+        });
+    }
+
     fn send(&mut self, reply: &Reply) {
         self.out.extend_from_slice(reply.to_wire().as_bytes());
         self.hooks.replied(reply);
@@ -784,6 +856,9 @@ impl Connection {
             }
             Received::Complete { sink, size, .. } => self.commit(sink, size).await,
         };
+        if !reply.is_positive() {
+            self.log_rejection("END-OF-MESSAGE", &reply, None, None);
+        }
         self.session.finish_transaction();
         self.send(&reply);
         closing_after(&reply)
@@ -868,14 +943,8 @@ impl Connection {
                 empath_common::metrics::get()
                     .smtp_messages_received_total
                     .inc();
-                tracing::info!(
-                    queue_id = %id,
-                    from = %sender,
-                    nrcpt = recipients,
-                    size,
-                    client = %self.peer,
-                    "queued"
-                );
+                let sasl = self.sasl_method.zip(self.session.authenticated_as());
+                maillog::received(id, &self.peer, sasl, &sender, recipients);
                 self.hooks.message_received(&id.to_string(), size);
                 reply::queued(id)
             }

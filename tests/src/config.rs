@@ -169,7 +169,6 @@ impl TestConfig {
         self
     }
 
-    /// How many listeners the config declares.
     /// Starts the master with `--log-format FORMAT` (human, json, syslog).
     pub fn log_format(mut self, format: &str) -> Self {
         self.master_args = vec!["--log-format".to_owned(), format.to_owned()];
@@ -190,7 +189,8 @@ impl TestConfig {
         self.config_arg
     }
 
-    /// Starts the master with the environment variable `name` set.
+    /// Starts the master (and so its daemons) with the environment
+    /// variable `name` set, e.g. `("LOG_LEVEL", "warn")`.
     pub fn env(mut self, name: &str, value: &str) -> Self {
         self.env.push((name.to_owned(), value.to_owned()));
         self

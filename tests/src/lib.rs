@@ -35,6 +35,7 @@ pub mod seeds;
 pub mod sink;
 pub mod smtpd;
 pub mod sockets;
+pub mod syslog;
 pub mod wire;
 
 use std::fs::File;

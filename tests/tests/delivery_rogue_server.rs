@@ -19,7 +19,7 @@ const QUEUE_EMPTY_TIMEOUT: Duration = Duration::from_secs(180);
 /// The queue IDs smtp-out logged as delivered, one entry per record.
 fn delivered_records(log: &str) -> Vec<String> {
     log.lines()
-        .filter(|line| line.contains("delivery result") && line.contains("outcome=Delivered"))
+        .filter(|line| line.contains("empath_smtp_out") && line.contains("Delivery successful"))
         .filter_map(|line| {
             let start = line.find("message_id=")? + "message_id=".len();
             let id: String = line[start..]

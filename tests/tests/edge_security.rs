@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use empath_tests::run::run_with_stdin;
 use empath_tests::smtpd::{RawSmtp, bcrypt_hash};
+use empath_tests::syslog::SyslogSocket;
 use empath_tests::wire::check_data_stream;
 use empath_tests::{Empath, Sink, SinkMessage, TestConfig, binary};
 
@@ -346,6 +347,49 @@ fn client_input_cannot_split_or_colour_json_log_lines() {
         }
     }
     assert!(found, "no AUTH failure line");
+}
+
+#[test]
+fn client_input_cannot_split_or_colour_syslog_lines() {
+    let sink = Sink::start();
+    let dir = empath_tests::test_dir();
+    let syslog = SyslogSocket::bind(&dir.path().join("log.sock"));
+    let empath = Empath::start(hostile_config(&sink, "syslog").raw(&format!(
+        "logging: (syslog_socket: {:?})",
+        syslog.path().display().to_string()
+    )));
+    hostile_session(&empath);
+    let lines = empath.wait_until("the failed AUTH to reach syslog", TIMEOUT, || {
+        let lines = syslog.lines();
+        if lines.iter().any(|l| l.contains("authentication failed")) {
+            Ok(lines)
+        } else {
+            Err("not yet".into())
+        }
+    });
+    // Every datagram is one line, with nothing a terminal acts on.
+    for line in &lines {
+        check_log_is_clean(line);
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+        assert!(
+            !line.chars().any(|c| c.is_control()
+                || matches!(c, '\u{2028}' | '\u{2029}' | '\u{202a}'..='\u{202e}')),
+            "{line:?}"
+        );
+        assert!(line.starts_with('<'), "a syslog line: {line:?}");
+    }
+    let line = lines
+        .iter()
+        .find(|l| l.contains("authentication failed"))
+        .expect("the AUTH failure line");
+    assert!(
+        line.contains(r"sasl_username=nobody\r\n2030-01-01"),
+        "{line}"
+    );
+    assert!(
+        line.contains("warning: unknown[127.0.0.1]: SASL PLAIN"),
+        "{line}"
+    );
 }
 
 #[test]

@@ -44,6 +44,64 @@ fn promtool_accepts_the_alert_rules() {
     assert!(output.stdout.contains("SUCCESS"), "{}", output.combined());
 }
 
+/// The rules' unit tests: a healthy idle server raises nothing, and each
+/// alert fires on its case with the `instance` label kept.
+#[test]
+fn promtool_unit_tests_cover_every_alert() {
+    let rules =
+        std::fs::read_to_string(workspace().join("etc/prometheus-alerts.yml")).expect("the rules");
+    let tests = std::fs::read_to_string(workspace().join("etc/prometheus-alerts.test.yml"))
+        .expect("the rule tests");
+    let runbooks =
+        std::fs::read_to_string(workspace().join("docs/ALERT_RUNBOOKS.md")).expect("the runbooks");
+    let alerts: Vec<&str> = rules
+        .lines()
+        .filter_map(|line| line.trim().strip_prefix("- alert: "))
+        .collect();
+    assert_eq!(alerts.len(), 12, "{alerts:?}");
+    for alert in &alerts {
+        // Once in the idle case, at least once firing.
+        let firing = tests
+            .split("alertname: ")
+            .skip(1)
+            .filter(|case| {
+                case.starts_with(alert)
+                    && !case.lines().next().unwrap_or("").contains("exp_alerts: []")
+            })
+            .count();
+        assert!(
+            firing >= 1,
+            "{alert} has no firing case in prometheus-alerts.test.yml"
+        );
+        assert!(
+            tests.contains(&format!("alertname: {alert}, exp_alerts: []")),
+            "{alert} is not checked on the idle server"
+        );
+        let anchor = format!("#{}", alert.to_ascii_lowercase());
+        assert!(
+            rules.contains(&format!(
+                "runbook_url: file:///usr/share/doc/empath/ALERT_RUNBOOKS.md{anchor}"
+            )),
+            "{alert}'s runbook_url"
+        );
+        assert!(
+            runbooks.contains(&format!("### {alert}\n")),
+            "no runbook for {alert}"
+        );
+    }
+    let output = run_bounded(
+        Command::new("promtool")
+            .args(["test", "rules"])
+            .arg(workspace().join("etc/prometheus-alerts.test.yml")),
+        TIMEOUT,
+    );
+    assert!(
+        output.status.success() && output.stdout.contains("SUCCESS"),
+        "{}",
+        output.combined()
+    );
+}
+
 #[test]
 fn make_install_lays_out_a_working_tree() {
     assert!(have("make"), "make is missing");
@@ -85,8 +143,20 @@ fn make_install_lays_out_a_working_tree() {
         "share/empath/empath-dashboard.json",
         "lib/libempath.so",
         "include/empath.h",
+        "share/doc/empath/ALERT_RUNBOOKS.md",
+        "etc/fail2ban/filter.d/empath-auth.conf",
+        "share/man/man8/empath-smtpd.8",
+        "share/man/man8/empath-qmgr.8",
     ] {
         assert!(root.join(file).is_file(), "{file} was not installed");
+    }
+    // The names other programs call an MTA by.
+    for (link, target) in [
+        ("lib/sendmail", "sbin/sendmail"),
+        ("bin/newaliases", "sbin/newaliases"),
+    ] {
+        let found = std::fs::read_link(root.join(link)).unwrap_or_else(|e| panic!("{link}: {e}"));
+        assert_eq!(found, root.join(target), "{link}");
     }
     for daemon in DAEMONS {
         assert!(
@@ -110,6 +180,21 @@ fn make_install_lays_out_a_working_tree() {
         unit.contains(&format!("ExecStart={}/sbin/empath", root.display())),
         "{unit}"
     );
+    // The unit may write where it says, and those directories exist.
+    let writable = unit
+        .lines()
+        .find_map(|line| line.strip_prefix("ReadWritePaths="))
+        .expect("ReadWritePaths=");
+    for dir in writable.split_whitespace() {
+        assert!(
+            dir.starts_with(&*root.to_string_lossy()) && Path::new(dir).is_dir(),
+            "ReadWritePaths= names {dir}, which make install did not create under {}",
+            root.display()
+        );
+    }
+    for line in ["SyslogFacility=mail", "Conflicts=postfix.service"] {
+        assert!(unit.contains(line), "{line} missing:\n{unit}");
+    }
     if have("systemd-analyze") {
         let verify = run_bounded(
             Command::new("systemd-analyze")

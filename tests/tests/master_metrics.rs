@@ -19,8 +19,11 @@ const DELIVERY_TIMEOUT: Duration = Duration::from_secs(120);
 /// before any traffic. (The rate-limit delay is labelled by domain, so it
 /// has samples only once a domain was held back; its `# TYPE` is checked
 /// below.)
-const ALWAYS_EXPORTED: [&str; 17] = [
+const ALWAYS_EXPORTED: [&str; 20] = [
     "empath_spool_available_bytes",
+    "empath_spool_filesystem_size_bytes",
+    "empath_build_info",
+    "process_resident_memory_bytes",
     "empath_spool_size_bytes",
     "empath_smtp_connections_total",
     "empath_smtp_connections_active",
@@ -153,7 +156,28 @@ fn metrics_parse_and_count_the_traffic_with_domain_labels_capped() {
             Some(1.0),
             "{daemon}"
         );
+        // Each daemon's own process metrics and build, apart.
+        assert_eq!(
+            count(
+                "empath_build_info",
+                &[("daemon", daemon), ("version", env!("CARGO_PKG_VERSION"))]
+            ),
+            Some(1.0),
+            "{daemon}"
+        );
+        assert!(
+            count("process_resident_memory_bytes", &[("daemon", daemon)]).is_some_and(|b| b > 0.0),
+            "{daemon} has no process metrics"
+        );
     }
+    // The spool's size is what the queue holds (empty now: a few
+    // kilobytes at most), not its filesystem's.
+    let spool = count("empath_spool_size_bytes", &[]).expect("spool size");
+    let filesystem = count("empath_spool_filesystem_size_bytes", &[]).expect("fs size");
+    assert!(
+        spool < 1_000_000.0 && spool < filesystem,
+        "{spool} vs {filesystem}"
+    );
 
     let (live, body) = http_get(empath.health_addr(), "/health/live");
     assert_eq!((live, body.trim()), (200, "OK"));
@@ -247,6 +271,10 @@ fn every_metric_of_the_alert_rules_is_declared(empath: &Empath) {
         .collect();
     let (status, text) = http_get(empath.health_addr(), "/metrics");
     assert_eq!(status, 200);
+    // Recording rules named level:metric:operation hold metric names.
+    let rules = recorded
+        .iter()
+        .fold(rules.clone(), |text, name| text.replace(name, ""));
     let mut queried: Vec<String> = rules
         .split(|c: char| !(c.is_ascii_alphanumeric() || c == '_'))
         .filter(|word| word.starts_with("empath_") && !recorded.contains(word))

@@ -105,22 +105,6 @@ impl LocalDelivery {
     pub fn maildir(&self) -> bool {
         self.home_mailbox.ends_with('/')
     }
-
-    /// Paths made absolute against the working directory, as `spool.path`.
-    pub(super) fn absolutize(&mut self) {
-        let absolute = |path: &mut PathBuf| {
-            if let Ok(absolute) = std::path::absolute(&*path) {
-                *path = absolute;
-            }
-        };
-        absolute(&mut self.mail_spool_directory);
-        if let Some(dir) = &mut self.mailbox_directory {
-            absolute(dir);
-        }
-        for map in &mut self.alias_maps {
-            absolute(map);
-        }
-    }
 }
 
 /// This host's domains and origin, resolved from the config: the one

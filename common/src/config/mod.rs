@@ -11,6 +11,7 @@ mod local;
 mod mail_auth;
 mod master;
 mod model;
+mod paths;
 mod smtpd;
 mod values;
 
@@ -106,14 +107,8 @@ impl Config {
             column: Some(e.span.start.col),
             message: describe(&e.code),
         })?;
-        if let Ok(absolute) = std::path::absolute(&empath.spool.path) {
-            empath.spool.path = absolute;
-        }
-        empath.local_delivery.absolutize();
-        let base = std::path::absolute(path)
-            .ok()
-            .and_then(|p| p.parent().map(Path::to_owned))
-            .unwrap_or_default();
+        let base = paths::base_of(path);
+        paths::resolve(&mut empath, &base);
         mail_auth::resolve_paths(&mut empath.dkim, &base);
         validate(&empath).map_err(|(key, message)| ConfigError {
             path: path.to_owned(),
@@ -487,7 +482,7 @@ mod tests {
     fn extensions_parse_in_map_syntax() {
         let text = MINIMAL.replace(
             "{ socket: \"127.0.0.1:2525\" }",
-            "{ socket: \"127.0.0.1:2525\", extensions: [{\"size\": 1000}, {\"starttls\": {\"key\": \"k.pem\", \"certificate\": \"c.pem\"}}] }",
+            "{ socket: \"127.0.0.1:2525\", extensions: [{\"size\": 1000}, {\"starttls\": {\"key\": \"/k.pem\", \"certificate\": \"/c.pem\"}}] }",
         );
         let config = parse(&text).unwrap();
         assert_eq!(
@@ -495,8 +490,8 @@ mod tests {
             vec![
                 Extension::Size(1000),
                 Extension::StartTls {
-                    key: "k.pem".into(),
-                    certificate: "c.pem".into()
+                    key: "/k.pem".into(),
+                    certificate: "/c.pem".into()
                 }
             ]
         );
@@ -566,5 +561,57 @@ mod tests {
         );
         let none = parse(&with("client_connection_limit_exceptions: []")).unwrap();
         assert!(none.smtpd.connection_limit_exceptions().is_empty());
+    }
+
+    #[test]
+    fn relative_paths_resolve_against_the_config_files_directory() {
+        let text = r#"Empath(
+    smtp_controller: (listeners: [{ socket: "127.0.0.1:2525", extensions: [
+        {"starttls": {"key": "tls/key.pem", "certificate": "/abs/cert.pem"}}] }]),
+    spool: (path: "../var/spool"),
+    control_socket: "./ctl.sock",
+    daemon_directory: "bin",
+    modules: [(type: "SharedLibrary", name: "mods/libx.so")],
+    smtpd: (auth: (users_file: "users")),
+    local_delivery: (alias_maps: ["aliases"], mailbox_directory: "../var/mail",
+                     home_mailbox: "Maildir/"),
+    logging: (syslog_socket: "log.sock"),
+)"#;
+        let config = Config::parse(Path::new("/srv/empath/etc/empath.config.ron"), text)
+            .unwrap_or_else(|e| panic!("{e}"));
+        let etc = Path::new("/srv/empath/etc");
+        assert_eq!(config.spool.path, Path::new("/srv/empath/var/spool"));
+        assert_eq!(
+            config.control_socket.as_deref(),
+            Some(&*etc.join("ctl.sock"))
+        );
+        assert_eq!(config.daemon_directory.as_deref(), Some(&*etc.join("bin")));
+        assert_eq!(config.modules[0].name, etc.join("mods/libx.so"));
+        assert_eq!(
+            config.smtpd.auth.users_file.as_deref(),
+            Some(&*etc.join("users"))
+        );
+        assert_eq!(config.local_delivery.alias_maps, [etc.join("aliases")]);
+        assert_eq!(
+            config.local_delivery.mailbox_directory.as_deref(),
+            Some(Path::new("/srv/empath/var/mail"))
+        );
+        // Under each user's home, not this host's.
+        assert_eq!(config.local_delivery.home_mailbox, "Maildir/");
+        assert_eq!(config.logging.syslog_socket, etc.join("log.sock"));
+        let Extension::StartTls { key, certificate } =
+            &config.smtp_controller.listeners[0].extensions[0]
+        else {
+            panic!("starttls expected");
+        };
+        assert_eq!(key, &etc.join("tls/key.pem"));
+        assert_eq!(certificate, Path::new("/abs/cert.pem"));
+    }
+
+    #[test]
+    fn a_relative_config_path_resolves_against_the_working_directory() {
+        let config = parse(&MINIMAL.replace("/tmp/empath-spool", "spool")).unwrap();
+        let cwd = std::env::current_dir().unwrap();
+        assert_eq!(config.spool.path, cwd.join("spool"));
     }
 }

@@ -95,6 +95,36 @@ pub struct Empath {
     /// SPF, DKIM, DMARC and ARC checks of incoming mail.
     #[serde(default)]
     pub auth: Auth,
+    /// Where log lines go and how much is logged.
+    #[serde(default)]
+    pub logging: Logging,
+}
+
+/// The `logging` section. The format (human, JSON or syslog) is the
+/// master's `--log-format`, which every daemon inherits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Logging {
+    /// The local syslog socket (`--log-format syslog`). When it cannot
+    /// be reached, lines go to standard error instead (never dropped).
+    pub syslog_socket: PathBuf,
+    /// The first part of each syslog tag (`empath/smtpd`), as Postfix's
+    /// `syslog_name`: give each instance on one host its own.
+    pub syslog_name: String,
+    /// The level filter (`error`, `warn`, `info`, `debug`, `trace`, or
+    /// `tracing` directives such as `info,empath_smtpd=debug`). The
+    /// `RUST_LOG` environment variable overrides it, then `LOG_LEVEL`.
+    pub level: String,
+}
+
+impl Default for Logging {
+    fn default() -> Self {
+        Self {
+            syslog_socket: PathBuf::from("/dev/log"),
+            syslog_name: "empath".to_owned(),
+            level: "info".to_owned(),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -55,6 +55,9 @@ pub struct Shaper {
     /// Any header field seen yet (a continuation line needs one before it).
     seen_field: bool,
     facts: HeaderFacts,
+    /// The value of the first `Message-ID:` field (its first line), for
+    /// the log.
+    message_id: Option<String>,
     /// Bare CRs and LFs turned into CRLF.
     bare_line_endings: u64,
     /// Octets written to the output.
@@ -77,6 +80,7 @@ impl Shaper {
             header_bytes: 0,
             seen_field: false,
             facts: HeaderFacts::default(),
+            message_id: None,
             bare_line_endings: 0,
             written: 0,
         }
@@ -85,6 +89,12 @@ impl Shaper {
     /// What the header section held. Complete once [`Self::in_body`].
     pub fn facts(&self) -> HeaderFacts {
         self.facts
+    }
+
+    /// The `Message-ID:` of the message, as written on the field's first
+    /// line (what the mail log shows).
+    pub fn message_id(&self) -> Option<&str> {
+        self.message_id.as_deref()
     }
 
     /// The header section is over: everything from here on is body.
@@ -214,6 +224,12 @@ impl Shaper {
             Some(name) if !continuation => {
                 self.seen_field = true;
                 self.note_field(name);
+                if self.message_id.is_none() && name.eq_ignore_ascii_case(b"message-id") {
+                    let value = &line[name.len()..];
+                    let value = value.trim_ascii_start().strip_prefix(b":").unwrap_or(value);
+                    self.message_id =
+                        Some(String::from_utf8_lossy(value.trim_ascii()).into_owned());
+                }
                 fold(&line, out);
             }
             _ => {

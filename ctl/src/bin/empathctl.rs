@@ -18,9 +18,10 @@ struct Args {
     /// The control socket (default: control_socket from the config).
     #[arg(long, global = true)]
     control_socket: Option<PathBuf>,
-    /// The config file, to find the control socket.
-    #[arg(long, global = true, default_value_os_t = client::default_config())]
-    config: PathBuf,
+    /// The config file, to find the control socket (default
+    /// /etc/empath/empath.config.ron; a file named here must load).
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     /// Bearer token for control_auth (default: $EMPATH_TOKEN).
     #[arg(long, global = true, env = "EMPATH_TOKEN", hide_env_values = true)]
     token: Option<String>,
@@ -247,6 +248,17 @@ fn dkim(command: &DkimArgs, json: bool) -> ExitCode {
     }
 }
 
+/// `--help` and `--version` exit 0; a usage error exits 64 (EX_USAGE), as
+/// empathctl(8) says, rather than clap's 2.
+fn usage_error(error: &clap::Error) -> ExitCode {
+    let _ = error.print();
+    if error.use_stderr() {
+        ExitCode::from(64)
+    } else {
+        ExitCode::SUCCESS
+    }
+}
+
 /// Prints a response; returns false for an error response.
 fn print(response: &ControlResponse, json: bool) -> bool {
     if json {
@@ -275,7 +287,10 @@ fn print(response: &ControlResponse, json: bool) -> bool {
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> ExitCode {
-    let args = Args::parse();
+    let args = match Args::try_parse() {
+        Ok(args) => args,
+        Err(error) => return usage_error(&error),
+    };
     if let Group::Dkim(command) = &args.group {
         return dkim(command, args.json);
     }
@@ -286,7 +301,13 @@ async fn main() -> ExitCode {
             return ExitCode::from(64);
         }
     };
-    let socket = client::socket_path(args.control_socket.as_deref(), &args.config);
+    let socket = match client::socket_path(args.control_socket.as_deref(), args.config.as_deref()) {
+        Ok(socket) => socket,
+        Err(error) => {
+            eprintln!("empathctl: {error}");
+            return ExitCode::from(client::EX_CONFIG);
+        }
+    };
     let watch = match args.group {
         Group::Queue(QueueArgs::Stats {
             watch: true,

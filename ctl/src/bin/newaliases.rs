@@ -17,6 +17,10 @@ fn main() -> ExitCode {
             },
             _ if arg.starts_with("-C") => config = PathBuf::from(&arg[2..]),
             _ if arg.starts_with("--config=") => config = PathBuf::from(&arg["--config=".len()..]),
+            "--version" => {
+                println!("newaliases {} (Empath)", env!("CARGO_PKG_VERSION"));
+                return ExitCode::SUCCESS;
+            }
             "-h" | "--help" => {
                 println!("usage: newaliases [-C CONFIG]");
                 return ExitCode::SUCCESS;

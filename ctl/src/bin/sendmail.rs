@@ -13,7 +13,7 @@ use empath_common::maildrop::{self, DropFile};
 use empath_common::protocol::{CleanupReply, Submission};
 use empath_common::queue::{ClientInfo, DsnParams, Queue, QueueId, Recipient};
 use empath_common::safeio;
-use empath_ctl::sendmail::{self, Options};
+use empath_ctl::sendmail::{self, Mode, Options};
 
 /// sysexits.h statuses.
 const EX_USAGE: u8 = 64;
@@ -32,13 +32,26 @@ fn main() -> ExitCode {
         .config
         .clone()
         .map_or_else(|| PathBuf::from(config::DEFAULT_PATH), PathBuf::from);
-    if options.initialize_aliases {
-        return empath_ctl::newaliases::run(&config_path, "sendmail");
+    match options.mode {
+        Mode::Version => {
+            println!("sendmail {} (Empath)", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Mode::InitializeAliases => return empath_ctl::newaliases::run(&config_path, "sendmail"),
+        Mode::Nothing => return ExitCode::SUCCESS,
+        _ => {}
     }
     let config = match Config::load(&config_path) {
         Ok(config) => config,
         Err(error) => return fail(EX_CONFIG, &error.to_string()),
     };
+    match options.mode {
+        Mode::PrintQueue => return print_queue(&config),
+        Mode::ProcessQueue => return process_queue(&config_path),
+        Mode::Verify => return verify(&config, &options.recipients),
+        Mode::Smtp => return smtp_session(&config, options.notify),
+        _ => {}
+    }
     let mut input = Vec::new();
     if let Err(error) = io::stdin().read_to_end(&mut input) {
         return fail(EX_DATAERR, &format!("cannot read the message: {error}"));
@@ -73,14 +86,11 @@ fn main() -> ExitCode {
         recipients,
         content: message,
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
+    let runtime = match runtime() {
         Ok(runtime) => runtime,
         Err(error) => return fail(EX_TEMPFAIL, &format!("cannot start: {error}")),
     };
-    match runtime.block_on(submit(&queue, &drop)) {
+    match runtime.block_on(submit(&queue, &drop, options.notify)) {
         Ok(_) => ExitCode::SUCCESS,
         Err(Submit::Refused(reply)) => fail(EX_UNAVAILABLE, &format!("message refused: {reply}")),
         Err(Submit::NotRunning) => match write_drop(&queue, &drop) {
@@ -133,11 +143,172 @@ enum Submit {
     Failed(String),
 }
 
-async fn submit(queue: &Queue, drop: &DropFile) -> Result<QueueId, Submit> {
+fn runtime() -> io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+}
+
+/// `-bp`: the queue, as mailq lists it.
+fn print_queue(config: &Config) -> ExitCode {
+    let queue = Queue::new(config.spool.path.clone());
+    match empath_ctl::mailq::read_queue(&queue) {
+        Ok(entries) => {
+            print!("{}", empath_ctl::mailq::render(&entries));
+            ExitCode::SUCCESS
+        }
+        Err(error) => fail(
+            EX_TEMPFAIL,
+            &format!(
+                "cannot read the queue in {}: {error}",
+                queue.root().display()
+            ),
+        ),
+    }
+}
+
+/// `-q`: every deferred message is due now (empathctl queue process-now),
+/// through the control socket.
+fn process_queue(config_path: &std::path::Path) -> ExitCode {
+    use empath_common::control::{ControlRequest, ControlResponse, QueueCommand};
+    let socket = match empath_ctl::client::socket_path(None, Some(config_path)) {
+        Ok(socket) => socket,
+        Err(error) => return fail(EX_CONFIG, &error.to_string()),
+    };
+    let runtime = match runtime() {
+        Ok(runtime) => runtime,
+        Err(error) => return fail(EX_TEMPFAIL, &format!("cannot start: {error}")),
+    };
+    let request = ControlRequest::Queue(QueueCommand::ProcessNow);
+    let token = std::env::var("EMPATH_TOKEN").ok();
+    match runtime.block_on(empath_ctl::client::send(&socket, token, request)) {
+        Ok(ControlResponse::Error(error)) => fail(EX_UNAVAILABLE, &error),
+        Ok(_) => ExitCode::SUCCESS,
+        Err(error) => fail(error.exit_status(), &error.to_string()),
+    }
+}
+
+/// `-bv`: whether each recipient can be delivered, without sending
+/// anything: local recipients must be users or aliases; other domains are
+/// relayed by smtp-out (through their `mx_override`, if any).
+fn verify(config: &Config, recipients: &[String]) -> ExitCode {
+    const EX_NOUSER: u8 = 67;
+    if recipients.is_empty() {
+        return fail(EX_USAGE, "-bv: give the addresses to verify");
+    }
+    let local = empath_common::local_recipients::LocalRecipients::new(config);
+    let mut all_good = true;
+    for recipient in recipients {
+        let address = local.domains().qualify(recipient);
+        let domain = empath_common::queue::domain_of(&address);
+        let verdict = if local.domains().is_local_address(&address) {
+            match local.check(&address) {
+                Ok(Some(_)) => Ok(format!(
+                    "deliverable: mailer local, user {}",
+                    empath_common::local_recipients::local_part(&address)
+                )),
+                Ok(None) => Err("User unknown".to_owned()),
+                Err(error) => Err(format!("cannot verify now: {error}")),
+            }
+        } else if domain.is_empty() || !domain.contains('.') && domain != "localhost" {
+            Err("Host unknown (not a domain name)".to_owned())
+        } else {
+            let relay = config
+                .delivery
+                .domains
+                .get(&domain)
+                .and_then(|policy| policy.mx_override.as_ref())
+                .map_or_else(|| domain.clone(), ToString::to_string);
+            Ok(format!("deliverable: mailer smtp, host {relay}"))
+        };
+        match verdict {
+            Ok(text) => println!("{address}... {text}"),
+            Err(text) => {
+                all_good = false;
+                println!("{address}... {text}");
+            }
+        }
+    }
+    if all_good {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(EX_NOUSER)
+    }
+}
+
+/// `-bs`: SMTP on standard input and output, each message submitted as
+/// a message from standard input would be.
+fn smtp_session(config: &Config, notify: Option<empath_ctl::sendmail::Notify>) -> ExitCode {
+    struct Submitter {
+        queue: Queue,
+        runtime: tokio::runtime::Runtime,
+        notify: Option<empath_ctl::sendmail::Notify>,
+    }
+    impl empath_ctl::smtp_stdin::Submit for Submitter {
+        fn submit(
+            &mut self,
+            sender: &str,
+            recipients: &[String],
+            content: Vec<u8>,
+        ) -> Result<String, empath_common::smtp::Reply> {
+            use empath_common::smtp::Reply;
+            let drop = DropFile {
+                sender: sender.to_owned(),
+                recipients: recipients.to_vec(),
+                content,
+            };
+            match self
+                .runtime
+                .block_on(submit(&self.queue, &drop, self.notify))
+            {
+                Ok(id) => Ok(id.to_string()),
+                Err(Submit::Refused(reply)) => Err(Reply::new(554, "", reply)),
+                Err(Submit::NotRunning) => match write_drop(&self.queue, &drop) {
+                    Ok(()) => Ok("(drop directory; Empath is not running)".to_owned()),
+                    Err(error) => Err(Reply::new(451, "4.3.0", format!("cannot queue: {error}"))),
+                },
+                Err(Submit::Failed(error)) => Err(Reply::new(451, "4.3.0", error)),
+            }
+        }
+    }
+    let mut submitter = Submitter {
+        queue: Queue::new(config.spool.path.clone()),
+        runtime: match runtime() {
+            Ok(runtime) => runtime,
+            Err(error) => return fail(EX_TEMPFAIL, &format!("cannot start: {error}")),
+        },
+        notify,
+    };
+    let stdin = io::stdin();
+    let stdout = io::stdout();
+    match empath_ctl::smtp_stdin::serve(
+        stdin.lock(),
+        stdout.lock(),
+        &config.hostname(),
+        config.local_message_size_limit(),
+        &mut submitter,
+    ) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => fail(EX_TEMPFAIL, &format!("SMTP session: {error}")),
+    }
+}
+
+async fn submit(
+    queue: &Queue,
+    drop: &DropFile,
+    notify: Option<empath_ctl::sendmail::Notify>,
+) -> Result<QueueId, Submit> {
     let socket = queue.public_path("submit.sock");
     let submission = Submission {
         sender: drop.sender.clone(),
-        recipients: drop.recipients.iter().map(Recipient::new).collect(),
+        recipients: drop
+            .recipients
+            .iter()
+            .map(|address| Recipient {
+                notify: notify.unwrap_or_default(),
+                ..Recipient::new(address)
+            })
+            .collect(),
         // cleanup replaces this with what it knows about the caller.
         client: ClientInfo::default(),
         dsn: DsnParams::default(),

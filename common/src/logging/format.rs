@@ -1,0 +1,259 @@
+//! Turning one event into one line, in the chosen format.
+
+use std::fmt::{self, Write as _};
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Level, Subscriber};
+use tracing_subscriber::fmt::format::Writer;
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::registry::LookupSpan;
+
+use super::LogFormat;
+
+/// The field that carries an event's line in Postfix's words (see
+/// [`crate::maillog`]). The syslog format writes it instead of the
+/// message; the other formats leave it out, since the structured fields
+/// say the same.
+pub const POSTFIX_FIELD: &str = "postfix";
+/// Overrides the second half of the syslog tag for one event, as for the
+/// `empath/pickup` lines of local submissions.
+pub const PROGRAM_FIELD: &str = "syslog_program";
+/// The part of the system an event belongs to (`smtp`, `delivery`,
+/// `spool`, ...), as the seeds' queries filter on it. Set for every event
+/// from the daemon's name unless the event names its own.
+pub const COMPONENT_FIELD: &str = "component";
+
+/// How the lines of one process are formatted.
+pub(super) struct Style {
+    pub format: LogFormat,
+    pub service: &'static str,
+    pub component: &'static str,
+    pub syslog_name: String,
+    pub pid: u32,
+}
+
+/// A field value as recorded.
+enum Value {
+    Text(String),
+    /// Written by `Debug` (or `Display` through `%`): not quoted in text.
+    Shown(String),
+    I64(i64),
+    U64(u64),
+    F64(f64),
+    Bool(bool),
+}
+
+impl Value {
+    fn to_json(&self) -> serde_json::Value {
+        match self {
+            Self::Text(text) | Self::Shown(text) => serde_json::Value::String(text.clone()),
+            Self::I64(n) => (*n).into(),
+            Self::U64(n) => (*n).into(),
+            Self::F64(n) => serde_json::Number::from_f64(*n)
+                .map_or_else(|| serde_json::Value::String(n.to_string()), Into::into),
+            Self::Bool(b) => (*b).into(),
+        }
+    }
+
+    fn write_text(&self, out: &mut String) {
+        let _ = match self {
+            Self::Text(text) => write!(out, "{text:?}"),
+            Self::Shown(text) => out.write_str(text),
+            Self::I64(n) => write!(out, "{n}"),
+            Self::U64(n) => write!(out, "{n}"),
+            Self::F64(n) => write!(out, "{n}"),
+            Self::Bool(b) => write!(out, "{b}"),
+        };
+    }
+}
+
+/// The fields of one event, in the order they were written.
+#[derive(Default)]
+struct Fields {
+    message: String,
+    postfix: Option<String>,
+    program: Option<String>,
+    others: Vec<(&'static str, Value)>,
+}
+
+impl Fields {
+    fn record(&mut self, field: &Field, value: Value) {
+        match (field.name(), value) {
+            ("message", Value::Text(text) | Value::Shown(text)) => self.message = text,
+            (POSTFIX_FIELD, Value::Text(text) | Value::Shown(text)) => self.postfix = Some(text),
+            (PROGRAM_FIELD, Value::Text(text) | Value::Shown(text)) => self.program = Some(text),
+            (name, value) => self.others.push((name, value)),
+        }
+    }
+
+    fn has(&self, name: &str) -> bool {
+        self.others.iter().any(|(n, _)| *n == name)
+    }
+}
+
+impl Visit for Fields {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.record(field, Value::Text(value.to_owned()));
+    }
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.record(field, Value::I64(value));
+    }
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.record(field, Value::U64(value));
+    }
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.record(field, Value::F64(value));
+    }
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.record(field, Value::Bool(value));
+    }
+    fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        self.record(field, Value::Shown(format!("{value:?}")));
+    }
+}
+
+/// Syslog severities (RFC 5424 section 6.2.1) and the facility mail.
+const LOG_MAIL: u8 = 2 << 3;
+
+fn severity(level: Level) -> u8 {
+    match level {
+        Level::ERROR => 3,
+        Level::WARN => 4,
+        Level::INFO => 6,
+        Level::DEBUG | Level::TRACE => 7,
+    }
+}
+
+impl<S, N> FormatEvent<S, N> for Style
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    fn format_event(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        mut writer: Writer<'_>,
+        event: &Event<'_>,
+    ) -> fmt::Result {
+        let mut fields = Fields::default();
+        event.record(&mut fields);
+        let meta = event.metadata();
+        let line = match self.format {
+            LogFormat::Human => self.human(meta, &fields),
+            LogFormat::Json => self.json(ctx, meta, &fields),
+            LogFormat::Syslog => self.syslog(*meta.level(), &fields),
+        };
+        writeln!(writer, "{line}")
+    }
+}
+
+impl Style {
+    /// The event's module path, with the shared library's name replaced by
+    /// the daemon's (`empath_common::maillog` in smtp-out is
+    /// `empath_smtp_out::maillog`): all daemons share one stderr, and the
+    /// target is what tells them apart.
+    fn target(&self, meta: &tracing::Metadata<'_>) -> String {
+        match meta.target().strip_prefix("empath_common::") {
+            Some(module) if self.service != "tool" => {
+                format!("empath_{}::{module}", self.service.replace('-', "_"))
+            }
+            _ => meta.target().to_owned(),
+        }
+    }
+
+    fn human(&self, meta: &tracing::Metadata<'_>, fields: &Fields) -> String {
+        let mut out = crate::time::rfc3339_micros(crate::time::unix_now_micros());
+        let _ = write!(
+            out,
+            " {:>5} {}: {}",
+            meta.level(),
+            self.target(meta),
+            fields.message
+        );
+        for (name, value) in &fields.others {
+            let _ = write!(out, " {name}=");
+            value.write_text(&mut out);
+        }
+        out
+    }
+
+    /// The layout of tracing-subscriber's JSON lines, which the seeds'
+    /// queries were written against, with `component` added.
+    fn json<S, N>(
+        &self,
+        ctx: &FmtContext<'_, S, N>,
+        meta: &tracing::Metadata<'_>,
+        fields: &Fields,
+    ) -> String
+    where
+        S: Subscriber + for<'a> LookupSpan<'a>,
+        N: for<'a> FormatFields<'a> + 'static,
+    {
+        let mut object = serde_json::Map::new();
+        object.insert(
+            "message".to_owned(),
+            serde_json::Value::String(fields.message.clone()),
+        );
+        for (name, value) in &fields.others {
+            object.insert((*name).to_owned(), value.to_json());
+        }
+        if !fields.has(COMPONENT_FIELD) {
+            object.insert(COMPONENT_FIELD.to_owned(), self.component.into());
+        }
+        let mut line = serde_json::Map::new();
+        line.insert(
+            "timestamp".to_owned(),
+            crate::time::rfc3339_micros(crate::time::unix_now_micros()).into(),
+        );
+        line.insert("level".to_owned(), meta.level().as_str().into());
+        line.insert("fields".to_owned(), serde_json::Value::Object(object));
+        line.insert("target".to_owned(), self.target(meta).into());
+        line.insert("service".to_owned(), self.service.into());
+        if let Some(file) = meta.file() {
+            line.insert("filename".to_owned(), file.into());
+        }
+        if let Some(number) = meta.line() {
+            line.insert("line_number".to_owned(), number.into());
+        }
+        if let Some(scope) = ctx.event_scope() {
+            let spans: Vec<serde_json::Value> = scope
+                .from_root()
+                .map(|span| serde_json::json!({ "name": span.name() }))
+                .collect();
+            if let Some(current) = spans.last() {
+                line.insert("span".to_owned(), current.clone());
+            }
+            line.insert("spans".to_owned(), serde_json::Value::Array(spans));
+        }
+        serde_json::Value::Object(line).to_string()
+    }
+
+    /// `<PRI>Mmm dd hh:mm:ss empath/smtpd[PID]: text`. The text of a mail
+    /// event is its Postfix line; other events get Postfix's `warning: `
+    /// or `error: ` prefix by level, then the message and the fields.
+    fn syslog(&self, level: Level, fields: &Fields) -> String {
+        let program = fields.program.as_deref().unwrap_or(self.service);
+        let mut out = format!(
+            "<{}>{} {}/{program}[{}]: ",
+            LOG_MAIL | severity(level),
+            crate::time::syslog_timestamp(crate::time::unix_now()),
+            self.syslog_name,
+            self.pid
+        );
+        if let Some(postfix) = &fields.postfix {
+            out.push_str(postfix);
+            return out;
+        }
+        match level {
+            Level::ERROR => out.push_str("error: "),
+            Level::WARN => out.push_str("warning: "),
+            _ => {}
+        }
+        out.push_str(&fields.message);
+        for (name, value) in &fields.others {
+            let _ = write!(out, " {name}=");
+            value.write_text(&mut out);
+        }
+        out
+    }
+}
