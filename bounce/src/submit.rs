@@ -42,6 +42,7 @@ pub async fn submit(
         dsn: DsnParams::default(),
         metadata: BTreeMap::from([(DSN_METADATA.to_owned(), kind.metadata().to_owned())]),
         smtputf8: notice.smtputf8,
+        options: Default::default(),
     };
     let send = async {
         write_frame(&mut stream, &CleanupRequest::Begin(submission)).await?;

@@ -190,6 +190,7 @@ impl Incoming {
             content_size: self.content.written(),
             smtputf8: submission.smtputf8,
             delay_warned: false,
+            options: submission.options.0,
         };
         queue.stage_new(self.content, &envelope)?;
         Ok(envelope)
@@ -256,6 +257,7 @@ mod tests {
             dsn: DsnParams::default(),
             metadata: Default::default(),
             smtputf8: false,
+            options: Default::default(),
         }
     }
 

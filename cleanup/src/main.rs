@@ -370,5 +370,6 @@ fn local_submission(
         dsn: DsnParams::default(),
         metadata: Default::default(),
         smtputf8: false,
+        options: Default::default(),
     }
 }

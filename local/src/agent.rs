@@ -170,6 +170,7 @@ impl Agent {
         DeliveryReport {
             results,
             destination_failed: false,
+            dsn_passed_on: Default::default(),
         }
     }
 }

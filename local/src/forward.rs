@@ -36,6 +36,7 @@ pub async fn submit(
             dsn: DsnParams::default(),
             metadata: Default::default(),
             smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
+            options: Default::default(),
         };
         ipc::write_frame(&mut stream, &CleanupRequest::Begin(submission)).await?;
         for chunk in content.chunks(CHUNK) {

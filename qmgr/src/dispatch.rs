@@ -155,6 +155,7 @@ mod tests {
             }],
             content_size: 5,
             smtputf8: false,
+            pass_on: Default::default(),
         }
     }
 
@@ -166,6 +167,7 @@ mod tests {
             let report = DeliveryReport {
                 results: Vec::new(),
                 destination_failed: false,
+                dsn_passed_on: Default::default(),
             };
             ipc::write_frame(&mut stream, &report).await.unwrap();
         }

@@ -321,6 +321,7 @@ impl Scheduler {
                 })
                 .collect(),
             destination_failed: false,
+            dsn_passed_on: Default::default(),
         };
         self.record_report(&job, &report);
     }
@@ -455,11 +456,15 @@ impl Scheduler {
                 empath_common::queue::RecipientStatus::Failed { .. }
             )
         });
+        // A recipient whose NOTIFY the next hop took is its to report on.
         let success_wanted = envelope.recipients.iter().any(|r| {
             r.notify.success
                 && matches!(
                     r.status,
-                    empath_common::queue::RecipientStatus::Delivered { .. }
+                    empath_common::queue::RecipientStatus::Delivered {
+                        dsn_passed_on: false,
+                        ..
+                    }
                 )
         });
         // bounce decides whom to tell: the sender, the postmaster (for a

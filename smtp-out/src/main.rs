@@ -7,6 +7,7 @@ mod control;
 mod dns;
 mod module_events;
 mod myself;
+mod params;
 mod pool;
 mod route;
 mod tls;
@@ -19,7 +20,9 @@ use std::time::Duration;
 use empath_common::config::{Config, DomainTransport, LmtpEndpoint};
 use empath_common::daemon;
 use empath_common::ipc::{read_frame, write_frame};
-use empath_common::protocol::{self, DeliveryJob, DeliveryReport, Outcome, RecipientResult};
+use empath_common::protocol::{
+    self, Appended, DeliveryJob, DeliveryReport, Outcome, RecipientResult,
+};
 use empath_common::queue::{Queue, QueueId};
 use empath_common::smtp::Reply;
 use tokio::net::UnixStream;
@@ -176,27 +179,18 @@ impl SmtpOut {
         for target in &targets {
             let remote = target.describe();
             match self.attempt(target, policy, job, &remote).await {
-                Ok(results) => {
-                    log_results(job, &results);
-                    return DeliveryReport {
-                        results,
-                        destination_failed: false,
-                    };
-                }
+                Ok(finished) => return report(job, finished),
                 Err(error) => {
                     tracing::warn!(message_id = %job.id, domain = %job.domain, server = %remote, %error, "delivery attempt failed; trying the next MX server");
                     last_error = Some((remote, error));
                 }
             }
         }
-        let (remote, reply) = match last_error {
-            Some((remote, error)) => (Some(remote), error.reply()),
-            None => (
-                None,
-                Reply::new(451, "4.4.3", format!("no server to try for {}", job.domain)),
-            ),
+        let reply = match last_error {
+            Some((_, error)) => error.reply(),
+            None => Reply::new(451, "4.4.3", format!("no server to try for {}", job.domain)),
         };
-        everyone(job, Outcome::Deferred, remote, &reply, true)
+        everyone(job, Outcome::Deferred, None, &reply, true)
     }
 
     /// Our listeners and names. Until the master has published its
@@ -260,19 +254,13 @@ impl SmtpOut {
             if finished.reusable {
                 connection.quit().await;
             }
-            Ok(finished.results)
+            Ok(finished)
         };
         match attempt.await {
-            Ok(results) => {
-                log_results(job, &results);
-                DeliveryReport {
-                    results,
-                    destination_failed: false,
-                }
-            }
+            Ok(finished) => report(job, finished),
             Err(error) => {
                 tracing::warn!(message_id = %job.id, domain = %job.domain, server = %remote, %error, "LMTP delivery attempt failed");
-                everyone(job, Outcome::Deferred, Some(remote), &error.reply(), true)
+                everyone(job, Outcome::Deferred, None, &error.reply(), true)
             }
         }
     }
@@ -285,7 +273,7 @@ impl SmtpOut {
         policy: TlsPolicy,
         job: &DeliveryJob,
         remote: &str,
-    ) -> Result<Vec<RecipientResult>, SessionError> {
+    ) -> Result<Finished, SessionError> {
         let key = pool::Key {
             addr: target.addr,
             name: target.name.clone(),
@@ -321,13 +309,13 @@ impl SmtpOut {
         key: pool::Key,
         connection: Connection<Stream>,
         finished: Finished,
-    ) -> Vec<RecipientResult> {
+    ) -> Finished {
         if finished.reusable
             && let Some(mut connection) = self.pool.put(key, connection)
         {
             connection.quit().await;
         }
-        finished.results
+        finished
     }
 
     async fn transaction(
@@ -435,7 +423,28 @@ fn read_queued_content(queue: &Queue, id: QueueId) -> std::io::Result<QueuedCont
     Ok(Box::new(std::io::Cursor::new(content)))
 }
 
-/// The same outcome for every recipient of the job.
+/// The report of a finished transaction.
+fn report(job: &DeliveryJob, finished: Finished) -> DeliveryReport {
+    log_results(job, &finished.results);
+    let dsn_passed_on = if finished.dsn_passed_on {
+        finished
+            .results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Delivered)
+            .map(|r| r.index)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    DeliveryReport {
+        results: finished.results,
+        destination_failed: false,
+        dsn_passed_on: Appended(dsn_passed_on),
+    }
+}
+
+/// The same outcome for every recipient of the job. `remote` names the
+/// server only when `reply` is its own.
 fn everyone(
     job: &DeliveryJob,
     outcome: Outcome,
@@ -456,6 +465,7 @@ fn everyone(
             })
             .collect(),
         destination_failed,
+        dsn_passed_on: Appended::default(),
     }
 }
 

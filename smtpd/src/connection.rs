@@ -14,7 +14,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use empath_common::protocol::{CleanupReply, Submission};
+use empath_common::protocol::{Appended, CleanupReply, Submission};
 use empath_common::queue::ClientInfo;
 use empath_common::smtp::Reply;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
@@ -824,6 +824,7 @@ impl Connection {
             // The listener's context, and what the modules set.
             metadata: self.hooks.metadata(),
             smtputf8: transaction.params.smtputf8,
+            options: Appended(transaction.params.options()),
         })
     }
 }

@@ -455,6 +455,7 @@ mod tests {
             content_size: 5,
             smtputf8: false,
             delay_warned: false,
+            options: Default::default(),
         }
     }
 

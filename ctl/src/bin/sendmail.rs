@@ -155,6 +155,7 @@ async fn submit(queue: &Queue, drop: &DropFile) -> Result<QueueId, Submit> {
         dsn: DsnParams::default(),
         metadata: Default::default(),
         smtputf8: false,
+        options: Default::default(),
     };
     let exchange = async {
         write_frame(&mut stream, &CleanupRequest::Begin(submission)).await?;
