@@ -95,7 +95,18 @@ def parse(path):
         elif kind in ("message/delivery-status", "message/global-delivery-status"):
             # The email package parses each block of fields as a message.
             blocks = part.get_payload()
-            if isinstance(blocks, list) and blocks:
+            if kind == "message/global-delivery-status":
+                # RFC 6533's type is not one the email package knows (it
+                # reads it as one message): its blocks of UTF-8 fields are
+                # split here, and each parsed with the same header parser.
+                text = part.as_bytes().replace(b"\r\n", b"\n").split(b"\n\n", 1)[1]
+                text = text.decode("utf-8", "replace")
+                blocks = [
+                    email.message_from_string(block + "\n")
+                    for block in text.split("\n\n")
+                    if block.strip()
+                ]
+            if blocks:
                 result["per_message"] = fields(blocks[0])
                 result["per_recipient"] = [fields(block) for block in blocks[1:]]
         elif kind in ("message/rfc822", "message/global"):
