@@ -136,6 +136,7 @@ mod tests {
             name: name.into(),
             preference,
             addrs: vec![ip.parse().unwrap()],
+            dnssec: false,
         }
     }
 

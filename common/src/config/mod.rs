@@ -11,6 +11,7 @@ mod local;
 mod master;
 mod model;
 mod smtpd;
+mod tls;
 mod values;
 
 use std::fmt;
@@ -23,6 +24,7 @@ pub use local::{LocalDelivery, LocalDomains, TargetSource};
 pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
 pub use smtpd::{Auth as SmtpdAuth, BareLineEndings, Network, Smtpd, is_bcrypt_hash};
+pub use tls::{MtaSts, SecurityLevel, TlsReports, effective_level};
 pub use values::{DomainTransport, Extension, HostPort, ListenAddr, Listener, LmtpEndpoint};
 
 /// The default location of the config file.
@@ -91,6 +93,7 @@ impl Config {
             empath.spool.path = absolute;
         }
         empath.local_delivery.absolutize();
+        empath.absolutize_tls_files(path);
         validate(&empath).map_err(|(key, message)| ConfigError {
             path: path.to_owned(),
             line: line_of_key(text, key.rsplit('.').next().unwrap_or(&key)),
@@ -235,6 +238,11 @@ fn validate(config: &Empath) -> Result<(), Invalid> {
     )?;
     validate_delivery(&config.delivery)?;
     dns::validate(&config.dns)?;
+    tls::validate(
+        &config.delivery.mta_sts,
+        &config.delivery.tls_reports,
+        &config.delivery.tls_ca_files,
+    )?;
     master::validate(config)?;
     for hash in &config.control_auth.token_hashes {
         let is_sha256_hex = hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit());
