@@ -5,6 +5,7 @@
 //! and message types, logging, and the SMTP types shared by the daemons.
 
 pub mod aliases;
+pub mod cleanup_client;
 pub mod config;
 pub mod content;
 pub mod control;
