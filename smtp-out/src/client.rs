@@ -265,14 +265,20 @@ impl Connection<Stream> {
             .await
             .map_err(|_| fail(format!("handshake timed out after {secs}s")))?
             .map_err(|e| {
-                let problem = e
+                let rustls_error = e
                     .get_ref()
-                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
-                    .and_then(CertProblem::of);
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                // Our own checks (DANE) say what failed in their words.
+                let detail = match rustls_error {
+                    Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                        other,
+                    ))) => format!("invalid peer certificate: {other}"),
+                    _ => e.to_string(),
+                };
                 SessionError::Tls {
                     host: server_name.to_owned(),
-                    detail: e.to_string(),
-                    problem,
+                    detail,
+                    problem: rustls_error.and_then(CertProblem::of),
                 }
             })?;
         let (_, session) = tls.get_ref();

@@ -281,6 +281,20 @@ impl SmtpOut {
             Requirement::Authenticated(authentication) => (Some(authentication), true),
             _ => (None, false),
         };
+        let delivery = &self.config.delivery;
+        if authentication.is_none()
+            && delivery
+                .domains
+                .get(domain)
+                .and_then(|d| d.accept_invalid_certs)
+                .unwrap_or(delivery.accept_invalid_certs)
+        {
+            tracing::warn!(
+                domain,
+                server = %target.describe(),
+                "SECURITY WARNING: TLS certificate validation is disabled for this connection"
+            );
+        }
         let (config, verdict) =
             self.tls
                 .client(authentication, enforce)

@@ -26,6 +26,7 @@ pub mod mail;
 pub mod master;
 pub mod modules;
 pub mod mx;
+pub mod nsd;
 pub mod procfs;
 pub mod reliability;
 pub mod rogue;
