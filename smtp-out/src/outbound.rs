@@ -133,6 +133,109 @@ impl SmtpOut {
         }
     }
 
+    /// What `empathctl tls policy DOMAIN` shows: the policy each MX host
+    /// would get for an ordinary message now, and why.
+    pub(crate) async fn tls_policy_view(
+        &self,
+        domain: &str,
+    ) -> empath_common::control::TlsPolicyView {
+        use empath_common::control::{TlsHostView, TlsPolicyView};
+        let domain = domain.trim_end_matches('.').to_ascii_lowercase();
+        let delivery = &self.config.delivery;
+        let level = delivery.tls_level(&domain);
+        let mx_override = delivery
+            .domains
+            .get(&domain)
+            .and_then(|d| d.mx_override.as_ref())
+            .map(ToString::to_string);
+        let mut view = TlsPolicyView {
+            domain: domain.clone(),
+            configured_level: level.to_string(),
+            mx_override: mx_override.clone(),
+            dnssec: self.resolver.validating(),
+            mta_sts: String::new(),
+            hosts: Vec::new(),
+            error: None,
+        };
+        let sts = if mx_override.is_some() {
+            view.mta_sts = "not applied (mx_override)".into();
+            sts::Lookup::NoPolicy
+        } else {
+            let lookup = self.sts.lookup(&domain, &self.resolver).await;
+            view.mta_sts = match &lookup {
+                sts::Lookup::Policy(policy) => format!(
+                    "mode {}, id {}, mx {}, max_age {}s, fetched {}s ago",
+                    policy.mode.as_str(),
+                    policy.id,
+                    policy.mx.join(" "),
+                    policy.max_age,
+                    empath_common::time::unix_now().saturating_sub(policy.fetched)
+                ),
+                sts::Lookup::NoPolicy if !self.sts.enabled() => "off (delivery.mta_sts)".into(),
+                sts::Lookup::NoPolicy => "none published".into(),
+                sts::Lookup::Failed(failure) => format!("cannot be had: {}", failure.detail),
+            };
+            lookup
+        };
+        let targets = match route::targets(
+            &self.config,
+            &self.resolver,
+            self.myself().await,
+            &domain,
+        )
+        .await
+        {
+            Ok(targets) => targets,
+            Err(NoRoute::Permanent(reply) | NoRoute::Temporary(reply)) => {
+                view.error = Some(reply.to_string());
+                return view;
+            }
+        };
+        let port = delivery.smtp_port;
+        let mut seen = std::collections::HashSet::new();
+        for target in targets {
+            if !seen.insert(target.name.clone()) {
+                continue;
+            }
+            let dane = if self.resolver.validating() && target.dnssec && mx_override.is_none() {
+                Some(self.resolver.tlsa(&target.name, port).await)
+            } else {
+                None
+            };
+            let decided = if mx_override.is_some() {
+                override_policy(level, MessageTls::default(), &target.name)
+            } else {
+                policy::decide(
+                    &target.name,
+                    dane.as_ref(),
+                    &sts,
+                    level,
+                    MessageTls::default(),
+                )
+            };
+            let (policy, source) = match decided {
+                Ok(host) => {
+                    let mut source = host.source.describe();
+                    if let Some(testing) = &host.sts_testing {
+                        source.push_str(&format!(
+                            "; MTA-STS policy {} in testing mode is reported on",
+                            testing.id
+                        ));
+                    }
+                    (host.requirement.describe(), source)
+                }
+                Err(unusable) => (format!("not used: {}", unusable.reply), "policy".into()),
+            };
+            view.hosts.push(TlsHostView {
+                host: target.name,
+                dnssec: target.dnssec,
+                policy,
+                source,
+            });
+        }
+        view
+    }
+
     /// REQUIRETLS from the envelope, `TLS-Required: No` from the header.
     async fn message_tls(&self, job: &DeliveryJob) -> MessageTls {
         let requiretls = job.pass_on.options.requiretls;

@@ -15,7 +15,7 @@ use std::thread::JoinHandle;
 use std::time::Duration;
 
 use hickory_proto::op::{Message, MessageType, ResponseCode};
-use hickory_proto::rr::rdata::{A, AAAA, MX};
+use hickory_proto::rr::rdata::{A, AAAA, MX, TXT};
 use hickory_proto::rr::{Name, RData, Record, RecordType};
 
 /// TTL of the records, unless a test sets another.
@@ -122,6 +122,23 @@ impl TestDns {
             IpAddr::V4(v4) => self.add(name, RecordType::A, RData::A(A(v4)), ttl),
             IpAddr::V6(v6) => self.add(name, RecordType::AAAA, RData::AAAA(AAAA(v6)), ttl),
         }
+    }
+
+    /// A TXT record (`_mta-sts.DOMAIN`, `_smtp._tls.DOMAIN`, ...).
+    pub fn txt(&self, name: &str, text: &str) -> &Self {
+        self.add(
+            name,
+            RecordType::TXT,
+            RData::TXT(TXT::new(vec![text.to_owned()])),
+            DEFAULT_TTL,
+        )
+    }
+
+    /// Removes the `record_type` records of `name` (the name still exists
+    /// if it has others).
+    pub fn remove(&self, name: &str, record_type: RecordType) -> &Self {
+        self.zone().records.remove(&(key(name), record_type));
+        self
     }
 
     /// Every query for `name` gets SERVFAIL (a temporary DNS failure).

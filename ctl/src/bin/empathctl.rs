@@ -7,6 +7,7 @@ use std::time::Duration;
 use clap::{Parser, Subcommand};
 use empath_common::control::{
     ControlRequest, ControlResponse, DnsCommand, ListStatus, QueueCommand, SystemCommand,
+    TlsCommand,
 };
 use empath_common::queue::QueueId;
 use empath_ctl::{client, render};
@@ -41,6 +42,15 @@ enum Group {
     /// The DNS cache of the delivery agent.
     #[command(subcommand)]
     Dns(DnsArgs),
+    /// Outbound TLS: DANE, MTA-STS and the configured level.
+    #[command(subcommand)]
+    Tls(TlsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsArgs {
+    /// Which TLS policy applies to a domain's MX hosts, and why.
+    Policy { domain: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -158,6 +168,9 @@ fn request_for(group: &Group) -> Result<ControlRequest, String> {
             },
             DnsArgs::ListOverrides => DnsCommand::ListOverrides,
         }),
+        Group::Tls(TlsArgs::Policy { domain }) => ControlRequest::Tls(TlsCommand::Policy {
+            domain: domain.clone(),
+        }),
     })
 }
 
@@ -183,6 +196,7 @@ fn print(response: &ControlResponse, json: bool) -> bool {
         ControlResponse::Status(status) => print!("{}", render::status(status)),
         ControlResponse::DnsCache(entries) => print!("{}", render::dns_cache(entries)),
         ControlResponse::Overrides(overrides) => print!("{}", render::overrides(overrides)),
+        ControlResponse::TlsPolicy(view) => print!("{}", render::tls_policy(view)),
     }
     true
 }
