@@ -220,6 +220,8 @@ pub fn decide(
                     Source::Sts(Arc::clone(policy)),
                 ));
             }
+            // REQUIRETLS: not authenticated by anything, so never.
+            Mode::Enforce if message.requiretls => return Err(requiretls_refused(host)),
             Mode::Enforce => {
                 return Err(Unusable::new(
                     451,

@@ -22,6 +22,7 @@ import email.policy
 import json
 import re
 import smtplib
+import ssl
 import sys
 
 
@@ -38,6 +39,11 @@ def send(args):
         content = f.read()
     try:
         smtp = smtplib.SMTP(args.host, args.port, local_hostname="client.test", timeout=60)
+        if args.starttls:
+            # The test's server certificate is its own: encryption only.
+            smtp.ehlo()
+            smtp.starttls(context=ssl._create_unverified_context())
+            smtp.ehlo()
         try:
             refused = smtp.sendmail(args.sender, args.to, content, args.mail_option, args.rcpt_option)
         finally:
@@ -139,6 +145,7 @@ def main():
     send_parser.add_argument("--file", required=True)
     send_parser.add_argument("--mail-option", action="append", default=[])
     send_parser.add_argument("--rcpt-option", action="append", default=[])
+    send_parser.add_argument("--starttls", action="store_true")
     parse_parser = commands.add_parser("parse")
     parse_parser.add_argument("file")
     args = parser.parse_args()

@@ -12,7 +12,9 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::mx::TestCa;
+use crate::TestConfig;
+use crate::dns::TestDns;
+use crate::mx::{TestCa, loopback};
 use crate::run::run_bounded;
 
 fn client(name: &str) -> PathBuf {
@@ -118,4 +120,70 @@ pub fn check_tls_report(message: &[u8], dir: &Path) -> Value {
     );
     serde_json::from_str(&output.stdout)
         .unwrap_or_else(|e| panic!("tlsrpt_check.py printed no JSON ({e}): {}", output.stdout))
+}
+
+/// An MTA-STS policy text with one `mx` pattern, cached for a day.
+pub fn policy(mode: &str, mx: &str) -> String {
+    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
+}
+
+/// The CA file, the web server for `mta-sts.DOMAIN` of each domain, and
+/// their DNS: `_mta-sts` TXT records and addresses.
+pub struct StsWorld {
+    pub ca: TestCa,
+    pub web: HttpsServer,
+    pub dns: TestDns,
+    pub ca_file: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl StsWorld {
+    pub fn start(policies: &[(&str, String)]) -> Self {
+        let dir = crate::test_dir();
+        let ca = TestCa::new();
+        let ca_file = dir.path().join("test-ca.pem");
+        std::fs::write(&ca_file, ca.pem()).expect("write the CA file");
+        let names: Vec<String> = policies
+            .iter()
+            .map(|(domain, _)| format!("mta-sts.{domain}"))
+            .collect();
+        let names: Vec<&str> = names.iter().map(String::as_str).collect();
+        let web = HttpsServer::start(&dir.path().join("web"), &ca, &names, loopback(1));
+        let dns = TestDns::start();
+        for (domain, text) in policies {
+            web.policy(&format!("mta-sts.{domain}"), text);
+            dns.txt(
+                &format!("_mta-sts.{domain}"),
+                "v=STSv1; id=20260101T000000;",
+            )
+            .address(&format!("mta-sts.{domain}"), loopback(1));
+        }
+        Self {
+            ca,
+            web,
+            dns,
+            ca_file,
+            _dir: dir,
+        }
+    }
+
+    pub fn config(&self, smtp_port: u16) -> TestConfig {
+        TestConfig::new()
+            .section(
+                "dns",
+                &format!(
+                    "(nameservers: [\"{}\"], timeout_secs: 2, attempts: 1)",
+                    self.dns.addr()
+                ),
+            )
+            .delivery("smtp_port", &smtp_port.to_string())
+            .delivery(
+                "tls_ca_files",
+                &format!("[{:?}]", self.ca_file.display().to_string()),
+            )
+            .delivery(
+                "mta_sts",
+                &format!("(https_port: {}, fetch_timeout_secs: 5)", self.web.port()),
+            )
+    }
 }

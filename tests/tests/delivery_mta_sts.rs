@@ -7,10 +7,9 @@
 
 use std::time::Duration;
 
-use empath_tests::dns::TestDns;
-use empath_tests::https::{HttpsServer, check_tls_report};
-use empath_tests::mx::{TestCa, loopback, self_signed_tls, sinks_on_one_port};
-use empath_tests::{Empath, Sink, SinkPolicy, SmtpSend, TestConfig, mail};
+use empath_tests::https::{StsWorld, check_tls_report, policy};
+use empath_tests::mx::{loopback, self_signed_tls, sinks_on_one_port};
+use empath_tests::{Empath, Sink, SinkPolicy, SmtpSend, mail};
 use hickory_proto::rr::RecordType;
 
 const SENDER: &str = "sender@client.test";
@@ -22,71 +21,6 @@ fn send(empath: &Empath, to: &str, tag: &str) {
     SmtpSend::new(empath.smtp_addr(), SENDER, &[to], &outbox)
         .run()
         .assert_all_accepted(1, || empath.log_tail());
-}
-
-fn policy(mode: &str, mx: &str) -> String {
-    format!("version: STSv1\r\nmode: {mode}\r\nmx: {mx}\r\nmax_age: 86400\r\n")
-}
-
-/// The CA file, the web server for `mta-sts.DOMAIN` of each domain, and
-/// their DNS: `_mta-sts` TXT records and addresses.
-struct StsWorld {
-    ca: TestCa,
-    web: HttpsServer,
-    dns: TestDns,
-    ca_file: std::path::PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl StsWorld {
-    fn start(policies: &[(&str, String)]) -> Self {
-        let dir = empath_tests::test_dir();
-        let ca = TestCa::new();
-        let ca_file = dir.path().join("test-ca.pem");
-        std::fs::write(&ca_file, ca.pem()).expect("write the CA file");
-        let names: Vec<String> = policies
-            .iter()
-            .map(|(domain, _)| format!("mta-sts.{domain}"))
-            .collect();
-        let names: Vec<&str> = names.iter().map(String::as_str).collect();
-        let web = HttpsServer::start(&dir.path().join("web"), &ca, &names, loopback(1));
-        let dns = TestDns::start();
-        for (domain, text) in policies {
-            web.policy(&format!("mta-sts.{domain}"), text);
-            dns.txt(
-                &format!("_mta-sts.{domain}"),
-                "v=STSv1; id=20260101T000000;",
-            )
-            .address(&format!("mta-sts.{domain}"), loopback(1));
-        }
-        Self {
-            ca,
-            web,
-            dns,
-            ca_file,
-            _dir: dir,
-        }
-    }
-
-    fn config(&self, smtp_port: u16) -> TestConfig {
-        TestConfig::new()
-            .section(
-                "dns",
-                &format!(
-                    "(nameservers: [\"{}\"], timeout_secs: 2, attempts: 1)",
-                    self.dns.addr()
-                ),
-            )
-            .delivery("smtp_port", &smtp_port.to_string())
-            .delivery(
-                "tls_ca_files",
-                &format!("[{:?}]", self.ca_file.display().to_string()),
-            )
-            .delivery(
-                "mta_sts",
-                &format!("(https_port: {}, fetch_timeout_secs: 5)", self.web.port()),
-            )
-    }
 }
 
 fn logged(empath: &Empath, what: &str, count: usize) {
