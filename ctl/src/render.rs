@@ -242,28 +242,6 @@ pub fn overrides(overrides: &[(String, String)]) -> String {
     table(&rows)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn table_aligns_columns() {
-        let rows = vec![
-            vec!["a".into(), "bb".into(), "c".into()],
-            vec!["aaa".into(), "b".into(), "cc".into()],
-        ];
-        assert_eq!(table(&rows), "a    bb  c\naaa  b   cc\n");
-    }
-
-    #[test]
-    fn durations_read_naturally() {
-        assert_eq!(duration(45), "45s");
-        assert_eq!(duration(125), "2m 5s");
-        assert_eq!(duration(7260), "2h 1m");
-        assert_eq!(duration(2 * 86_400 + 14 * 3600 + 32 * 60), "2d 14h 32m");
-    }
-}
-
 /// `tls policy DOMAIN`: the domain's settings, then each MX host's policy.
 pub fn tls_policy(view: &TlsPolicyView) -> String {
     let mut out = String::new();
@@ -297,3 +275,26 @@ pub fn tls_policy(view: &TlsPolicyView) -> String {
     }
     out
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_aligns_columns() {
+        let rows = vec![
+            vec!["a".into(), "bb".into(), "c".into()],
+            vec!["aaa".into(), "b".into(), "cc".into()],
+        ];
+        assert_eq!(table(&rows), "a    bb  c\naaa  b   cc\n");
+    }
+
+    #[test]
+    fn durations_read_naturally() {
+        assert_eq!(duration(45), "45s");
+        assert_eq!(duration(125), "2m 5s");
+        assert_eq!(duration(7260), "2h 1m");
+        assert_eq!(duration(2 * 86_400 + 14 * 3600 + 32 * 60), "2d 14h 32m");
+    }
+}
+

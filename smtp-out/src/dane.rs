@@ -159,7 +159,7 @@ impl DaneVerifier {
             .map_err(pki_error)?;
         // A self-issued server certificate named as its own trust anchor:
         // nothing to build, the name was checked.
-        if anchors.iter().any(|a| *a == end_entity) {
+        if anchors.contains(&end_entity) {
             return Ok(true);
         }
         let trust_anchors: Vec<_> = anchors

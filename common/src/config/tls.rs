@@ -199,7 +199,7 @@ pub fn validate(mta_sts: &MtaSts, reports: &TlsReports, ca_files: &CaFiles) -> R
 #[cfg(test)]
 mod tests {
     use super::*;
-    use SecurityLevel::*;
+    use SecurityLevel::{Encrypt, May, Verify};
 
     #[test]
     fn older_keys_map_onto_the_level() {
@@ -210,6 +210,9 @@ mod tests {
         assert_eq!(effective_level(Verify, None, false, true), Encrypt);
         // An explicit level for the domain wins over require_tls.
         assert_eq!(effective_level(Verify, Some(May), true, false), May);
-        assert_eq!(effective_level(May, Some(None), false, false), None);
+        assert_eq!(
+            effective_level(May, Some(SecurityLevel::None), false, false),
+            SecurityLevel::None
+        );
     }
 }
