@@ -297,4 +297,3 @@ mod tests {
         assert_eq!(duration(2 * 86_400 + 14 * 3600 + 32 * 60), "2d 14h 32m");
     }
 }
-

@@ -39,14 +39,14 @@ pub fn ehlo(hostname: &str, offer: Offer) -> Reply {
     ] {
         lines.push(keyword.to_owned());
     }
+    if offer.requiretls {
+        lines.push("REQUIRETLS".to_owned());
+    }
     if offer.starttls {
         lines.push("STARTTLS".to_owned());
     }
     if offer.auth {
         lines.push("AUTH PLAIN LOGIN".to_owned());
-    }
-    if offer.requiretls {
-        lines.push("REQUIRETLS".to_owned());
     }
     Reply::new(250, "", lines.join("\n"))
 }
