@@ -47,7 +47,6 @@ impl SmtpOut {
                 return everyone(job, Outcome::Deferred, None, &reply, true);
             }
         };
-        let message = self.message_tls(job).await;
         let level = self.config.delivery.tls_level(&job.domain);
         let overridden = self
             .config
@@ -55,12 +54,19 @@ impl SmtpOut {
             .domains
             .get(&job.domain)
             .is_some_and(|d| d.mx_override.is_some());
-        let relaxed = message.tls_required_no && !message.requiretls;
-        let sts = if overridden || relaxed {
+        let mut sts = if overridden {
             sts::Lookup::NoPolicy
         } else {
             self.sts.lookup(&job.domain, &self.resolver).await
         };
+        // The header is read only when a published policy could apply.
+        let published = !matches!(sts, sts::Lookup::NoPolicy)
+            || (self.resolver.validating() && targets.iter().any(|t| t.dnssec));
+        let message = self.message_tls(job, published && !overridden).await;
+        let relaxed = message.tls_required_no && !message.requiretls;
+        if relaxed {
+            sts = sts::Lookup::NoPolicy;
+        }
         if let sts::Lookup::Failed(failure) = &sts {
             let result_type = match failure.kind {
                 FailureKind::Fetch => "sts-policy-fetch-error",
@@ -236,12 +242,14 @@ impl SmtpOut {
         view
     }
 
-    /// REQUIRETLS from the envelope, `TLS-Required: No` from the header.
-    async fn message_tls(&self, job: &DeliveryJob) -> MessageTls {
+    /// REQUIRETLS from the envelope; `TLS-Required: No` from the header,
+    /// when `read_header` (it only matters where DANE or MTA-STS applies).
+    async fn message_tls(&self, job: &DeliveryJob, read_header: bool) -> MessageTls {
         let requiretls = job.pass_on.options.requiretls;
         let queue = self.queue.clone();
         let id = job.id;
-        let tls_required_no = !requiretls
+        let tls_required_no = read_header
+            && !requiretls
             && tokio::task::spawn_blocking(move || header_section(&queue, id))
                 .await
                 .ok()

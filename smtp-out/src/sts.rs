@@ -10,13 +10,14 @@
 use std::collections::HashMap;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use empath_common::config::MtaSts;
 use empath_common::safeio;
 use mailrs_mta_sts::{Policy, PolicyMode, StsRecord};
 use serde::{Deserialize, Serialize};
 
+use crate::cache::TtlCache;
 use crate::dns::{MxResolver, TxtAnswer};
 use crate::https::{Https, HttpsError};
 
@@ -104,11 +105,18 @@ pub enum FailureKind {
     WebPki,
 }
 
+/// How long the answer to a `_mta-sts` TXT lookup is used before the
+/// record is looked up again: every message to a domain would otherwise
+/// cost a query. A changed policy id is seen within this time.
+const RECORD_RECHECK: Duration = Duration::from_secs(300);
+
 /// The policies, cached in memory and in `private/sts/`.
 pub struct StsPolicies {
     config: MtaSts,
     dir: PathBuf,
     memory: Mutex<HashMap<String, Arc<StsPolicy>>>,
+    /// Recent answers to `_mta-sts` lookups: the id, or none published.
+    records: Mutex<TtlCache<Option<String>>>,
     tls: Arc<rustls::ClientConfig>,
 }
 
@@ -118,8 +126,32 @@ impl StsPolicies {
             config,
             dir,
             memory: Mutex::new(HashMap::new()),
+            records: Mutex::new(TtlCache::new(10_000)),
             tls,
         }
+    }
+
+    /// The id in the domain's `_mta-sts` record, from a recent lookup or
+    /// a new one.
+    async fn record(&self, domain: &str, resolver: &MxResolver) -> Option<String> {
+        let records = || self.records.lock().unwrap_or_else(|e| e.into_inner());
+        let recent = records().get(domain, Instant::now());
+        if let Some(id) = recent {
+            return id;
+        }
+        let id = match resolver.txt(&format!("_mta-sts.{domain}")).await {
+            TxtAnswer::Records(records) => sts_record(&records),
+            TxtAnswer::None => None,
+            // DNS trouble: the cached policy, if any, holds (section
+            // 5.1); the record is looked up again next time.
+            TxtAnswer::Failed(error) => {
+                tracing::debug!(domain, %error, "MTA-STS record lookup failed");
+                return None;
+            }
+        };
+        let now = Instant::now();
+        records().insert(domain, id.clone(), now + RECORD_RECHECK, now);
+        id
     }
 
     pub fn enabled(&self) -> bool {
@@ -138,16 +170,7 @@ impl StsPolicies {
         let domain = domain.to_ascii_lowercase();
         let now = empath_common::time::unix_now();
         let cached = self.cached(&domain).await.filter(|p| p.fresh(now));
-        let record = match resolver.txt(&format!("_mta-sts.{domain}")).await {
-            TxtAnswer::Records(records) => sts_record(&records),
-            TxtAnswer::None => None,
-            // DNS trouble: the cached policy, if any, holds (section 5.1).
-            TxtAnswer::Failed(error) => {
-                tracing::debug!(domain, %error, "MTA-STS record lookup failed");
-                None
-            }
-        };
-        let Some(id) = record else {
+        let Some(id) = self.record(&domain, resolver).await else {
             return cached.map_or(Lookup::NoPolicy, Lookup::Policy);
         };
         if let Some(policy) = cached.as_ref().filter(|p| p.id == id) {

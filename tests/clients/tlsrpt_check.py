@@ -4,6 +4,7 @@ Python's email package, and checks its JSON against RFC 8460's report
 format (tests/fixtures/tlsrpt-rfc8460.schema.json) with jsonschema.
 
 usage: tlsrpt_check.py MESSAGE SCHEMA
+       tlsrpt_check.py --gzip BODY SCHEMA   (a report as POSTed: gzip'd JSON)
 Prints JSON: {content_type, report_type, subject, report_domain,
 submitter, attachment_type, filename, schema_errors [..], report {..}}.
 """
@@ -18,7 +19,28 @@ import sys
 import jsonschema
 
 
+def check(report, schema):
+    validator = jsonschema.Draft7Validator(
+        schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER
+    )
+    errors = ["%s: %s" % ("/".join(map(str, e.path)), e.message) for e in validator.iter_errors(report)]
+    # RFC 3339 date-times, whether or not jsonschema checks formats.
+    for key in ("start-datetime", "end-datetime"):
+        try:
+            datetime.datetime.fromisoformat(report["date-range"][key].replace("Z", "+00:00"))
+        except (KeyError, TypeError, ValueError) as error:
+            errors.append("date-range/%s: %s" % (key, error))
+    return errors
+
+
 def main():
+    if sys.argv[1] == "--gzip":
+        with open(sys.argv[2], "rb") as f:
+            report = json.loads(gzip.decompress(f.read()))
+        with open(sys.argv[3]) as f:
+            schema = json.load(f)
+        print(json.dumps({"schema_errors": check(report, schema), "report": report}))
+        return
     with open(sys.argv[1], "rb") as f:
         message = email.message_from_bytes(f.read(), policy=email.policy.default)
     with open(sys.argv[2]) as f:
@@ -40,17 +62,7 @@ def main():
             result["filename"] = part.get_filename()
             report = json.loads(gzip.decompress(part.get_payload(decode=True)))
             result["report"] = report
-            validator = jsonschema.Draft7Validator(
-                schema, format_checker=jsonschema.Draft7Validator.FORMAT_CHECKER
-            )
-            errors = ["%s: %s" % ("/".join(map(str, e.path)), e.message) for e in validator.iter_errors(report)]
-            # RFC 3339 date-times, whether or not jsonschema checks formats.
-            for key in ("start-datetime", "end-datetime"):
-                try:
-                    datetime.datetime.fromisoformat(report["date-range"][key].replace("Z", "+00:00"))
-                except (KeyError, TypeError, ValueError) as error:
-                    errors.append("date-range/%s: %s" % (key, error))
-            result["schema_errors"] = errors
+            result["schema_errors"] = check(report, schema)
     print(json.dumps(result))
 
 

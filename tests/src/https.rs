@@ -81,6 +81,18 @@ impl HttpsServer {
         std::fs::write(dir.join("mta-sts.txt"), text).expect("write the policy");
     }
 
+    /// The bodies POSTed so far, with their Content-Type, in order.
+    pub fn posted(&self) -> Vec<(String, PathBuf)> {
+        (1..)
+            .map(|n| self.root.join("posted").join(n.to_string()))
+            .take_while(|path| path.is_file())
+            .map(|path| {
+                let kind = std::fs::read_to_string(path.with_extension("type")).unwrap_or_default();
+                (kind, path)
+            })
+            .collect()
+    }
+
     /// The requests served so far, as `METHOD HOST PATH STATUS` lines.
     pub fn requests(&self) -> Vec<String> {
         std::fs::read_to_string(self.root.join("requests.log"))
@@ -110,6 +122,27 @@ pub fn check_tls_report(message: &[u8], dir: &Path) -> Value {
         Command::new("python3")
             .arg(client("tlsrpt_check.py"))
             .arg(&file)
+            .arg(&schema),
+        Duration::from_secs(60),
+    );
+    assert!(
+        output.status.success(),
+        "tlsrpt_check.py: {}",
+        output.combined()
+    );
+    serde_json::from_str(&output.stdout)
+        .unwrap_or_else(|e| panic!("tlsrpt_check.py printed no JSON ({e}): {}", output.stdout))
+}
+
+/// Checks a TLS report as it was POSTed (gzip'd JSON) against RFC 8460's
+/// format, as [`check_tls_report`] does.
+pub fn check_posted_tls_report(body: &Path) -> Value {
+    let schema = Path::new(env!("CARGO_MANIFEST_DIR")).join("fixtures/tlsrpt-rfc8460.schema.json");
+    let output = run_bounded(
+        Command::new("python3")
+            .arg(client("tlsrpt_check.py"))
+            .arg("--gzip")
+            .arg(body)
             .arg(&schema),
         Duration::from_secs(60),
     );

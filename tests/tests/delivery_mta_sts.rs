@@ -7,7 +7,9 @@
 
 use std::time::Duration;
 
-use empath_tests::https::{StsWorld, check_tls_report, policy};
+use empath_tests::https::{
+    HttpsServer, StsWorld, check_posted_tls_report, check_tls_report, policy,
+};
 use empath_tests::mx::{loopback, self_signed_tls, sinks_on_one_port};
 use empath_tests::{Empath, Sink, SinkPolicy, SmtpSend, mail};
 use hickory_proto::rr::RecordType;
@@ -136,8 +138,9 @@ fn enforce_mode_refuses_unlisted_hosts_and_bad_certificates_and_survives_a_resta
 
 /// `testing`: the MX is not in the policy and its certificate is
 /// self-signed, yet the mail is delivered; the failure goes into the TLS
-/// report, which is mailed to the domain's `rua` once the (short)
-/// reporting interval is over, and is valid RFC 8460 JSON.
+/// report, which is mailed to the domain's `mailto:` rua and POSTed to its
+/// `https:` rua once the (short) reporting interval is over, and is valid
+/// RFC 8460 JSON.
 #[test]
 fn testing_mode_delivers_and_the_report_is_mailed_to_the_rua() {
     let world = StsWorld::start(&[("testing.test", policy("testing", "mx.testing.test"))]);
@@ -149,13 +152,24 @@ fn testing_mode_delivers_and_the_report_is_mailed_to_the_rua() {
         &[],
     );
     let reports = Sink::start();
+    let web_dir = empath_tests::test_dir();
+    let collector = HttpsServer::start(
+        web_dir.path(),
+        &world.ca,
+        &["tlsrpt.reports.test"],
+        loopback(1),
+    );
     world
         .dns
         .mx("testing.test", 10, "mx.other.test")
         .address("mx.other.test", loopback(24))
+        .address("tlsrpt.reports.test", loopback(1))
         .txt(
             "_smtp._tls.testing.test",
-            "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test",
+            &format!(
+                "v=TLSRPTv1; rua=mailto:tlsrpt@reports.test,https://tlsrpt.reports.test:{}/v1/tlsrpt",
+                collector.port()
+            ),
         );
     let config = world
         .config(port)
@@ -208,5 +222,22 @@ fn testing_mode_delivers_and_the_report_is_mailed_to_the_rua() {
     assert_eq!(failure["receiving-mx-hostname"], "mx.other.test");
     assert_eq!(failure["receiving-ip"], "127.0.0.24");
     assert_eq!(failure["failed-session-count"], 1);
+
+    let posted = collector.posted();
+    assert_eq!(posted.len(), 1, "{:?}", collector.requests());
+    assert_eq!(posted[0].0, "application/tlsrpt+gzip");
+    let checked = check_posted_tls_report(&posted[0].1);
+    assert_eq!(checked["schema_errors"], serde_json::json!([]), "{checked}");
+    assert_eq!(
+        checked["report"]["policies"], json["policies"],
+        "the same report"
+    );
+    assert!(
+        collector
+            .requests()
+            .contains(&"POST tlsrpt.reports.test /v1/tlsrpt 200".to_owned()),
+        "{:?}",
+        collector.requests()
+    );
     empath.wait_queue_empty(TIMEOUT);
 }
