@@ -180,7 +180,7 @@ const LMTP_RECIPIENTS: [&str; 2] = ["alice@lmtp.test", "bob@lmtp.test"];
 /// (queue ID, recipient) of each record smtp-out logged as delivered.
 fn delivered_recipients(log: &str) -> Vec<(String, String)> {
     log.lines()
-        .filter(|line| line.contains("delivery result") && line.contains("outcome=Delivered"))
+        .filter(|line| line.contains("empath_smtp_out") && line.contains("Delivery successful"))
         .filter_map(|line| {
             let id_at = line.find("message_id=")? + "message_id=".len();
             let id: String = line[id_at..]
