@@ -79,9 +79,15 @@ fn entries(envelope: &Envelope, kind: NoticeKind) -> Vec<Entry<'_>> {
                 ("failed", Some(reply), remote.as_deref(), Some(*at))
             }
             // Delivered by SMTP to a server that was not asked to report
-            // further: "relayed" (RFC 3461, 6.2.1).
+            // further: "relayed" (RFC 3461, 6.2.1). A server that offered
+            // DSN was given the NOTIFY and reports itself: nothing here.
             (
-                RecipientStatus::Delivered { at, remote, reply },
+                RecipientStatus::Delivered {
+                    at,
+                    remote,
+                    reply,
+                    dsn_passed_on: false,
+                },
                 NoticeKind::Failure | NoticeKind::Success,
             ) if recipient.notify.success => {
                 ("relayed", Some(reply), Some(remote.as_str()), Some(*at))
@@ -476,10 +482,18 @@ fn status_part(
             push_field(out, "Remote-MTA", &format!("dns; {}", remote_host(remote)));
         }
         if let Some(reply) = entry.reply {
+            // Only a server's own reply is `smtp;`; what Empath concluded
+            // itself (DNS, connection, TLS policy) is `X-Empath;`, as
+            // Postfix says `X-Postfix;` (RFC 3464 section 2.3.6).
+            let kind = if entry.remote.is_some() {
+                "smtp"
+            } else {
+                "X-Empath"
+            };
             push_field(
                 out,
                 "Diagnostic-Code",
-                &format!("smtp; {}", reply_line(reply)),
+                &format!("{kind}; {}", reply_line(reply)),
             );
         }
         if let Some(at) = entry.at {

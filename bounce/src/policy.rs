@@ -124,6 +124,7 @@ mod tests {
             content_size: 0,
             smtputf8: false,
             delay_warned: false,
+            options: Default::default(),
         }
     }
 
@@ -152,6 +153,7 @@ mod tests {
             at: 1,
             remote: "mx:25".into(),
             reply: Reply::new(250, "2.0.0", "ok"),
+            dsn_passed_on: false,
         };
         let failed = RecipientStatus::Failed {
             at: 1,

@@ -36,6 +36,7 @@ pub async fn submit(
         metadata: BTreeMap::from([(DSN_METADATA.to_owned(), kind.metadata().to_owned())]),
         smtputf8: notice.smtputf8,
         queue_id: None,
+        options: Default::default(),
     };
     let reply = cleanup_client::submit(&socket, submission, &notice.message, SUBMIT_TIMEOUT)
         .await

@@ -336,6 +336,7 @@ impl Incoming {
             content_size: self.content.written(),
             smtputf8: submission.smtputf8,
             delay_warned: false,
+            options: submission.options.0,
         }
     }
 
@@ -401,6 +402,7 @@ mod tests {
             metadata: Default::default(),
             smtputf8: false,
             queue_id: None,
+            options: Default::default(),
         }
     }
 

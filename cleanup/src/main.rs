@@ -514,5 +514,6 @@ fn local_submission(
         metadata: Default::default(),
         smtputf8: false,
         queue_id: None,
+        options: Default::default(),
     }
 }

@@ -1,6 +1,7 @@
 //! The control protocol spoken on the control socket (`empathctl` to the
 //! master). The master checks the caller, then answers system commands
-//! itself, routes queue commands to qmgr and DNS commands to smtp-out.
+//! itself, routes queue commands to qmgr and DNS and TLS commands to
+//! smtp-out. Enums only grow, at the end.
 
 use serde::{Deserialize, Serialize};
 
@@ -18,6 +19,45 @@ pub enum ControlRequest {
     Queue(QueueCommand),
     System(SystemCommand),
     Dns(DnsCommand),
+    Tls(TlsCommand),
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TlsCommand {
+    /// Which TLS policy applies to a domain's MX hosts, and why.
+    Policy { domain: String },
+}
+
+/// The answer to `tls policy DOMAIN`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsPolicyView {
+    pub domain: String,
+    /// The configured level for the domain (`none`, `may`, `encrypt`,
+    /// `verify`), after `require_tls` and `accept_invalid_certs`.
+    pub configured_level: String,
+    /// The domain's `mx_override`, which no DANE or MTA-STS applies to.
+    pub mx_override: Option<String>,
+    /// DNSSEC validation is on (`dns.dnssec`): DANE can apply.
+    pub dnssec: bool,
+    /// The domain's MTA-STS policy: mode, id, `mx` patterns, expiry, or
+    /// why there is none.
+    pub mta_sts: String,
+    pub hosts: Vec<TlsHostView>,
+    /// Why there are no hosts (DNS trouble, null MX, ...).
+    pub error: Option<String>,
+}
+
+/// One MX host in a [`TlsPolicyView`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TlsHostView {
+    pub host: String,
+    /// Its MX and address records were DNSSEC-secure.
+    pub dnssec: bool,
+    /// What a connection must achieve (`may`, `verify`, `dane[3 1 1 ...]`),
+    /// or `not used: REASON`.
+    pub policy: String,
+    /// Why.
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -195,4 +235,5 @@ pub enum ControlResponse {
     Status(SystemStatus),
     DnsCache(Vec<DnsCacheEntry>),
     Overrides(Vec<(String, String)>),
+    TlsPolicy(Box<TlsPolicyView>),
 }

@@ -24,7 +24,7 @@ pub const MAX_FRAME: usize = 16 * 1024 * 1024;
 /// The version of every frame type the daemons exchange (`protocol`,
 /// `control`, the metrics snapshot). Bump it whenever one changes its
 /// encoding; `common/tests/protocol_pins.rs` fails until it is bumped.
-pub const PROTOCOL_VERSION: u32 = 5;
+pub const PROTOCOL_VERSION: u32 = 6;
 
 const HELLO_MAGIC: [u8; 4] = *b"EMPH";
 

@@ -413,6 +413,7 @@ mod tests {
             smtputf8: false,
             active_since_ms: arrival + 1_000,
             attempt: 1,
+            pass_on: Default::default(),
         };
         let delays = Delays::measure(&job, arrival + 1_500, arrival + 1_750, arrival + 3_000);
         assert_eq!(

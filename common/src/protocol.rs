@@ -11,10 +11,10 @@
 
 use std::collections::BTreeMap;
 
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 
 use crate::edits::Edit;
-use crate::queue::{ClientInfo, DsnParams, QueueId, Recipient};
+use crate::queue::{ClientInfo, DsnParams, MessageOptions, Notify, QueueId, Recipient};
 use crate::smtp::Reply;
 
 pub const CLEANUP: &str = "cleanup";
@@ -70,6 +70,8 @@ pub struct Submission {
     /// when milters run, so that they see it in the `i` macro); cleanup
     /// makes one otherwise, and always for local clients.
     pub queue_id: Option<QueueId>,
+    /// BODY and REQUIRETLS, as the client declared them.
+    pub options: Appended<MessageOptions>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -163,6 +165,58 @@ pub struct DeliveryJob {
     pub active_since_ms: u64,
     /// This attempt's number: 1 for the first.
     pub attempt: u32,
+    /// What the next hop is told about the message, as it was received.
+    pub pass_on: Appended<PassOn>,
+}
+
+/// The message's MAIL and RCPT parameters, for the next hop: BODY and
+/// REQUIRETLS always; RET, ENVID, NOTIFY and ORCPT when it offers DSN.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PassOn {
+    pub options: MessageOptions,
+    pub dsn: DsnParams,
+    /// NOTIFY and ORCPT of the job's recipients, by envelope index.
+    pub recipients: Vec<RecipientDsn>,
+}
+
+impl PassOn {
+    /// The DSN parameters of the recipient at envelope index `index`.
+    pub fn recipient(&self, index: usize) -> Option<&RecipientDsn> {
+        self.recipients.iter().find(|r| r.index == index)
+    }
+}
+
+/// One recipient's DSN parameters (RFC 3461).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RecipientDsn {
+    pub index: usize,
+    pub notify: Notify,
+    /// `addr-type;address`, decoded.
+    pub orcpt: Option<String>,
+}
+
+/// A field added to a frame after its first release, always one of the
+/// last fields of a top-level frame. A frame from an older peer ends
+/// before it, and it decodes as its default instead of failing, so that
+/// daemons of two versions still understand each other during an
+/// upgrade; an older peer ignores it (postcard reads no further than the
+/// fields it knows).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(transparent)]
+pub struct Appended<T>(pub T);
+
+impl<'de, T: Deserialize<'de> + Default> Deserialize<'de> for Appended<T> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        // The only error here is the end of an older peer's frame.
+        Ok(Self(T::deserialize(deserializer).unwrap_or_default()))
+    }
+}
+
+impl<T> std::ops::Deref for Appended<T> {
+    type Target = T;
+    fn deref(&self) -> &T {
+        &self.0
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -180,13 +234,19 @@ pub struct DeliveryReport {
     /// connection, a refused greeting, a broken session, DNS trouble):
     /// what the circuit breaker counts as a failure of the destination.
     pub destination_failed: bool,
+    /// Envelope indices of the delivered recipients whose NOTIFY and
+    /// ORCPT the next hop took (it offered DSN): it reports on them now.
+    pub dsn_passed_on: Appended<Vec<usize>>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct RecipientResult {
     pub index: usize,
     pub outcome: Outcome,
-    /// The host that gave the reply, if a connection was made.
+    /// The server whose own reply `reply` is. `None` when the agent
+    /// produced the reply itself (DNS failure, refused connection, TLS
+    /// policy, protocol error): DSNs then say `X-Empath;` and name no
+    /// `Remote-MTA`.
     pub remote: Option<String>,
     pub reply: Reply,
 }
@@ -273,5 +333,53 @@ mod tests {
         for (index, reply) in replies.iter().enumerate() {
             assert_eq!(postcard::to_stdvec(reply).unwrap(), [index as u8]);
         }
+    }
+}
+
+#[cfg(test)]
+mod appended_tests {
+    use super::*;
+
+    /// The frames as an older peer knows them.
+    #[derive(Serialize, Deserialize)]
+    struct OldReport {
+        results: Vec<RecipientResult>,
+        destination_failed: bool,
+    }
+
+    fn result() -> RecipientResult {
+        RecipientResult {
+            index: 2,
+            outcome: Outcome::Delivered,
+            remote: Some("mx [192.0.2.1]:25".into()),
+            reply: Reply::new(250, "2.0.0", "ok"),
+        }
+    }
+
+    #[test]
+    fn an_older_peers_frame_decodes_with_the_defaults() {
+        let old = OldReport {
+            results: vec![result()],
+            destination_failed: true,
+        };
+        let bytes = postcard::to_stdvec(&old).unwrap();
+        let new: DeliveryReport = postcard::from_bytes(&bytes).unwrap();
+        assert!(new.destination_failed);
+        assert_eq!(new.results[0].index, 2);
+        assert!(new.dsn_passed_on.is_empty());
+    }
+
+    #[test]
+    fn an_older_peer_reads_a_newer_frame() {
+        let new = DeliveryReport {
+            results: vec![result()],
+            destination_failed: false,
+            dsn_passed_on: Appended(vec![2, 5]),
+        };
+        let bytes = postcard::to_stdvec(&new).unwrap();
+        let old: OldReport = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(old.results.len(), 1);
+        let again: DeliveryReport = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(*again.dsn_passed_on, vec![2, 5]);
     }
 }

@@ -15,8 +15,8 @@ use std::collections::BTreeMap;
 
 use empath_common::maildrop::{self, DropFile};
 use empath_common::queue::{
-    ClientInfo, DsnParams, Envelope, Notify, QueueId, Recipient, RecipientStatus, Ret, decode,
-    encode,
+    Body, ClientInfo, DsnParams, Envelope, MessageOptions, Notify, QueueId, Recipient,
+    RecipientStatus, Ret, decode, encode,
 };
 use empath_common::smtp::Reply;
 use proptest::collection::{btree_map, vec};
@@ -61,8 +61,14 @@ fn reply() -> impl Strategy<Value = Reply> {
 fn status() -> impl Strategy<Value = RecipientStatus> {
     prop_oneof![
         Just(RecipientStatus::Pending),
-        (any::<u64>(), text(), reply())
-            .prop_map(|(at, remote, reply)| RecipientStatus::Delivered { at, remote, reply }),
+        (any::<u64>(), text(), reply(), any::<bool>()).prop_map(
+            |(at, remote, reply, dsn_passed_on)| RecipientStatus::Delivered {
+                at,
+                remote,
+                reply,
+                dsn_passed_on
+            }
+        ),
         (any::<u64>(), proptest::option::of(text()), reply())
             .prop_map(|(at, remote, reply)| RecipientStatus::Deferred { at, remote, reply }),
         (any::<u64>(), proptest::option::of(text()), reply())
@@ -132,12 +138,16 @@ prop_compose! {
         dsn in dsn(),
         metadata in btree_map(text(), text(), 0..4),
         content_size in any::<u64>(),
-        flags in any::<[bool; 2]>(),
+        flags in any::<[bool; 4]>(),
     ) -> Envelope {
         Envelope {
             id, sender, recipients, arrival, attempts, next_retry, last_error, client, dsn,
             metadata: metadata.into_iter().collect::<BTreeMap<_, _>>(),
             content_size, smtputf8: flags[0], delay_warned: flags[1],
+            options: MessageOptions {
+                body: if flags[2] { Body::EightBitMime } else { Body::SevenBit },
+                requiretls: flags[3],
+            },
         }
     }
 }

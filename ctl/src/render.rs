@@ -4,7 +4,9 @@
 
 use std::fmt::Write;
 
-use empath_common::control::{DnsCacheEntry, MessageView, QueueEntry, QueueStats, SystemStatus};
+use empath_common::control::{
+    DnsCacheEntry, MessageView, QueueEntry, QueueStats, SystemStatus, TlsPolicyView,
+};
 use empath_common::time::{rfc5322_date, unix_now};
 
 /// Pads every column to its widest cell; the last column is not padded.
@@ -238,6 +240,40 @@ pub fn overrides(overrides: &[(String, String)]) -> String {
     let mut rows = vec![vec!["DOMAIN".to_owned(), "MX OVERRIDE".to_owned()]];
     rows.extend(overrides.iter().map(|(d, t)| vec![d.clone(), t.clone()]));
     table(&rows)
+}
+
+/// `tls policy DOMAIN`: the domain's settings, then each MX host's policy.
+pub fn tls_policy(view: &TlsPolicyView) -> String {
+    let mut out = String::new();
+    let _ = writeln!(out, "domain:           {}", view.domain);
+    let _ = writeln!(out, "configured level: {}", view.configured_level);
+    if let Some(target) = &view.mx_override {
+        let _ = writeln!(out, "mx_override:      {target} (no DANE or MTA-STS)");
+    }
+    let _ = writeln!(
+        out,
+        "DNSSEC:           {}",
+        if view.dnssec {
+            "validating (DANE applies to secure MX hosts)"
+        } else {
+            "off (no DANE)"
+        }
+    );
+    let _ = writeln!(out, "MTA-STS:          {}", view.mta_sts);
+    if let Some(error) = &view.error {
+        let _ = writeln!(out, "no MX hosts:      {error}");
+    }
+    for host in &view.hosts {
+        let _ = writeln!(
+            out,
+            "  {}{}: {}\n      because: {}",
+            host.host,
+            if host.dnssec { " (DNSSEC)" } else { "" },
+            host.policy,
+            host.source
+        );
+    }
+    out
 }
 
 #[cfg(test)]

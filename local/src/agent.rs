@@ -173,6 +173,7 @@ impl Agent {
         DeliveryReport {
             results,
             destination_failed: false,
+            dsn_passed_on: Default::default(),
         }
     }
 }

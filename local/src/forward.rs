@@ -34,6 +34,7 @@ pub async fn submit(
         metadata: Default::default(),
         smtputf8: !sender.is_ascii() || recipients.iter().any(|r| !r.is_ascii()),
         queue_id: None,
+        options: Default::default(),
     };
     match cleanup_client::submit(socket, submission, content, TIMEOUT).await {
         Ok(CleanupReply::Queued { id }) => Ok(id),

@@ -158,7 +158,7 @@ impl Control {
             request @ ControlRequest::Queue(_) => {
                 self.route(protocol::QMGR_CONTROL, "qmgr", request).await
             }
-            request @ ControlRequest::Dns(_) => {
+            request @ (ControlRequest::Dns(_) | ControlRequest::Tls(_)) => {
                 self.route(protocol::SMTP_OUT_CONTROL, "smtp-out", request)
                     .await
             }

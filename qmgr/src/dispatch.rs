@@ -203,6 +203,7 @@ mod tests {
             smtputf8: false,
             active_since_ms: 0,
             attempt: 1,
+            pass_on: Default::default(),
         }
     }
 
@@ -215,6 +216,7 @@ mod tests {
             let report = DeliveryReport {
                 results: Vec::new(),
                 destination_failed: false,
+                dsn_passed_on: Default::default(),
             };
             ipc::write_frame(&mut stream, &report).await.unwrap();
         }

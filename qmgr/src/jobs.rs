@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use empath_common::protocol::{DeliveryJob, DeliveryReport, JobRecipient, Outcome};
+use empath_common::protocol::{
+    Appended, DeliveryJob, DeliveryReport, JobRecipient, Outcome, PassOn, RecipientDsn,
+};
 use empath_common::queue::{Envelope, RecipientStatus, domain_of};
 
 /// One job per destination domain, covering the recipients still open.
@@ -26,13 +28,33 @@ pub fn plan(envelope: &Envelope) -> Vec<DeliveryJob> {
             id: envelope.id,
             sender: envelope.sender.clone(),
             domain,
-            recipients,
             content_size: envelope.content_size,
             smtputf8: envelope.smtputf8,
             active_since_ms,
             attempt: envelope.attempts + 1,
+            pass_on: Appended(pass_on(envelope, &recipients)),
+            recipients,
         })
         .collect()
+}
+
+/// What the next hop is told about the job's recipients.
+fn pass_on(envelope: &Envelope, recipients: &[JobRecipient]) -> PassOn {
+    PassOn {
+        options: envelope.options,
+        dsn: envelope.dsn.clone(),
+        recipients: recipients
+            .iter()
+            .filter_map(|job| {
+                let recipient = envelope.recipients.get(job.index)?;
+                Some(RecipientDsn {
+                    index: job.index,
+                    notify: recipient.notify,
+                    orcpt: recipient.orcpt.clone(),
+                })
+            })
+            .collect(),
+    }
 }
 
 /// Records a report in the envelope. Results for recipients that are not
@@ -50,6 +72,7 @@ pub fn apply(envelope: &mut Envelope, report: &DeliveryReport, now: u64) {
                 at: now,
                 remote: remote.unwrap_or_default(),
                 reply,
+                dsn_passed_on: report.dsn_passed_on.contains(&result.index),
             },
             Outcome::Deferred => RecipientStatus::Deferred {
                 at: now,
@@ -107,6 +130,7 @@ mod tests {
             content_size: 10,
             smtputf8: false,
             delay_warned: false,
+            options: Default::default(),
         }
     }
 
@@ -117,6 +141,7 @@ mod tests {
             at: 1,
             remote: "mx".into(),
             reply: Reply::new(250, "2.0.0", "ok"),
+            dsn_passed_on: false,
         };
         let jobs = plan(&env);
         assert_eq!(jobs.len(), 1);
@@ -142,6 +167,7 @@ mod tests {
                 result(9, Outcome::Failed, 550),
             ],
             destination_failed: false,
+            dsn_passed_on: Default::default(),
         };
         apply(&mut env, &report, 5);
         assert!(matches!(

@@ -388,6 +388,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
                 })
                 .collect(),
             destination_failed: false,
+            dsn_passed_on: Default::default(),
         };
         self.record_report(&job, &report);
     }
@@ -563,11 +564,15 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
                 empath_common::queue::RecipientStatus::Failed { .. }
             )
         });
+        // A recipient whose NOTIFY the next hop took is its to report on.
         let success_wanted = envelope.recipients.iter().any(|r| {
             r.notify.success
                 && matches!(
                     r.status,
-                    empath_common::queue::RecipientStatus::Delivered { .. }
+                    empath_common::queue::RecipientStatus::Delivered {
+                        dsn_passed_on: false,
+                        ..
+                    }
                 )
         });
         // bounce decides whom to tell: the sender, the postmaster (for a
@@ -798,6 +803,7 @@ fn log_given_up(envelope: &Envelope, addresses: &[String]) {
         smtputf8: envelope.smtputf8,
         active_since_ms: now,
         attempt: envelope.attempts,
+        pass_on: Default::default(),
     };
     for recipient in envelope
         .recipients
@@ -846,5 +852,6 @@ fn everyone(job: &DeliveryJob, reply: Reply) -> DeliveryReport {
             })
             .collect(),
         destination_failed: false,
+        dsn_passed_on: Default::default(),
     }
 }

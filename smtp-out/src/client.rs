@@ -36,14 +36,67 @@ pub enum SessionError {
     #[error("protocol error during {phase}: {detail}")]
     Protocol { phase: &'static str, detail: String },
     #[error("TLS with {host} failed: {detail}")]
-    Tls { host: String, detail: String },
+    Tls {
+        host: String,
+        detail: String,
+        /// What was wrong with the certificate, when that ended it.
+        problem: Option<CertProblem>,
+    },
     #[error("TLS is required for this domain, but {host} does not offer STARTTLS")]
     TlsRequired { host: String },
+    /// A policy forbids this host for the message (e.g. REQUIRETLS and
+    /// a server that does not offer it): the reply says how final.
+    #[error("{reply}")]
+    Policy { reply: Reply },
+}
+
+/// What was wrong with a server's certificate, for logs and TLS reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CertProblem {
+    Expired,
+    NameMismatch,
+    Untrusted,
+    /// No DANE TLSA record matches (or another check of ours failed).
+    Mismatch,
+}
+
+impl CertProblem {
+    /// The problem a rustls error describes, if it is about the certificate.
+    pub fn of(error: &rustls::Error) -> Option<Self> {
+        use rustls::CertificateError as C;
+        match error {
+            rustls::Error::InvalidCertificate(problem) => Some(match problem {
+                C::Expired
+                | C::ExpiredContext { .. }
+                | C::NotValidYet
+                | C::NotValidYetContext { .. } => Self::Expired,
+                C::NotValidForName | C::NotValidForNameContext { .. } => Self::NameMismatch,
+                C::UnknownIssuer | C::BadSignature | C::BadEncoding => Self::Untrusted,
+                _ => Self::Mismatch,
+            }),
+            _ => None,
+        }
+    }
+
+    /// RFC 8460's result type for it.
+    pub fn result_type(self, dane: bool) -> &'static str {
+        match self {
+            Self::Expired => "certificate-expired",
+            Self::NameMismatch => "certificate-host-mismatch",
+            Self::Untrusted if dane => "tlsa-invalid",
+            Self::Untrusted => "certificate-not-trusted",
+            Self::Mismatch if dane => "tlsa-invalid",
+            Self::Mismatch => "validation-failure",
+        }
+    }
 }
 
 impl SessionError {
     /// The reply every recipient gets when this ends the last attempt.
     pub fn reply(&self) -> Reply {
+        if let Self::Policy { reply } = self {
+            return reply.clone();
+        }
         let enhanced = match self {
             Self::Tls { .. } => "4.7.5",
             Self::TlsRequired { .. } => "4.7.4",
@@ -196,6 +249,7 @@ impl Connection<Stream> {
         let fail = |detail: String| SessionError::Tls {
             host: server_name.to_owned(),
             detail,
+            problem: None,
         };
         // Bytes after the 220 would be a plaintext injection (CVE-2011-0411).
         if !self.stream.buffer().is_empty() {
@@ -210,7 +264,23 @@ impl Connection<Stream> {
         let tls = tokio::time::timeout(Duration::from_secs(secs), handshake)
             .await
             .map_err(|_| fail(format!("handshake timed out after {secs}s")))?
-            .map_err(|e| fail(e.to_string()))?;
+            .map_err(|e| {
+                let rustls_error = e
+                    .get_ref()
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>());
+                // Our own checks (DANE) say what failed in their words.
+                let detail = match rustls_error {
+                    Some(rustls::Error::InvalidCertificate(rustls::CertificateError::Other(
+                        other,
+                    ))) => format!("invalid peer certificate: {other}"),
+                    _ => e.to_string(),
+                };
+                SessionError::Tls {
+                    host: server_name.to_owned(),
+                    detail,
+                    problem: rustls_error.and_then(CertProblem::of),
+                }
+            })?;
         let (_, session) = tls.get_ref();
         let description = format!(
             "{} {}",

@@ -1,10 +1,12 @@
-//! smtp-out's control socket: the DNS cache commands (`empathctl dns ...`),
-//! which the master forwards here.
+//! smtp-out's control socket: the DNS cache commands (`empathctl dns ...`)
+//! and `empathctl tls policy DOMAIN`, which the master forwards here.
 
 use std::io;
 use std::sync::Arc;
 
-use empath_common::control::{ControlRequest, ControlResponse, DnsCacheEntry, DnsCommand};
+use empath_common::control::{
+    ControlRequest, ControlResponse, DnsCacheEntry, DnsCommand, TlsCommand,
+};
 use empath_common::ipc::{read_frame, write_frame};
 use tokio::net::UnixStream;
 
@@ -15,6 +17,9 @@ pub async fn serve(agent: Arc<SmtpOut>, mut stream: UnixStream) -> io::Result<()
     while let Some(request) = read_frame::<_, ControlRequest>(&mut stream).await? {
         let response = match request {
             ControlRequest::Dns(command) => dns(&agent, command).await,
+            ControlRequest::Tls(TlsCommand::Policy { domain }) => {
+                ControlResponse::TlsPolicy(Box::new(agent.tls_policy_view(&domain).await))
+            }
             other => ControlResponse::Error(format!("smtp-out does not handle {other:?}")),
         };
         write_frame(&mut stream, &response).await?;

@@ -1,21 +1,78 @@
 //! MX resolution (RFC 5321 section 5.1): MX records in preference order,
 //! the implicit MX (the domain's own A/AAAA) when there are none, and the
-//! null MX of RFC 7505. Answers are cached for their TTL.
+//! null MX of RFC 7505. Answers are cached for their TTL. With `dns.dnssec`
+//! the answers are validated, and each host says whether its MX and
+//! address records were secure, which DANE (RFC 7672) needs; TLSA and TXT
+//! lookups serve DANE, MTA-STS and TLS reporting.
+//!
+//! `dns.timeout_secs` and `dns.attempts` mean what they say: a query is
+//! sent `attempts` times in all, each time waiting up to `timeout_secs`
+//! (hickory's own retransmissions within a timeout are turned off, see
+//! [`OnePacket`]).
 
-use std::net::IpAddr;
-use std::sync::Mutex;
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use empath_common::config::Dns;
 use empath_common::smtp::Reply;
-use hickory_resolver::TokioResolver;
-use hickory_resolver::config::{ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig};
-use hickory_resolver::net::NetError;
+use hickory_resolver::config::{
+    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig,
+};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
-use hickory_resolver::proto::rr::{RData, RecordType};
+use hickory_resolver::net::udp::UdpClientStream;
+use hickory_resolver::net::xfer::DnsExchange;
+use hickory_resolver::net::{DnsError, NetError};
+use hickory_resolver::proto::dnssec::TrustAnchors;
+use hickory_resolver::proto::rr::rdata::TLSA;
+use hickory_resolver::proto::rr::{RData, Record, RecordType};
+use hickory_resolver::{ConnectionProvider, PoolContext, Resolver};
 use rand::seq::SliceRandom;
 
 use crate::cache::TtlCache;
+
+/// hickory's connections, but a UDP query is sent once per attempt: by
+/// default hickory sends it again every few hundred milliseconds within
+/// the timeout, so that 1 attempt with a 2 s timeout sent 3 packets (and,
+/// with its retry counted on top, 6 in 4 s).
+#[derive(Clone, Default)]
+pub struct OnePacket(TokioRuntimeProvider);
+
+type Connecting =
+    Pin<Box<dyn Future<Output = Result<DnsExchange<TokioRuntimeProvider>, NetError>> + Send>>;
+
+impl ConnectionProvider for OnePacket {
+    type Conn = DnsExchange<TokioRuntimeProvider>;
+    type FutureConn = Connecting;
+    type RuntimeProvider = TokioRuntimeProvider;
+
+    fn new_connection(
+        &self,
+        ip: IpAddr,
+        config: &ConnectionConfig,
+        cx: &PoolContext,
+    ) -> Result<Self::FutureConn, NetError> {
+        match config.protocol {
+            ProtocolConfig::Udp => {
+                let stream =
+                    UdpClientStream::builder(SocketAddr::new(ip, config.port), self.0.clone())
+                        .with_timeout(Some(cx.options.timeout))
+                        .with_max_retries(1)
+                        .with_os_port_selection(cx.options.os_port_selection)
+                        .avoid_local_ports(cx.options.avoid_local_udp_ports.clone())
+                        .with_bind_addr(config.bind_addr);
+                Ok(Box::pin(async move { Ok(stream.exchange()) }))
+            }
+            _ => self.0.new_connection(ip, config, cx),
+        }
+    }
+
+    fn runtime_provider(&self) -> &TokioRuntimeProvider {
+        &self.0
+    }
+}
 
 /// One mail server of a domain, with its addresses.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -25,6 +82,9 @@ pub struct MxHost {
     pub name: String,
     pub preference: u16,
     pub addrs: Vec<IpAddr>,
+    /// DNSSEC validated the MX record that names the host and its
+    /// address records (RFC 7672 section 2.2): its TLSA records count.
+    pub dnssec: bool,
 }
 
 /// Where a domain's mail goes, as DNS says.
@@ -45,8 +105,33 @@ pub enum LookupError {
     Temporary(Reply),
 }
 
+/// What the TLSA lookup for one MX host found (RFC 7672 section 2.2).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TlsaAnswer {
+    /// Validated records: DANE applies.
+    Secure(Vec<TLSA>),
+    /// No records, or records DNSSEC cannot vouch for: no DANE.
+    None,
+    /// DNSSEC validation failed: the host must not be used.
+    Bogus(String),
+    /// The lookup failed (time-out, SERVFAIL): try later.
+    Failed(String),
+}
+
+/// What a TXT lookup found.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum TxtAnswer {
+    /// Each record's strings joined.
+    Records(Vec<String>),
+    /// No such name or no TXT records.
+    None,
+    Failed(String),
+}
+
 pub struct MxResolver {
-    resolver: TokioResolver,
+    resolver: Resolver<OnePacket>,
+    /// Answers are DNSSEC-validated.
+    validating: bool,
     cache: Mutex<TtlCache<Answer>>,
     min_ttl: Duration,
     max_ttl: Duration,
@@ -77,9 +162,9 @@ impl MxResolver {
     /// are configured. hickory's own cache is off: ours honours TTLs and
     /// can be listed and cleared.
     pub fn new(config: &Dns) -> Result<Self, String> {
-        let provider = TokioRuntimeProvider::default();
+        let provider = OnePacket::default();
         let mut builder = if config.nameservers.is_empty() {
-            TokioResolver::builder(provider)
+            Resolver::builder(provider)
                 .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
         } else {
             let servers = config
@@ -100,18 +185,35 @@ impl MxResolver {
                     )
                 })
                 .collect();
-            TokioResolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
         };
+        if let Some(path) = &config.trust_anchor {
+            let anchors = TrustAnchors::from_file(path).map_err(|e| {
+                format!(
+                    "cannot read the DNSSEC trust anchor {}: {e}",
+                    path.display()
+                )
+            })?;
+            builder = builder.with_trust_anchor(Arc::new(anchors));
+        }
         let options = builder.options_mut();
         options.timeout = Duration::from_secs(config.timeout_secs);
-        options.attempts = config.attempts;
+        // hickory's `attempts` are retries after the first query.
+        options.attempts = config.attempts.saturating_sub(1);
+        // One nameserver at a time, so that an attempt is one query.
+        options.num_concurrent_reqs = 1;
         options.cache_size = 0;
         options.use_hosts_file = ResolveHosts::Never;
+        options.validate = config.validating();
+        if config.validating() {
+            options.edns0 = true;
+        }
         let resolver = builder
             .build()
             .map_err(|e| format!("cannot build the DNS resolver: {e}"))?;
         Ok(Self {
             resolver,
+            validating: config.validating(),
             cache: Mutex::new(TtlCache::new(config.cache_size)),
             min_ttl: Duration::from_secs(config.min_ttl_secs),
             max_ttl: Duration::from_secs(config.max_ttl_secs),
@@ -201,6 +303,7 @@ impl MxResolver {
         match self.resolver.mx_lookup(fqdn.as_str()).await {
             Ok(lookup) => {
                 let mut valid_until = lookup.valid_until();
+                let mx_secure = self.all_secure(lookup.answers());
                 let mut records: Vec<(u16, String)> = lookup
                     .answers()
                     .iter()
@@ -222,12 +325,13 @@ impl MxResolver {
                 let mut last_error = None;
                 for (preference, name) in records {
                     match self.addresses(&name).await {
-                        Ok((addrs, until)) => {
+                        Ok((addrs, until, secure)) => {
                             valid_until = valid_until.min(until);
                             hosts.push(MxHost {
                                 name,
                                 preference,
                                 addrs,
+                                dnssec: mx_secure && secure,
                             });
                         }
                         Err(error) => {
@@ -256,11 +360,12 @@ impl MxResolver {
     /// mail server.
     async fn implicit_mx(&self, domain: &str) -> Result<(Answer, Instant), LookupError> {
         match self.addresses(domain).await {
-            Ok((addrs, valid_until)) => Ok((
+            Ok((addrs, valid_until, secure)) => Ok((
                 Answer::Hosts(vec![MxHost {
                     name: domain.to_owned(),
                     preference: 0,
                     addrs,
+                    dnssec: secure,
                 }]),
                 valid_until,
             )),
@@ -273,8 +378,9 @@ impl MxResolver {
         }
     }
 
-    /// A and AAAA records of `name` (IPv4 first), and until when they hold.
-    async fn addresses(&self, name: &str) -> Result<(Vec<IpAddr>, Instant), NetError> {
+    /// A and AAAA records of `name` (IPv4 first), until when they hold,
+    /// and whether DNSSEC validated them.
+    async fn addresses(&self, name: &str) -> Result<(Vec<IpAddr>, Instant, bool), NetError> {
         let fqdn = format!("{}.", name.trim_end_matches('.'));
         let (v4, v6) = tokio::join!(
             self.resolver.lookup(fqdn.as_str(), RecordType::A),
@@ -283,9 +389,11 @@ impl MxResolver {
         let mut addrs = Vec::new();
         let mut valid_until: Option<Instant> = None;
         let mut first_error = None;
+        let mut secure = true;
         for result in [v4, v6] {
             match result {
                 Ok(lookup) => {
+                    secure &= self.all_secure(lookup.answers());
                     addrs.extend(lookup.answers().iter().filter_map(|r| match &r.data {
                         RData::A(a) => Some(IpAddr::V4(a.0)),
                         RData::AAAA(a) => Some(IpAddr::V6(a.0)),
@@ -300,10 +408,97 @@ impl MxResolver {
             }
         }
         match (addrs.is_empty(), first_error) {
-            (false, _) => Ok((addrs, valid_until.unwrap_or_else(Instant::now))),
+            (false, _) => Ok((addrs, valid_until.unwrap_or_else(Instant::now), secure)),
             (true, Some(error)) => Err(error),
             (true, None) => Err(NetError::from("no address records")),
         }
+    }
+}
+
+impl MxResolver {
+    /// Whether answers are validated (`dns.dnssec`): DANE needs it.
+    pub fn validating(&self) -> bool {
+        self.validating
+    }
+
+    /// Every record of the answer was validated as secure.
+    fn all_secure(&self, records: &[Record]) -> bool {
+        self.validating && !records.is_empty() && records.iter().all(|r| r.proof.is_secure())
+    }
+
+    /// The TLSA records of `_PORT._tcp.HOST` (RFC 7672 section 2.2).
+    pub async fn tlsa(&self, host: &str, port: u16) -> TlsaAnswer {
+        let name = format!("_{port}._tcp.{}.", host.trim_end_matches('.'));
+        match self.resolver.tlsa_lookup(name.as_str()).await {
+            Ok(lookup) => {
+                if !self.all_secure(lookup.answers()) {
+                    return TlsaAnswer::None;
+                }
+                let records: Vec<TLSA> = lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TLSA(tlsa) => Some(tlsa.clone()),
+                        _ => None,
+                    })
+                    .collect();
+                if records.is_empty() {
+                    TlsaAnswer::None
+                } else {
+                    TlsaAnswer::Secure(records)
+                }
+            }
+            Err(error) if error.is_nx_domain() || error.is_no_records_found() => TlsaAnswer::None,
+            Err(error) if is_bogus(&error) => TlsaAnswer::Bogus(format!("{name}: {error}")),
+            Err(error) => TlsaAnswer::Failed(format!("TLSA lookup for {name} failed: {error}")),
+        }
+    }
+
+    /// The TXT records of `name` (e.g. `_mta-sts.DOMAIN`).
+    pub async fn txt(&self, name: &str) -> TxtAnswer {
+        let fqdn = format!("{}.", name.trim_end_matches('.'));
+        match self.resolver.txt_lookup(fqdn.as_str()).await {
+            Ok(lookup) => TxtAnswer::Records(
+                lookup
+                    .answers()
+                    .iter()
+                    .filter_map(|r| match &r.data {
+                        RData::TXT(txt) => Some(
+                            txt.txt_data
+                                .iter()
+                                .map(|part| String::from_utf8_lossy(part))
+                                .collect::<String>(),
+                        ),
+                        _ => None,
+                    })
+                    .collect(),
+            ),
+            Err(error) if error.is_nx_domain() || error.is_no_records_found() => TxtAnswer::None,
+            Err(error) => TxtAnswer::Failed(format!("TXT lookup for {name} failed: {error}")),
+        }
+    }
+
+    /// The first address of `name`, for the HTTPS clients (MTA-STS,
+    /// TLS-RPT), through the same nameservers.
+    pub async fn address(&self, name: &str) -> Result<IpAddr, String> {
+        self.addresses(name)
+            .await
+            .map_err(|e| format!("cannot resolve {name}: {e}"))
+            .and_then(|(addrs, _, _)| {
+                addrs
+                    .first()
+                    .copied()
+                    .ok_or_else(|| format!("{name} has no address"))
+            })
+    }
+}
+
+/// DNSSEC validation failed, as opposed to a missing or slow answer.
+fn is_bogus(error: &NetError) -> bool {
+    match error {
+        NetError::Dns(DnsError::DnssecBogus) => true,
+        NetError::Dns(DnsError::Nsec { proof, .. }) => proof.is_bogus(),
+        _ => false,
     }
 }
 
@@ -359,6 +554,43 @@ mod tests {
             name: name.to_owned(),
             preference,
             addrs: vec![],
+            dnssec: false,
+        }
+    }
+
+    /// A nameserver that never answers: `attempts` queries are sent, each
+    /// given `timeout_secs`, and nothing more (dns(5): "how many times a
+    /// query is sent before the lookup fails").
+    #[tokio::test]
+    async fn timeout_and_attempts_mean_what_they_say() {
+        let silent = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = silent.local_addr().unwrap();
+        silent
+            .set_read_timeout(Some(Duration::from_millis(200)))
+            .unwrap();
+        for (timeout_secs, attempts) in [(1, 1), (1, 2)] {
+            let config = Dns {
+                nameservers: vec![empath_common::config::Nameserver(addr)],
+                timeout_secs,
+                attempts,
+                ..Dns::default()
+            };
+            let resolver = MxResolver::new(&config).unwrap();
+            let started = Instant::now();
+            let answer = resolver.txt("silent.test").await;
+            let took = started.elapsed();
+            assert!(matches!(answer, TxtAnswer::Failed(_)), "{answer:?}");
+            let mut queries = 0;
+            let mut buffer = [0u8; 512];
+            while silent.recv_from(&mut buffer).is_ok() {
+                queries += 1;
+            }
+            let expected = Duration::from_secs(timeout_secs * attempts as u64);
+            assert_eq!(queries, attempts, "queries sent for {attempts} attempts");
+            assert!(
+                took >= expected && took < expected + Duration::from_millis(900),
+                "{attempts} attempts of {timeout_secs}s took {took:?}"
+            );
         }
     }
 

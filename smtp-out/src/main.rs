@@ -4,12 +4,19 @@
 mod cache;
 mod client;
 mod control;
+mod dane;
 mod dns;
+mod https;
 mod module_events;
 mod myself;
+mod outbound;
+mod params;
+mod policy;
 mod pool;
 mod route;
+mod sts;
 mod tls;
+mod tlsrpt;
 mod transaction;
 
 use std::io;
@@ -20,7 +27,9 @@ use empath_common::config::{Config, DomainTransport, LmtpEndpoint};
 use empath_common::daemon;
 use empath_common::ipc::write_frame;
 use empath_common::maillog;
-use empath_common::protocol::{self, DeliveryJob, DeliveryReport, Outcome, RecipientResult};
+use empath_common::protocol::{
+    self, Appended, DeliveryJob, DeliveryReport, Outcome, RecipientResult,
+};
 use empath_common::queue::{Queue, QueueId};
 use empath_common::smtp::Reply;
 use empath_common::time::unix_now_ms;
@@ -30,8 +39,9 @@ use client::{Connection, SessionError, Stream};
 use dns::MxResolver;
 use myself::Myself;
 use pool::Pool;
-use route::{NoRoute, Target};
-use tls::TlsConfigs;
+use sts::StsPolicies;
+use tls::TlsClients;
+use tlsrpt::Reports;
 use transaction::{Dialect, Finished, Reuse};
 
 struct SmtpOut {
@@ -39,17 +49,14 @@ struct SmtpOut {
     queue: Queue,
     hostname: String,
     resolver: MxResolver,
-    tls: TlsConfigs,
+    tls: TlsClients,
+    /// The verified client config of the HTTPS client (MTA-STS, TLS-RPT).
+    https_tls: Arc<rustls::ClientConfig>,
+    sts: StsPolicies,
+    reports: Reports,
     pool: Pool,
     /// Our own listeners and names, read at the first delivery.
     myself: tokio::sync::OnceCell<Myself>,
-}
-
-/// The TLS policy for one destination domain.
-#[derive(Debug, Clone, Copy)]
-struct TlsPolicy {
-    accept_invalid_certs: bool,
-    require_tls: bool,
 }
 
 #[tokio::main]
@@ -69,16 +76,41 @@ async fn main() {
             std::process::exit(1);
         })
         .observed_by(module_events::dns_lookups(Arc::new(modules)));
-    let tls = TlsConfigs::new().unwrap_or_else(|error| {
+    let tls = TlsClients::new(&started.config.delivery.tls_ca_files).unwrap_or_else(|error| {
         tracing::error!(%error, "cannot set up TLS");
-        std::process::exit(1);
+        eprintln!("empath-smtp-out: {error}");
+        std::process::exit(78);
     });
+    let https_tls = Arc::new(
+        rustls::ClientConfig::builder_with_provider(tls.provider())
+            .with_safe_default_protocol_versions()
+            .map(|builder| {
+                builder
+                    .with_root_certificates(tls.roots())
+                    .with_no_client_auth()
+            })
+            .unwrap_or_else(|error| {
+                tracing::error!(%error, "cannot set up TLS");
+                std::process::exit(1);
+            }),
+    );
+    let delivery = &started.config.delivery;
+    let sts = StsPolicies::new(
+        delivery.mta_sts.clone(),
+        started.queue.private_dir("sts"),
+        Arc::clone(&https_tls),
+    );
+    let reports = Reports::new(
+        delivery.tls_reports.clone(),
+        started.queue.private_dir("tlsrpt"),
+    );
     let agent = Arc::new(SmtpOut {
         myself: tokio::sync::OnceCell::new(),
         hostname: started.config.hostname(),
-        pool: Pool::new(Duration::from_secs(
-            started.config.delivery.connection_idle_secs,
-        )),
+        pool: Pool::new(Duration::from_secs(delivery.connection_idle_secs)),
+        sts,
+        reports,
+        https_tls,
         config: started.config,
         queue: started.queue,
         resolver,
@@ -93,6 +125,7 @@ async fn main() {
         }
     };
     tokio::spawn(close_idle_connections(Arc::clone(&agent)));
+    tokio::spawn(send_tls_reports(Arc::clone(&agent)));
     let control_path = agent.queue.private_socket(protocol::SMTP_OUT_CONTROL);
     match daemon::bind_socket(&control_path) {
         Ok(control) => {
@@ -129,6 +162,26 @@ async fn close_idle_connections(agent: Arc<SmtpOut>) {
     }
 }
 
+/// Sends the TLS reports of intervals that are over; looks often enough
+/// that a report goes out soon after its interval ends.
+async fn send_tls_reports(agent: Arc<SmtpOut>) {
+    if !agent.reports.enabled() {
+        return;
+    }
+    let every = (agent.config.delivery.tls_reports.interval_secs / 4).clamp(1, 300);
+    let mut tick = tokio::time::interval(Duration::from_secs(every));
+    loop {
+        tick.tick().await;
+        let sender = tlsrpt::Sender {
+            queue: &agent.queue,
+            resolver: &agent.resolver,
+            tls: Arc::clone(&agent.https_tls),
+            hostname: &agent.hostname,
+        };
+        agent.reports.send_due(&sender).await;
+    }
+}
+
 impl SmtpOut {
     async fn connection(self: Arc<Self>, mut stream: UnixStream) -> io::Result<()> {
         while let Some(job) = daemon::next_request::<DeliveryJob, _>(&mut stream).await? {
@@ -136,17 +189,6 @@ impl SmtpOut {
             write_frame(&mut stream, &report).await?;
         }
         Ok(())
-    }
-
-    fn tls_policy(&self, domain: &str) -> TlsPolicy {
-        let delivery = &self.config.delivery;
-        let policy = delivery.domains.get(domain);
-        TlsPolicy {
-            accept_invalid_certs: policy
-                .and_then(|p| p.accept_invalid_certs)
-                .unwrap_or(delivery.accept_invalid_certs),
-            require_tls: policy.is_some_and(|p| p.require_tls),
-        }
     }
 
     async fn deliver(&self, job: &DeliveryJob) -> DeliveryReport {
@@ -159,53 +201,7 @@ impl SmtpOut {
         {
             return self.deliver_lmtp(job, &endpoint).await;
         }
-        let received = unix_now_ms();
-        let targets = match route::targets(
-            &self.config,
-            &self.resolver,
-            self.myself().await,
-            &job.domain,
-        )
-        .await
-        {
-            Ok(targets) => targets,
-            Err(NoRoute::Permanent(reply)) => {
-                return everyone(job, Outcome::Failed, None, &reply, false, received);
-            }
-            Err(NoRoute::Temporary(reply)) => {
-                return everyone(job, Outcome::Deferred, None, &reply, true, received);
-            }
-        };
-        let policy = self.tls_policy(&job.domain);
-        let mut last_error = None;
-        for target in &targets {
-            let remote = target.describe();
-            let mut connected = received;
-            match self
-                .attempt(target, policy, job, &remote, &mut connected)
-                .await
-            {
-                Ok(results) => {
-                    log_results(job, &results, received, connected);
-                    return DeliveryReport {
-                        results,
-                        destination_failed: false,
-                    };
-                }
-                Err(error) => {
-                    tracing::warn!(message_id = %job.id, domain = %job.domain, server = %remote, %error, "delivery attempt failed; trying the next MX server");
-                    last_error = Some((remote, error));
-                }
-            }
-        }
-        let (remote, reply) = match last_error {
-            Some((remote, error)) => (Some(remote), error.reply()),
-            None => (
-                None,
-                Reply::new(451, "4.4.3", format!("no server to try for {}", job.domain)),
-            ),
-        };
-        everyone(job, Outcome::Deferred, remote, &reply, true, received)
+        self.deliver_smtp(job).await
     }
 
     /// Our listeners and names. Until the master has published its
@@ -272,16 +268,10 @@ impl SmtpOut {
             if finished.reusable {
                 connection.quit().await;
             }
-            Ok(finished.results)
+            Ok(finished)
         };
         match attempt.await {
-            Ok(results) => {
-                log_results(job, &results, received, connected);
-                DeliveryReport {
-                    results,
-                    destination_failed: false,
-                }
-            }
+            Ok(finished) => report(job, finished, received, connected),
             Err(error) => {
                 tracing::warn!(message_id = %job.id, domain = %job.domain, server = %remote, %error, "LMTP delivery attempt failed");
                 everyone(
@@ -294,62 +284,6 @@ impl SmtpOut {
                 )
             }
         }
-    }
-
-    /// Delivers on a kept connection to `target` if there is one, else on
-    /// a new one; keeps the connection afterwards for the next message.
-    async fn attempt(
-        &self,
-        target: &Target,
-        policy: TlsPolicy,
-        job: &DeliveryJob,
-        remote: &str,
-        connected: &mut u64,
-    ) -> Result<Vec<RecipientResult>, SessionError> {
-        let key = pool::Key {
-            addr: target.addr,
-            name: target.name.clone(),
-            accept_invalid_certs: policy.accept_invalid_certs,
-            require_tls: policy.require_tls,
-        };
-        if let Some(mut connection) = self.pool.take(&key) {
-            *connected = unix_now_ms();
-            match self
-                .transaction(&mut connection, job, remote, Reuse::Kept, Dialect::Smtp)
-                .await
-            {
-                Ok(finished) => return Ok(self.keep(key, connection, finished).await),
-                // The kept connection failed its RSET check (the server
-                // closed it while idle, or it is out of step): the server
-                // accepted nothing on it, so a new connection is safe.
-                Err(error) if error.phase() == Some(transaction::RSET_PHASE) => {
-                    tracing::debug!(server = %remote, %error, "kept connection failed its check; opening a new one");
-                }
-                Err(error) => return Err(error),
-            }
-        }
-        let mut connection = self.open(target, policy, &job.domain).await?;
-        *connected = unix_now_ms();
-        let finished = self
-            .transaction(&mut connection, job, remote, Reuse::Fresh, Dialect::Smtp)
-            .await?;
-        Ok(self.keep(key, connection, finished).await)
-    }
-
-    /// Keeps the connection for the next message if the transaction left
-    /// it in step; otherwise it is closed.
-    async fn keep(
-        &self,
-        key: pool::Key,
-        connection: Connection<Stream>,
-        finished: Finished,
-    ) -> Vec<RecipientResult> {
-        if finished.reusable
-            && let Some(mut connection) = self.pool.put(key, connection)
-        {
-            connection.quit().await;
-        }
-        finished.results
     }
 
     async fn transaction(
@@ -371,69 +305,6 @@ impl SmtpOut {
             detail: e.to_string(),
         })?;
         transaction::run(connection, job, &mut content, remote, reuse, dialect).await
-    }
-
-    /// Connects, greets, and negotiates TLS as the policy says.
-    async fn open(
-        &self,
-        target: &Target,
-        policy: TlsPolicy,
-        domain: &str,
-    ) -> Result<Connection<Stream>, SessionError> {
-        let mut connection =
-            client::connect(target.addr, &self.config.delivery.smtp_timeouts).await?;
-        let greeting = connection.greeting().await?;
-        if !greeting.is_completion() {
-            return Err(SessionError::Protocol {
-                phase: "greeting",
-                detail: greeting.to_string(),
-            });
-        }
-        self.hello(&mut connection).await?;
-        if !connection.offers("STARTTLS") {
-            if policy.require_tls {
-                return Err(SessionError::TlsRequired {
-                    host: target.describe(),
-                });
-            }
-            return Ok(connection);
-        }
-        let secs = connection.timeouts().starttls_secs;
-        let reply = connection.command("STARTTLS", secs, "STARTTLS").await?;
-        if reply.code != 220 {
-            if policy.require_tls {
-                return Err(SessionError::Tls {
-                    host: target.describe(),
-                    detail: format!("STARTTLS refused: {reply}"),
-                });
-            }
-            tracing::info!(domain, server = %target.describe(), %reply, "STARTTLS refused; continuing without TLS");
-            return Ok(connection);
-        }
-        if policy.accept_invalid_certs {
-            tracing::warn!(
-                domain,
-                server = %target.describe(),
-                "SECURITY WARNING: TLS certificate validation is disabled for this connection"
-            );
-        }
-        let config = self.tls.get(policy.accept_invalid_certs);
-        let mut connection = connection.start_tls(config, &target.name).await?;
-        tracing::debug!(domain, server = %target.describe(), tls = connection.tls.as_deref().unwrap_or(""), "TLS established");
-        self.hello(&mut connection).await?;
-        Ok(connection)
-    }
-
-    async fn hello(&self, connection: &mut Connection<Stream>) -> Result<(), SessionError> {
-        let hello = connection.hello(&self.hostname).await?;
-        if hello.is_completion() {
-            Ok(())
-        } else {
-            Err(SessionError::Protocol {
-                phase: "HELO",
-                detail: hello.to_string(),
-            })
-        }
     }
 }
 
@@ -457,7 +328,29 @@ fn read_queued_content(queue: &Queue, id: QueueId) -> std::io::Result<QueuedCont
     Ok(Box::new(std::io::Cursor::new(content)))
 }
 
-/// The same outcome for every recipient of the job.
+/// The report of a finished transaction. `received` is when the job
+/// came, `connected` when its connection was ready (for the log's delays).
+fn report(job: &DeliveryJob, finished: Finished, received: u64, connected: u64) -> DeliveryReport {
+    log_results(job, &finished.results, received, connected);
+    let dsn_passed_on = if finished.dsn_passed_on {
+        finished
+            .results
+            .iter()
+            .filter(|r| r.outcome == Outcome::Delivered)
+            .map(|r| r.index)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    DeliveryReport {
+        results: finished.results,
+        destination_failed: false,
+        dsn_passed_on: Appended(dsn_passed_on),
+    }
+}
+
+/// The same outcome for every recipient of the job. `remote` names the
+/// server only when `reply` is its own.
 fn everyone(
     job: &DeliveryJob,
     outcome: Outcome,
@@ -476,11 +369,11 @@ fn everyone(
             reply: reply.clone(),
         })
         .collect();
-    let done = unix_now_ms();
-    log_results(job, &results, received, done);
+    log_results(job, &results, received, unix_now_ms());
     DeliveryReport {
         results,
         destination_failed,
+        dsn_passed_on: Appended::default(),
     }
 }
 

@@ -9,13 +9,13 @@ use std::time::{Duration, Instant};
 use crate::client::{Connection, Stream};
 
 /// What a reused connection must match: the server, the name its
-/// certificate was checked against, and the TLS policy it was opened with.
+/// certificate was checked against, and the TLS requirement it was opened
+/// with (as [`crate::policy::Requirement::describe`] names it).
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct Key {
     pub addr: SocketAddr,
     pub name: String,
-    pub accept_invalid_certs: bool,
-    pub require_tls: bool,
+    pub tls: String,
 }
 
 /// Idle connections per key, each with the time it became idle.

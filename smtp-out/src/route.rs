@@ -15,6 +15,8 @@ pub struct Target {
     /// The host name: what its certificate must name, and what logs show.
     pub name: String,
     pub addr: SocketAddr,
+    /// Its MX and address records were DNSSEC-secure: DANE may apply.
+    pub dnssec: bool,
 }
 
 impl Target {
@@ -99,6 +101,7 @@ pub async fn targets(
             .map(|addr| Target {
                 name: target.host.clone(),
                 addr,
+                dnssec: false,
             })
             .collect();
         if targets.iter().any(|t| myself.is_my_listener(t.addr)) {
@@ -114,10 +117,11 @@ pub async fn targets(
             Ok(dns::delivery_order(&hosts, &mut rand::rng())
                 .into_iter()
                 .flat_map(|host| {
-                    let name = host.name;
+                    let (name, dnssec) = (host.name, host.dnssec);
                     host.addrs.into_iter().map(move |ip| Target {
                         name: name.clone(),
                         addr: SocketAddr::new(ip, port),
+                        dnssec,
                     })
                 })
                 .collect())
@@ -136,6 +140,7 @@ mod tests {
             name: name.into(),
             preference,
             addrs: vec![ip.parse().unwrap()],
+            dnssec: false,
         }
     }
 

@@ -8,13 +8,14 @@
 //! order is a protocol error ([`SessionError::Protocol`]): the caller
 //! defers every recipient with 4.5.0 and closes the connection.
 
-use empath_common::protocol::{DeliveryJob, Outcome, RecipientResult};
+use empath_common::protocol::{DeliveryJob, JobRecipient, Outcome, RecipientResult};
 use empath_common::smtp::Reply;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
 use empath_common::content::wire::DataEncoder;
 
 use crate::client::{Connection, SessionError, Unread};
+use crate::params::{self, Offered};
 
 const CHUNK: usize = 64 * 1024;
 
@@ -29,6 +30,9 @@ pub struct Finished {
     /// Every command got exactly one reply and nothing else is waiting:
     /// the connection may carry another message.
     pub reusable: bool,
+    /// The server offered DSN and was given the recipients' NOTIFY and
+    /// ORCPT: it reports on the delivered ones from now on.
+    pub dsn_passed_on: bool,
 }
 
 /// SMTP, or LMTP (RFC 2033), which answers the end of data once per
@@ -113,20 +117,50 @@ where
         reply: reply.clone(),
     };
 
-    let mail = mail_command(connection, job);
+    let offered = offered(connection);
+    let dsn_passed_on = offered.dsn;
+    // Recipients the server cannot take (SMTPUTF8) fail before MAIL; the
+    // reply is ours, not the server's.
+    let unsendable = params::need_smtputf8(job, offered);
+    let mut results: Vec<RecipientResult> = Vec::with_capacity(job.recipients.len());
+    results.extend(unsendable.iter().map(|&index| RecipientResult {
+        index,
+        outcome: Outcome::Failed,
+        remote: None,
+        reply: params::smtputf8_refused(remote),
+    }));
+    let recipients: Vec<&JobRecipient> = job
+        .recipients
+        .iter()
+        .filter(|r| !unsendable.contains(&r.index))
+        .collect();
+    if recipients.is_empty() {
+        return Ok(Finished {
+            results,
+            reusable: true,
+            dsn_passed_on,
+        });
+    }
+    let commands = Commands {
+        mail: params::mail_command(job, offered),
+        rcpts: recipients
+            .iter()
+            .map(|r| params::rcpt_command(job, r, offered))
+            .collect(),
+    };
     // LMTP servers always pipeline (RFC 2033 section 4.1).
     let envelope = if dialect == Dialect::Lmtp || connection.offers("PIPELINING") {
-        pipelined(connection, job, &mail, reuse).await?
+        pipelined(connection, &commands, reuse).await?
     } else {
-        one_by_one(connection, job, &mail, reuse).await?
+        one_by_one(connection, &commands, reuse).await?
     };
 
     if let Some(refused) = verdict("MAIL FROM", &envelope.mail)? {
-        let results = job
-            .recipients
-            .iter()
-            .map(|r| result(r.index, refused, &envelope.mail))
-            .collect();
+        results.extend(
+            recipients
+                .iter()
+                .map(|r| result(r.index, refused, &envelope.mail)),
+        );
         // No transaction is open; a pipelined DATA may still have to be
         // ended.
         let reusable = match envelope.data.map(data_reply) {
@@ -134,11 +168,14 @@ where
             Some(Ok(DataReply::Refused(..))) | None => true,
             Some(Err(_)) => false,
         };
-        return Ok(Finished { results, reusable });
+        return Ok(Finished {
+            results,
+            reusable,
+            dsn_passed_on,
+        });
     }
-    let mut results = Vec::with_capacity(job.recipients.len());
     let mut accepted = Vec::new();
-    for (recipient, reply) in job.recipients.iter().zip(&envelope.rcpts) {
+    for (recipient, reply) in recipients.iter().zip(&envelope.rcpts) {
         match verdict("RCPT TO", reply)? {
             None => accepted.push(recipient.index),
             Some(refused) => results.push(result(recipient.index, refused, reply)),
@@ -153,7 +190,11 @@ where
             // A 2xx for a message without recipients: out of step.
             Some(Err(_)) => false,
         };
-        return Ok(Finished { results, reusable });
+        return Ok(Finished {
+            results,
+            reusable,
+            dsn_passed_on,
+        });
     }
     let data = match envelope.data {
         Some(data) => data,
@@ -170,7 +211,11 @@ where
             // section 4.1.1.4): without RSET, the next MAIL on this
             // connection would be a nested MAIL.
             let reusable = reset(connection).await;
-            return Ok(Finished { results, reusable });
+            return Ok(Finished {
+                results,
+                reusable,
+                dsn_passed_on,
+            });
         }
         DataReply::GoAhead => {}
     }
@@ -208,6 +253,7 @@ where
                 return Ok(Finished {
                     results,
                     reusable: false,
+                    dsn_passed_on,
                 });
             }
             Err(error) => return Err(error),
@@ -232,21 +278,29 @@ where
         let (outcome, reply) = &replies[nth.min(replies.len() - 1)];
         result(index, *outcome, reply)
     }));
-    Ok(Finished { results, reusable })
+    Ok(Finished {
+        results,
+        reusable,
+        dsn_passed_on,
+    })
 }
 
-fn mail_command<S: AsyncRead + AsyncWrite + Unpin>(
-    connection: &Connection<S>,
-    job: &DeliveryJob,
-) -> String {
-    let mut mail = format!("MAIL FROM:<{}>", job.sender);
-    if connection.offers("SIZE") {
-        mail.push_str(&format!(" SIZE={}", job.content_size));
+/// What the server's EHLO (or LHLO) reply offered.
+pub fn offered<S: AsyncRead + AsyncWrite + Unpin>(connection: &Connection<S>) -> Offered {
+    Offered {
+        size: connection.offers("SIZE"),
+        eight_bit_mime: connection.offers("8BITMIME"),
+        smtputf8: connection.offers("SMTPUTF8"),
+        dsn: connection.offers("DSN"),
+        requiretls: connection.offers("REQUIRETLS"),
     }
-    if job.smtputf8 && connection.offers("SMTPUTF8") {
-        mail.push_str(" SMTPUTF8");
-    }
-    mail
+}
+
+/// The envelope commands of one transaction, parameters included.
+struct Commands {
+    mail: String,
+    /// One per recipient that is sent, in order.
+    rcpts: Vec<String>,
 }
 
 /// The server accepted DATA although it had no recipient for the message
@@ -309,8 +363,7 @@ where
 /// one reply per command, in order.
 async fn pipelined<S>(
     connection: &mut Connection<S>,
-    job: &DeliveryJob,
-    mail: &str,
+    commands: &Commands,
     reuse: Reuse,
 ) -> Result<EnvelopeReplies, SessionError>
 where
@@ -321,10 +374,11 @@ where
     if reuse == Reuse::Kept {
         batch.push_str("RSET\r\n");
     }
-    batch.push_str(mail);
+    batch.push_str(&commands.mail);
     batch.push_str("\r\n");
-    for recipient in &job.recipients {
-        batch.push_str(&format!("RCPT TO:<{}>\r\n", recipient.address));
+    for rcpt in &commands.rcpts {
+        batch.push_str(rcpt);
+        batch.push_str("\r\n");
     }
     batch.push_str("DATA\r\n");
     let first_phase = match reuse {
@@ -344,8 +398,8 @@ where
         .read_reply("MAIL FROM", timeouts.mail_from_secs)
         .await?;
     verdict("MAIL FROM", &mail)?;
-    let mut rcpts = Vec::with_capacity(job.recipients.len());
-    for _ in &job.recipients {
+    let mut rcpts = Vec::with_capacity(commands.rcpts.len());
+    for _ in &commands.rcpts {
         let reply = connection
             .read_reply("RCPT TO", timeouts.rcpt_to_secs)
             .await?;
@@ -364,8 +418,7 @@ where
 /// sent when a recipient was accepted.
 async fn one_by_one<S>(
     connection: &mut Connection<S>,
-    job: &DeliveryJob,
-    mail: &str,
+    commands: &Commands,
     reuse: Reuse,
 ) -> Result<EnvelopeReplies, SessionError>
 where
@@ -379,14 +432,13 @@ where
         check_reset(connection).await?;
     }
     let mail = connection
-        .command("MAIL FROM", timeouts.mail_from_secs, mail)
+        .command("MAIL FROM", timeouts.mail_from_secs, &commands.mail)
         .await?;
-    let mut rcpts = Vec::with_capacity(job.recipients.len());
+    let mut rcpts = Vec::with_capacity(commands.rcpts.len());
     if verdict("MAIL FROM", &mail)?.is_none() {
-        for recipient in &job.recipients {
-            let line = format!("RCPT TO:<{}>", recipient.address);
+        for line in &commands.rcpts {
             let reply = connection
-                .command("RCPT TO", timeouts.rcpt_to_secs, &line)
+                .command("RCPT TO", timeouts.rcpt_to_secs, line)
                 .await?;
             verdict("RCPT TO", &reply)?;
             rcpts.push(reply);
@@ -457,6 +509,7 @@ mod tests {
             smtputf8: false,
             active_since_ms: 0,
             attempt: 1,
+            pass_on: Default::default(),
         }
     }
 

@@ -15,7 +15,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use empath_common::maillog;
-use empath_common::protocol::{CleanupReply, Submission};
+use empath_common::protocol::{Appended, CleanupReply, Submission};
 use empath_common::queue::ClientInfo;
 use empath_common::smtp::Reply;
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
@@ -1049,6 +1049,7 @@ impl Connection {
             metadata: self.hooks.metadata(),
             smtputf8: transaction.params.smtputf8,
             queue_id: self.filters.queue_id(),
+            options: Appended(transaction.params.options()),
         })
     }
 }

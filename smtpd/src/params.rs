@@ -1,8 +1,9 @@
 //! The ESMTP parameters of MAIL and RCPT, checked and typed: SIZE (RFC
 //! 1870), BODY (RFC 6152), SMTPUTF8 (RFC 6531), RET/ENVID/NOTIFY/ORCPT
-//! (DSN, RFC 3461) and AUTH (RFC 4954). Pure, so that it is easy to test.
+//! (DSN, RFC 3461), REQUIRETLS (RFC 8689) and AUTH (RFC 4954). Pure, so
+//! that it is easy to test.
 
-use empath_common::queue::{Notify, Ret};
+use empath_common::queue::{MessageOptions, Notify, Ret};
 use empath_common::smtp::Reply;
 
 use crate::parser::Param;
@@ -22,6 +23,21 @@ pub struct MailParams {
     pub smtputf8: bool,
     pub ret: Option<Ret>,
     pub envid: Option<String>,
+    /// RFC 8689; only accepted on a TLS session (see the session).
+    pub requiretls: bool,
+}
+
+impl MailParams {
+    /// What the queue keeps and passes on to the next hop.
+    pub fn options(&self) -> MessageOptions {
+        MessageOptions {
+            body: match self.body {
+                Body::SevenBit => empath_common::queue::Body::SevenBit,
+                Body::EightBitMime => empath_common::queue::Body::EightBitMime,
+            },
+            requiretls: self.requiretls,
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
@@ -53,6 +69,7 @@ fn once<T>(slot: &mut Option<T>, value: T, keyword: &str) -> Result<(), Reply> {
 pub fn mail_params(params: &[Param]) -> Result<MailParams, Reply> {
     let (mut size, mut body, mut smtputf8, mut ret, mut envid, mut auth) =
         (None, None, None, None, None, None);
+    let mut requiretls = None;
     for param in params {
         let value = param.value.as_deref();
         let keyword = param.keyword.as_str();
@@ -72,6 +89,7 @@ pub fn mail_params(params: &[Param]) -> Result<MailParams, Reply> {
                 once(&mut body, kind, keyword)?;
             }
             ("SMTPUTF8", None) => once(&mut smtputf8, true, keyword)?,
+            ("REQUIRETLS", None) => once(&mut requiretls, true, keyword)?,
             ("RET", Some(v)) => {
                 let kind = if v.eq_ignore_ascii_case("FULL") {
                     Ret::Full
@@ -103,6 +121,7 @@ pub fn mail_params(params: &[Param]) -> Result<MailParams, Reply> {
         smtputf8: smtputf8.unwrap_or(false),
         ret,
         envid,
+        requiretls: requiretls.unwrap_or(false),
     })
 }
 
@@ -220,6 +239,7 @@ mod tests {
             ("RET", Some("HDRS")),
             ("ENVID", Some("QQ314159+2Bx")),
             ("AUTH", Some("<>")),
+            ("REQUIRETLS", None),
         ]));
         assert_eq!(
             parsed,
@@ -229,7 +249,19 @@ mod tests {
                 smtputf8: true,
                 ret: Some(Ret::Headers),
                 envid: Some("QQ314159+x".into()),
+                requiretls: true,
             })
+        );
+        assert_eq!(
+            parsed.map(|p| p.options()),
+            Ok(MessageOptions {
+                body: empath_common::queue::Body::EightBitMime,
+                requiretls: true
+            })
+        );
+        assert_eq!(
+            code(mail_params(&params(&[("REQUIRETLS", Some("x"))]))),
+            555
         );
         assert_eq!(code(mail_params(&params(&[("SIZE", Some("x"))]))), 501);
         assert_eq!(

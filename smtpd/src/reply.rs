@@ -20,6 +20,8 @@ pub struct Offer {
     pub size_limit: Option<u64>,
     pub starttls: bool,
     pub auth: bool,
+    /// RFC 8689: only on a TLS session.
+    pub requiretls: bool,
 }
 
 /// The EHLO answer: the greeting line, then one keyword per line.
@@ -36,6 +38,9 @@ pub fn ehlo(hostname: &str, offer: Offer) -> Reply {
         "CHUNKING",
     ] {
         lines.push(keyword.to_owned());
+    }
+    if offer.requiretls {
+        lines.push("REQUIRETLS".to_owned());
     }
     if offer.starttls {
         lines.push("STARTTLS".to_owned());
@@ -101,6 +106,11 @@ pub fn help() -> Reply {
 
 pub fn relay_denied() -> Reply {
     Reply::new(554, "5.7.1", "Relay access denied")
+}
+
+/// REQUIRETLS (RFC 8689) on a session without TLS, where it is not offered.
+pub fn requiretls_without_tls() -> Reply {
+    Reply::new(530, "5.7.10", "REQUIRETLS needs a TLS session")
 }
 
 pub fn utf8_not_declared() -> Reply {
@@ -251,7 +261,8 @@ mod tests {
                 Offer {
                     size_limit: Some(1000),
                     starttls: true,
-                    auth: true
+                    auth: true,
+                    requiretls: false,
                 }
             )
             .to_wire(),

@@ -200,6 +200,7 @@ impl Session {
                     size_limit: settings.size_limit,
                     starttls: self.starttls_offered(),
                     auth: self.auth_offered(),
+                    requiretls: self.tls,
                 };
                 reply::ehlo(hostname, offer)
             }
@@ -303,6 +304,11 @@ impl Session {
         };
         if !sender.is_ascii() && !params.smtputf8 {
             return self.error(reply::utf8_not_declared());
+        }
+        // RFC 8689 section 4.1: REQUIRETLS is only offered, so only
+        // accepted, over TLS.
+        if params.requiretls && !self.tls {
+            return self.error(reply::requiretls_without_tls());
         }
         let Some(sender) = self.qualify(sender) else {
             return self.error(reply::parse_error(ParseError::BadSender));
@@ -607,6 +613,38 @@ mod tests {
         let recipient = &transaction.recipients[0];
         assert!(recipient.notify.explicit && recipient.notify.success && !recipient.notify.delay);
         assert_eq!(recipient.orcpt.as_deref(), Some("rfc822;c@d.example"));
+    }
+
+    /// RFC 8689: REQUIRETLS is offered, and accepted, on TLS sessions only.
+    #[test]
+    fn requiretls_needs_tls() {
+        let mut session = new_session(None);
+        let ehlo = |session: &mut Session| match session.handle(parse_command(b"EHLO client")) {
+            Action::Reply(reply) => reply.text,
+            _ => String::new(),
+        };
+        assert!(!ehlo(&mut session).contains("REQUIRETLS"));
+        assert_eq!(
+            code(&mut session, "MAIL FROM:<a@b.example> REQUIRETLS"),
+            530
+        );
+        session.tls_started();
+        assert!(ehlo(&mut session).lines().any(|l| l == "REQUIRETLS"));
+        assert_eq!(
+            code(
+                &mut session,
+                "MAIL FROM:<a@b.example> REQUIRETLS BODY=8BITMIME"
+            ),
+            250
+        );
+        let options = session.transaction().map(|t| t.params.options());
+        assert_eq!(
+            options,
+            Some(empath_common::queue::MessageOptions {
+                body: empath_common::queue::Body::EightBitMime,
+                requiretls: true,
+            })
+        );
     }
 
     #[test]

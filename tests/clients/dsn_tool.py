@@ -22,6 +22,7 @@ import email.policy
 import json
 import re
 import smtplib
+import ssl
 import sys
 
 
@@ -38,6 +39,11 @@ def send(args):
         content = f.read()
     try:
         smtp = smtplib.SMTP(args.host, args.port, local_hostname="client.test", timeout=60)
+        if args.starttls:
+            # The test's server certificate is its own: encryption only.
+            smtp.ehlo()
+            smtp.starttls(context=ssl._create_unverified_context())
+            smtp.ehlo()
         try:
             refused = smtp.sendmail(args.sender, args.to, content, args.mail_option, args.rcpt_option)
         finally:
@@ -95,7 +101,18 @@ def parse(path):
         elif kind in ("message/delivery-status", "message/global-delivery-status"):
             # The email package parses each block of fields as a message.
             blocks = part.get_payload()
-            if isinstance(blocks, list) and blocks:
+            if kind == "message/global-delivery-status":
+                # RFC 6533's type is not one the email package knows (it
+                # reads it as one message): its blocks of UTF-8 fields are
+                # split here, and each parsed with the same header parser.
+                text = part.as_bytes().replace(b"\r\n", b"\n").split(b"\n\n", 1)[1]
+                text = text.decode("utf-8", "replace")
+                blocks = [
+                    email.message_from_string(block + "\n")
+                    for block in text.split("\n\n")
+                    if block.strip()
+                ]
+            if blocks:
                 result["per_message"] = fields(blocks[0])
                 result["per_recipient"] = [fields(block) for block in blocks[1:]]
         elif kind in ("message/rfc822", "message/global"):
@@ -128,6 +145,7 @@ def main():
     send_parser.add_argument("--file", required=True)
     send_parser.add_argument("--mail-option", action="append", default=[])
     send_parser.add_argument("--rcpt-option", action="append", default=[])
+    send_parser.add_argument("--starttls", action="store_true")
     parse_parser = commands.add_parser("parse")
     parse_parser.add_argument("file")
     args = parser.parse_args()

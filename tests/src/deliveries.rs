@@ -213,6 +213,8 @@ mod tests {
             helo: "mx.empath.test".to_owned(),
             mail_from: SENDER.to_owned(),
             rcpt_to: rcpt_to.iter().map(|r| (*r).to_owned()).collect(),
+            mail_command: String::new(),
+            rcpt_commands: Vec::new(),
             raw: Vec::new(),
             data,
         }

@@ -140,6 +140,13 @@ impl TestDns {
         )
     }
 
+    /// Removes the `record_type` records of `name` (the name still exists
+    /// if it has others).
+    pub fn remove(&self, name: &str, record_type: RecordType) -> &Self {
+        self.zone().records.remove(&(key(name), record_type));
+        self
+    }
+
     /// Every query for `name` gets SERVFAIL (a temporary DNS failure).
     pub fn servfail(&self, name: &str) -> &Self {
         self.zone().servfail.insert(key(name));

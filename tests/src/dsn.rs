@@ -38,6 +38,7 @@ pub struct DsnSend {
     to: Vec<String>,
     mail_options: Vec<String>,
     rcpt_options: Vec<String>,
+    starttls: bool,
 }
 
 impl DsnSend {
@@ -49,7 +50,14 @@ impl DsnSend {
             to: to.iter().map(|s| (*s).to_owned()).collect(),
             mail_options: Vec::new(),
             rcpt_options: Vec::new(),
+            starttls: false,
         }
+    }
+
+    /// Says STARTTLS first (the server's certificate is not checked).
+    pub fn starttls(mut self) -> Self {
+        self.starttls = true;
+        self
     }
 
     /// Adds a MAIL FROM parameter, e.g. `RET=FULL` or `ENVID=abc`.
@@ -88,6 +96,9 @@ impl DsnSend {
         }
         for option in &self.rcpt_options {
             command.arg(format!("--rcpt-option={option}"));
+        }
+        if self.starttls {
+            command.arg("--starttls");
         }
         let output = run_bounded(&mut command, TOOL_TIMEOUT);
         assert!(

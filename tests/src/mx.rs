@@ -76,17 +76,93 @@ pub fn with_dns(config: TestConfig, dns: &TestDns, port: u16) -> TestConfig {
 
 /// A rustls server config with a fresh self-signed certificate for `names`.
 pub fn self_signed_tls(names: &[&str]) -> Arc<rustls::ServerConfig> {
+    self_signed_tls_with_spki(names).0
+}
+
+/// A self-signed certificate for `names`, and the DER of its public key
+/// (SubjectPublicKeyInfo), which a DANE-EE `3 1 x` record names.
+pub fn self_signed_tls_with_spki(names: &[&str]) -> (Arc<rustls::ServerConfig>, Vec<u8>) {
     let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
     let certified = rcgen::generate_simple_self_signed(names).expect("make a test certificate");
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&certified.signing_key);
     let cert = certified.cert.der().clone();
-    let key = rustls::pki_types::PrivateKeyDer::try_from(certified.signing_key.serialize_der())
-        .expect("test key");
+    let config = server_config(vec![cert], &certified.signing_key);
+    (config, spki)
+}
+
+fn server_config(
+    chain: Vec<rustls::pki_types::CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+) -> Arc<rustls::ServerConfig> {
+    let key = rustls::pki_types::PrivateKeyDer::try_from(key.serialize_der()).expect("test key");
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let config = rustls::ServerConfig::builder_with_provider(provider)
         .with_safe_default_protocol_versions()
         .expect("TLS versions")
         .with_no_client_auth()
-        .with_single_cert(vec![cert], key)
+        .with_single_cert(chain, key)
         .expect("test certificate and key");
     Arc::new(config)
+}
+
+/// A certificate authority of the test's own, which smtp-out trusts
+/// through `delivery.tls_ca_files` (its certificate in PEM).
+pub struct TestCa {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    cert: rcgen::Certificate,
+}
+
+impl TestCa {
+    pub fn new() -> Self {
+        let key = rcgen::KeyPair::generate().expect("a CA key");
+        let mut params =
+            rcgen::CertificateParams::new(Vec::<String>::new()).expect("CA parameters");
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, "Empath Test CA");
+        params.key_usages = vec![
+            rcgen::KeyUsagePurpose::KeyCertSign,
+            rcgen::KeyUsagePurpose::DigitalSignature,
+        ];
+        let cert = params.self_signed(&key).expect("the CA certificate");
+        Self {
+            issuer: rcgen::Issuer::new(params, key),
+            cert,
+        }
+    }
+
+    /// The CA certificate in PEM, for `delivery.tls_ca_files`.
+    pub fn pem(&self) -> String {
+        self.cert.pem()
+    }
+
+    /// A server config with a certificate for `names` issued by this CA.
+    pub fn server_tls(&self, names: &[&str]) -> Arc<rustls::ServerConfig> {
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("server parameters")
+            .signed_by(&key, &self.issuer)
+            .expect("a server certificate");
+        server_config(vec![cert.der().clone(), self.cert.der().clone()], &key)
+    }
+
+    /// A certificate and key for `names` issued by this CA, in PEM, for a
+    /// server that is not in Rust (Python's `ssl`).
+    pub fn server_pem(&self, names: &[&str]) -> (String, String) {
+        let key = rcgen::KeyPair::generate().expect("a server key");
+        let names: Vec<String> = names.iter().map(|n| (*n).to_owned()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .expect("server parameters")
+            .signed_by(&key, &self.issuer)
+            .expect("a server certificate");
+        (cert.pem() + &self.cert.pem(), key.serialize_pem())
+    }
+}
+
+impl Default for TestCa {
+    fn default() -> Self {
+        Self::new()
+    }
 }

@@ -77,6 +77,8 @@ pub struct SinkPolicy {
     hold_after: Option<usize>,
     /// Offer STARTTLS with this server config.
     tls: Option<Arc<rustls::ServerConfig>>,
+    /// EHLO keywords after PIPELINING; `None` means just 8BITMIME.
+    extensions: Option<Vec<String>>,
 }
 
 impl SinkPolicy {
@@ -125,6 +127,17 @@ impl SinkPolicy {
         self.tls = Some(config);
         self
     }
+
+    /// Offers these EHLO keywords after PIPELINING (and STARTTLS) instead
+    /// of the default `8BITMIME`, e.g. `["8BITMIME", "SMTPUTF8", "DSN"]`;
+    /// `[]` offers none. `REQUIRETLS` is offered only once TLS is active,
+    /// as RFC 8689 has it. The sink does not check that a client uses
+    /// only what was offered: [`SinkMessage::mail_command`] shows what it
+    /// sent.
+    pub fn extensions(mut self, keywords: &[&str]) -> Self {
+        self.extensions = Some(keywords.iter().map(|k| (*k).to_owned()).collect());
+        self
+    }
 }
 
 /// One accepted transaction.
@@ -136,6 +149,10 @@ pub struct SinkMessage {
     pub mail_from: String,
     /// The accepted forward paths, without angle brackets, in RCPT order.
     pub rcpt_to: Vec<String>,
+    /// The MAIL command as sent, parameters included, without CRLF.
+    pub mail_command: String,
+    /// The accepted RCPT commands as sent, without CRLF, in order.
+    pub rcpt_commands: Vec<String>,
     /// The content after dot-unstuffing, without the final `.` line.
     pub data: Vec<u8>,
     /// The content as it came over the wire after the 354: dot-stuffed,
@@ -437,6 +454,8 @@ struct Session {
     helo: Option<String>,
     mail_from: Option<String>,
     rcpt_to: Vec<String>,
+    mail_command: String,
+    rcpt_commands: Vec<String>,
 }
 
 /// Whether the session goes on after a command.
@@ -457,6 +476,8 @@ impl Session {
             helo: None,
             mail_from: None,
             rcpt_to: Vec::new(),
+            mail_command: String::new(),
+            rcpt_commands: Vec::new(),
         }
     }
 
@@ -485,6 +506,8 @@ impl Session {
     fn reset(&mut self) {
         self.mail_from = None;
         self.rcpt_to.clear();
+        self.mail_command.clear();
+        self.rcpt_commands.clear();
     }
 
     async fn command(&mut self, line: &[u8]) -> io::Result<Next> {
@@ -494,8 +517,8 @@ impl Session {
         match verb.to_ascii_uppercase().as_str() {
             "EHLO" => self.hello(argument, true).await?,
             "HELO" => self.hello(argument, false).await?,
-            "MAIL" => self.mail(argument).await?,
-            "RCPT" => self.rcpt(argument).await?,
+            "MAIL" => self.mail(line, argument).await?,
+            "RCPT" => self.rcpt(line, argument).await?,
             "DATA" => self.data().await?,
             "RSET" => {
                 self.reset();
@@ -521,13 +544,33 @@ impl Session {
         }
         self.helo = Some(name.to_owned());
         self.reset();
-        let offer_tls = !self.tls_active && self.shared.lock().policy.tls.is_some();
+        let (offer_tls, extensions) = {
+            let state = self.shared.lock();
+            let extensions = state
+                .policy
+                .extensions
+                .clone()
+                .unwrap_or_else(|| vec!["8BITMIME".to_owned()]);
+            (!self.tls_active && state.policy.tls.is_some(), extensions)
+        };
         if extended {
-            let starttls = if offer_tls { "250-STARTTLS\r\n" } else { "" };
-            self.reply(&format!(
-                "250-{SINK_HOSTNAME} greets {name}\r\n{starttls}250-PIPELINING\r\n250 8BITMIME\r\n"
-            ))
-            .await
+            let mut lines = vec![format!("{SINK_HOSTNAME} greets {name}")];
+            if offer_tls {
+                lines.push("STARTTLS".to_owned());
+            }
+            lines.push("PIPELINING".to_owned());
+            lines.extend(
+                extensions
+                    .into_iter()
+                    .filter(|e| self.tls_active || !e.eq_ignore_ascii_case("REQUIRETLS")),
+            );
+            let last = lines.len() - 1;
+            let reply: String = lines
+                .iter()
+                .enumerate()
+                .map(|(n, line)| format!("250{}{line}\r\n", if n == last { ' ' } else { '-' }))
+                .collect();
+            self.reply(&reply).await
         } else {
             self.reply(&format!("250 {SINK_HOSTNAME} greets {name}\r\n"))
                 .await
@@ -563,7 +606,7 @@ impl Session {
         Ok(Next::Continue)
     }
 
-    async fn mail(&mut self, argument: &str) -> io::Result<()> {
+    async fn mail(&mut self, line: &str, argument: &str) -> io::Result<()> {
         if self.helo.is_none() {
             return self.reply("503 5.5.1 Send EHLO or HELO first\r\n").await;
         }
@@ -573,6 +616,7 @@ impl Session {
         match parse_path(argument, "FROM:") {
             Some(path) => {
                 self.mail_from = Some(path);
+                self.mail_command = line.to_owned();
                 self.reply("250 2.1.0 OK\r\n").await
             }
             None => {
@@ -582,7 +626,7 @@ impl Session {
         }
     }
 
-    async fn rcpt(&mut self, argument: &str) -> io::Result<()> {
+    async fn rcpt(&mut self, line: &str, argument: &str) -> io::Result<()> {
         if self.mail_from.is_none() {
             return self.reply("503 5.5.1 Need MAIL first\r\n").await;
         }
@@ -600,6 +644,7 @@ impl Session {
             Some(reply) => self.reply(&reply.line()).await,
             None => {
                 self.rcpt_to.push(path);
+                self.rcpt_commands.push(line.to_owned());
                 self.reply("250 2.1.5 OK\r\n").await
             }
         }
@@ -655,6 +700,8 @@ impl Session {
             helo: self.helo.clone().unwrap_or_default(),
             mail_from: self.mail_from.take().unwrap_or_default(),
             rcpt_to: std::mem::take(&mut self.rcpt_to),
+            mail_command: std::mem::take(&mut self.mail_command),
+            rcpt_commands: std::mem::take(&mut self.rcpt_commands),
             data,
             raw,
         };

@@ -77,7 +77,21 @@ fn wait_dsn(empath: &Empath, sink: &Sink, containing: &str) -> SinkMessage {
         sink.messages()
             .into_iter()
             .find(|m| {
-                m.mail_from.is_empty() && String::from_utf8_lossy(&m.data).contains(containing)
+                // Unfolded: a long reply may be folded at any space.
+                let text = String::from_utf8_lossy(&m.data).split("\r\n").fold(
+                    String::new(),
+                    |mut text, line| {
+                        if line.starts_with([' ', '\t']) {
+                            text.push(' ');
+                            text.push_str(line.trim_start());
+                        } else {
+                            text.push_str("\r\n");
+                            text.push_str(line);
+                        }
+                        text
+                    },
+                );
+                m.mail_from.is_empty() && text.contains(containing)
             })
             .ok_or_else(|| format!("{} messages at the sink", sink.message_count()))
     })

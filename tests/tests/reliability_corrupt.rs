@@ -33,6 +33,7 @@ fn real_envelope() -> Envelope {
         content_size: 1234,
         smtputf8: false,
         delay_warned: false,
+        options: Default::default(),
     }
 }
 

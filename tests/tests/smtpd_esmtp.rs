@@ -9,7 +9,7 @@ use std::process::Command;
 use std::time::Duration;
 
 use empath_tests::smtpd::{TestCert, bcrypt_hash, pem_base64, python};
-use empath_tests::{Empath, SMTPD, Sink, TestConfig, run_bounded};
+use empath_tests::{Empath, SMTPD, Sink, SinkPolicy, TestConfig, run_bounded};
 
 const HOSTNAME: &str = "mx.empath.test";
 const SINK_DOMAIN: &str = "sink.test";
@@ -234,7 +234,8 @@ s.quit()
 
 #[test]
 fn smtplib_sends_smtputf8_and_bdat_messages() {
-    let sink = Sink::start();
+    // The next hop must offer SMTPUTF8 for the UTF-8 sender to go on.
+    let sink = Sink::with_policy(SinkPolicy::accept_all().extensions(&["8BITMIME", "SMTPUTF8"]));
     let empath = Empath::start(TestConfig::new().mx_override(SINK_DOMAIN, sink.addr()));
     let addr = empath.smtp_addr();
     let sent = python(
@@ -262,6 +263,11 @@ fn smtplib_sends_smtputf8_and_bdat_messages() {
         utf8.mail_from.contains("j\u{f6}rg@client.test"),
         "{}",
         utf8.mail_from
+    );
+    assert!(
+        utf8.mail_command.ends_with(" SMTPUTF8"),
+        "{}",
+        utf8.mail_command
     );
     let data = String::from_utf8_lossy(&utf8.data);
     assert!(data.contains("Hallo J\u{f6}rg"), "{data}");

@@ -34,6 +34,7 @@ fn envelope(recipients: Vec<Recipient>) -> Envelope {
         content_size: ORIGINAL.len() as u64,
         smtputf8: false,
         delay_warned: false,
+        options: Default::default(),
     }
 }
 
@@ -47,6 +48,7 @@ fn mixed() -> Envelope {
             at: 5,
             remote: "mx:25".into(),
             reply: Reply::new(250, "2.0.0", "ok"),
+            dsn_passed_on: false,
         },
     );
     envelope(vec![ok, bob])
@@ -444,4 +446,58 @@ fn durations_are_words() {
     assert_eq!(duration_words(150), "2 minutes");
     assert_eq!(duration_words(3 * 3600), "3 hours");
     assert_eq!(duration_words(5 * 86_400), "5 days");
+}
+
+/// A reply Empath produced itself (no server said it) is `X-Empath;`,
+/// with no `Remote-MTA`; a server's reply is `smtp;` with its name.
+#[test]
+fn our_own_diagnostics_are_x_empath_without_a_remote_mta() {
+    let refused = RecipientStatus::Failed {
+        at: 86_400 + 60,
+        remote: None,
+        reply: Reply::new(451, "4.4.1", "connect to 192.0.2.7:25: Connection refused"),
+    };
+    let env = envelope(vec![
+        recipient("carol@example.com", refused),
+        recipient("bob@example.com", failed(550, "5.1.1", "No such user")),
+    ]);
+    let status = status_part_of(&failure(&env)).to_owned();
+    let (carol, bob) = status.split_at(status.find("Final-Recipient: rfc822; bob").unwrap());
+    assert!(
+        carol.contains("Diagnostic-Code: X-Empath; 451 4.4.1 connect to 192.0.2.7:25:"),
+        "{carol}"
+    );
+    assert!(!carol.contains("Remote-MTA"), "{carol}");
+    assert!(bob.contains("Remote-MTA: dns; mx.example.com\r\n"), "{bob}");
+    assert!(
+        bob.contains("Diagnostic-Code: smtp; 550 5.1.1 No such user"),
+        "{bob}"
+    );
+}
+
+/// NOTIFY=SUCCESS: "relayed" only where the next hop was not given the
+/// NOTIFY (it did not offer DSN); where it was, it reports, not us.
+#[test]
+fn a_recipient_whose_notify_was_passed_on_is_not_reported_relayed() {
+    let delivered = |dsn_passed_on| RecipientStatus::Delivered {
+        at: 5,
+        remote: "mx:25".into(),
+        reply: Reply::new(250, "2.0.0", "ok"),
+        dsn_passed_on,
+    };
+    let mut relayed = recipient("relayed@example.com", delivered(false));
+    let mut passed = recipient("passed@example.com", delivered(true));
+    for r in [&mut relayed, &mut passed] {
+        r.notify.success = true;
+        r.notify.explicit = true;
+    }
+    let env = envelope(vec![relayed, passed.clone()]);
+    let text = build_text(NoticeKind::Success, &env, &headers_only()).expect("a report");
+    assert!(text.contains("Final-Recipient: rfc822; relayed@example.com\r\nAction: relayed\r\n"));
+    assert!(!text.contains("passed@example.com"), "{text}");
+    let only_passed = envelope(vec![passed]);
+    assert!(
+        build_text(NoticeKind::Success, &only_passed, &headers_only()).is_none(),
+        "nothing to report"
+    );
 }

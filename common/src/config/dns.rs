@@ -21,6 +21,19 @@ pub struct Dns {
     pub min_ttl_secs: u64,
     /// ... and at most this long.
     pub max_ttl_secs: u64,
+    /// Validate answers with DNSSEC (needed for DANE): the nameservers
+    /// must return DNSSEC records (RRSIG, DNSKEY, NSEC).
+    pub dnssec: bool,
+    /// A file of DNSKEY records to trust instead of the root zone's keys
+    /// (for a private or test zone); setting it turns `dnssec` on.
+    pub trust_anchor: Option<std::path::PathBuf>,
+}
+
+impl Dns {
+    /// Answers are validated (DNSSEC), so DANE can be used.
+    pub fn validating(&self) -> bool {
+        self.dnssec || self.trust_anchor.is_some()
+    }
 }
 
 impl Default for Dns {
@@ -32,6 +45,8 @@ impl Default for Dns {
             cache_size: 10_000,
             min_ttl_secs: 0,
             max_ttl_secs: 3600,
+            dnssec: false,
+            trust_anchor: None,
         }
     }
 }
@@ -72,6 +87,14 @@ pub fn validate(dns: &Dns) -> Result<(), Invalid> {
     }
     if dns.max_ttl_secs < dns.min_ttl_secs {
         return fail("max_ttl_secs", "must not be less than min_ttl_secs");
+    }
+    if let Some(anchor) = &dns.trust_anchor
+        && !anchor.is_file()
+    {
+        return Err((
+            "dns.trust_anchor".to_owned(),
+            format!("{} is not a readable file", anchor.display()),
+        ));
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ mod master;
 mod model;
 mod paths;
 mod smtpd;
+mod tls;
 mod values;
 
 use std::fmt;
@@ -29,6 +30,7 @@ pub use mail_auth::{
 pub use master::{DEFAULT_USER, Supervisor};
 pub use model::*;
 pub use smtpd::{Auth as SmtpdAuth, BareLineEndings, Network, Smtpd, is_bcrypt_hash};
+pub use tls::{MtaSts, SecurityLevel, TlsReports, effective_level};
 pub use values::{DomainTransport, Extension, HostPort, ListenAddr, Listener, LmtpEndpoint};
 
 /// The default location of the config file.
@@ -254,6 +256,11 @@ fn validate(config: &Empath) -> Result<(), Invalid> {
     )?;
     validate_delivery(&config.delivery)?;
     dns::validate(&config.dns)?;
+    tls::validate(
+        &config.delivery.mta_sts,
+        &config.delivery.tls_reports,
+        &config.delivery.tls_ca_files,
+    )?;
     master::validate(config)?;
     for hash in &config.control_auth.token_hashes {
         let is_sha256_hex = hash.len() == 64 && hash.chars().all(|c| c.is_ascii_hexdigit());

@@ -19,6 +19,7 @@ use super::local::LocalDelivery;
 use super::mail_auth::{Auth, Dkim, Milter};
 use super::master::Supervisor;
 use super::smtpd::Smtpd;
+use super::tls::{MtaSts, SecurityLevel, TlsReports};
 use super::values::{DomainTransport, Extension, HostPort, ListenAddr, Listener};
 
 /// The whole `Empath( ... )` document.
@@ -235,9 +236,31 @@ pub struct Delivery {
     /// to the same host; 0 closes it after each transaction.
     pub connection_idle_secs: u64,
     pub circuit_breaker: CircuitBreaker,
+    /// TLS for destinations that publish no DANE or MTA-STS policy.
+    pub tls_security_level: SecurityLevel,
+    /// PEM files of certificates trusted besides the web PKI roots, for
+    /// `verify`, MTA-STS and the policy fetch (e.g. a private CA).
+    pub tls_ca_files: Vec<PathBuf>,
+    pub mta_sts: MtaSts,
+    pub tls_reports: TlsReports,
 }
 
 impl Delivery {
+    /// The configured TLS level for `domain` (what applies when the domain
+    /// publishes no DANE or MTA-STS policy), with `require_tls` and
+    /// `accept_invalid_certs` mapped onto it.
+    pub fn tls_level(&self, domain: &str) -> SecurityLevel {
+        let policy = self.domains.get(domain);
+        super::tls::effective_level(
+            self.tls_security_level,
+            policy.and_then(|p| p.tls_security_level),
+            policy.is_some_and(|p| p.require_tls),
+            policy
+                .and_then(|p| p.accept_invalid_certs)
+                .unwrap_or(self.accept_invalid_certs),
+        )
+    }
+
     /// `(domain, host:port)` of every domain with an `mx_override`, in
     /// domain order: what `empathctl dns list-overrides` shows.
     pub fn mx_overrides(&self) -> Vec<(String, String)> {
@@ -273,6 +296,10 @@ impl Default for Delivery {
             smtp_port: 25,
             connection_idle_secs: 5,
             circuit_breaker: CircuitBreaker::default(),
+            tls_security_level: SecurityLevel::default(),
+            tls_ca_files: Vec::new(),
+            mta_sts: MtaSts::default(),
+            tls_reports: TlsReports::default(),
         }
     }
 }
@@ -311,8 +338,11 @@ pub struct DomainPolicy {
     pub mx_override: Option<HostPort>,
     /// Overrides `delivery.accept_invalid_certs` for this domain.
     pub accept_invalid_certs: Option<bool>,
-    /// Defer rather than deliver without STARTTLS.
+    /// Defer rather than deliver without STARTTLS and a valid certificate:
+    /// the `verify` level, unless `tls_security_level` is set.
     pub require_tls: bool,
+    /// Overrides `delivery.tls_security_level` for this domain.
+    pub tls_security_level: Option<SecurityLevel>,
     /// Overrides `delivery.max_concurrency_per_domain` for this domain.
     pub max_concurrency: Option<usize>,
     /// Deliver over LMTP (`"lmtp:unix:/path"`, `"lmtp:inet:host:port"`),

@@ -43,6 +43,10 @@ pub(super) fn resolve(config: &mut Empath, base: &Path) {
     for map in &mut local.alias_maps {
         resolve(map);
     }
+    for file in &mut config.delivery.tls_ca_files {
+        resolve(file);
+    }
+    resolve_some(&mut config.dns.trust_anchor);
 }
 
 /// The directory whose relative paths a config at `config_path` uses:

@@ -32,6 +32,28 @@ pub struct Envelope {
     pub smtputf8: bool,
     /// The sender has been warned that delivery is delayed.
     pub delay_warned: bool,
+    /// What the client declared with MAIL beyond SMTPUTF8 (BODY,
+    /// REQUIRETLS), passed on to the next hop. Added in format version 2;
+    /// a version 1 envelope has the defaults.
+    pub options: MessageOptions,
+}
+
+/// The MAIL parameters that travel with the message to every next hop.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MessageOptions {
+    /// The declared body type (RFC 6152).
+    pub body: Body,
+    /// RFC 8689: deliver only over authenticated TLS (DANE or MTA-STS) to
+    /// servers that offer REQUIRETLS, else return the message (5.7.30).
+    pub requiretls: bool,
+}
+
+/// The body type the client declared with `BODY=` (RFC 6152).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Body {
+    #[default]
+    SevenBit,
+    EightBitMime,
 }
 
 impl Envelope {
@@ -81,7 +103,10 @@ pub fn domain_of(address: &str) -> String {
         .unwrap_or_default()
 }
 
-/// Where one recipient stands.
+/// Where one recipient stands. `remote` names the server whose own reply
+/// `reply` is; it is `None` when Empath produced the reply itself (a DNS
+/// failure, a refused connection, a TLS policy failure, a protocol error),
+/// which DSNs report as `X-Empath;` without a `Remote-MTA`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub enum RecipientStatus {
     Pending,
@@ -89,6 +114,10 @@ pub enum RecipientStatus {
         at: u64,
         remote: String,
         reply: Reply,
+        /// The next hop offered DSN and was given the recipient's NOTIFY
+        /// and ORCPT: a success notice is its job now, not ours (RFC 3461
+        /// section 6.2.1), so there is no "relayed" notice.
+        dsn_passed_on: bool,
     },
     Deferred {
         at: u64,

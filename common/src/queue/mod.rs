@@ -186,6 +186,13 @@ impl Queue {
         self.root.join(PUBLIC).join(MAILDROP)
     }
 
+    /// A daemon's own state directory in `private/` (smtp-out's MTA-STS
+    /// policy cache `private/sts/`, its TLS report records
+    /// `private/tlsrpt/`); the daemon creates it on first use.
+    pub fn private_dir(&self, name: &str) -> PathBuf {
+        self.root.join(PRIVATE).join(name)
+    }
+
     /// A file directly under the queue root (PID file, listener list).
     pub fn root_file(&self, name: &str) -> PathBuf {
         self.root.join(name)
@@ -497,6 +504,7 @@ mod tests {
             content_size: 5,
             smtputf8: false,
             delay_warned: false,
+            options: Default::default(),
         }
     }
 

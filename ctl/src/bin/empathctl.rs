@@ -8,6 +8,7 @@ use clap::{Parser, Subcommand};
 use empath_auth::keys::Algorithm;
 use empath_common::control::{
     ControlRequest, ControlResponse, DnsCommand, ListStatus, QueueCommand, SystemCommand,
+    TlsCommand,
 };
 use empath_common::queue::QueueId;
 use empath_ctl::{client, confirm, render};
@@ -46,6 +47,15 @@ enum Group {
     /// DKIM signing keys (no running Empath needed).
     #[command(subcommand)]
     Dkim(DkimArgs),
+    /// Outbound TLS: DANE, MTA-STS and the configured level.
+    #[command(subcommand)]
+    Tls(TlsArgs),
+}
+
+#[derive(Debug, Subcommand)]
+enum TlsArgs {
+    /// Which TLS policy applies to a domain's MX hosts, and why.
+    Policy { domain: String },
 }
 
 #[derive(Debug, Subcommand)]
@@ -207,6 +217,9 @@ fn request_for(group: &Group) -> Result<ControlRequest, String> {
             DnsArgs::ListOverrides => DnsCommand::ListOverrides,
         }),
         Group::Dkim(_) => return Err("dkim commands work without the control socket".to_owned()),
+        Group::Tls(TlsArgs::Policy { domain }) => ControlRequest::Tls(TlsCommand::Policy {
+            domain: domain.clone(),
+        }),
     })
 }
 
@@ -281,6 +294,7 @@ fn print(response: &ControlResponse, json: bool) -> bool {
         ControlResponse::Status(status) => print!("{}", render::status(status)),
         ControlResponse::DnsCache(entries) => print!("{}", render::dns_cache(entries)),
         ControlResponse::Overrides(overrides) => print!("{}", render::overrides(overrides)),
+        ControlResponse::TlsPolicy(view) => print!("{}", render::tls_policy(view)),
     }
     true
 }

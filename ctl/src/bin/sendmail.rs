@@ -315,6 +315,7 @@ async fn submit(
         metadata: Default::default(),
         smtputf8: false,
         queue_id: None,
+        options: Default::default(),
     };
     let metadata = submission.metadata.clone();
     let timeout = Duration::from_secs(60);

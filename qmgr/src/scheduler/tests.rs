@@ -107,6 +107,7 @@ fn envelope(recipients: &[&str]) -> Envelope {
         content_size: 10,
         smtputf8: false,
         delay_warned: false,
+        options: Default::default(),
     }
 }
 
@@ -136,6 +137,7 @@ fn report(
             })
             .collect(),
         destination_failed,
+        dsn_passed_on: Default::default(),
     }
 }
 
