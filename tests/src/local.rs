@@ -24,6 +24,17 @@ pub struct TestUser {
 
 impl TestUser {
     pub fn create(tag: &str) -> Self {
+        Self::create_with(tag, &[])
+    }
+
+    /// A second superuser (`useradd --non-unique --uid 0`) with a home of
+    /// its own: what root's `~/.forward` handling applies to, without
+    /// touching the real root's home.
+    pub fn create_superuser(tag: &str) -> Self {
+        Self::create_with(tag, &["--non-unique", "--uid", "0"])
+    }
+
+    fn create_with(tag: &str, options: &[&str]) -> Self {
         static NEXT: AtomicUsize = AtomicUsize::new(0);
         let name = format!(
             "et{}{}{}",
@@ -34,6 +45,7 @@ impl TestUser {
         let output = run_bounded(
             Command::new("useradd")
                 .args(["--create-home", "--shell", "/bin/sh"])
+                .args(options)
                 .arg(&name),
             COMMAND_TIMEOUT,
         );

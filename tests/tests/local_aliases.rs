@@ -2,8 +2,9 @@
 //! expansion, `:include:`, a self-reference, a pipe to a command that runs
 //! as the configured user (exit 75 defers, 67 bounces with its output in
 //! the DSN), a file, an alias loop, a Delivered-To loop, newaliases
-//! rebuilding while mail flows, and `.forward` to a local user and to a
-//! remote address (relayed to the test sink).
+//! rebuilding while mail flows, `.forward` to a local user and to a
+//! remote address (relayed to the test sink), and a superuser's
+//! `.forward`, ignored unless `allow_root_forward` is set.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -309,4 +310,40 @@ fn dot_forward_to_a_local_user_and_a_remote_address() {
         mbox_subjects(&empath, &erin).is_empty(),
         "erin forwards everything"
     );
+}
+
+/// A `.forward` in a uid-0 user's home is not followed by default (a
+/// file there could make root's mail run commands as root); with
+/// `allow_root_forward: true` it is.
+#[test]
+fn a_superusers_dot_forward_is_ignored_unless_allowed() {
+    let toor = TestUser::create_superuser("toor");
+    let frank = TestUser::create("frank");
+    toor.write_home_file(".forward", &format!("{}\n", frank.name));
+    let to = format!("{}@localhost", toor.name);
+    let sink = Sink::start();
+
+    let strict = start(&sink, |c| c);
+    send(&strict, &to, "kept for root");
+    wait_subject(
+        &strict,
+        &strict.mail_spool().join(&toor.name),
+        "kept for root",
+    );
+    strict.wait_queue_empty(Duration::from_secs(60));
+    assert!(
+        mbox_subjects(&strict, &frank).is_empty(),
+        "the superuser's .forward was followed"
+    );
+    drop(strict);
+
+    let allowing = start(&sink, |c| c.local_delivery("allow_root_forward", "true"));
+    send(&allowing, &to, "passed on by root");
+    wait_subject(
+        &allowing,
+        &allowing.mail_spool().join(&frank.name),
+        "passed on by root",
+    );
+    allowing.wait_queue_empty(Duration::from_secs(60));
+    assert!(mbox_subjects(&allowing, &toor).is_empty());
 }

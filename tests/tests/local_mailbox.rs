@@ -2,8 +2,9 @@
 //! users (useradd; the tests run as root) and real readers (Python's
 //! `mailbox` module): `sendmail root` and SMTP mail to root@localhost
 //! reach the mbox of the user root is aliased to; unknown local
-//! recipients are refused at RCPT; 20 parallel deliveries to one mbox
-//! stay intact; Maildir under the home directory.
+//! recipients are refused at RCPT; bsd-mailx reads the mbox; 20
+//! parallel deliveries to one mbox stay intact; Maildir under the home
+//! directory.
 //!
 //! Build the binaries first: `cargo build --workspace --bins`.
 
@@ -91,6 +92,20 @@ fn sendmail_root_and_smtp_to_root_reach_the_mbox_root_is_aliased_to() {
             .is_some_and(|f| f.starts_with("someone@client.test "))
     );
     assert_eq!(smtp.body.trim_end(), "hello root");
+
+    // A real mail reader (bsd-mailx) sees the same two messages.
+    let mut reader = std::process::Command::new("mail");
+    reader.arg("-f").arg(&mbox);
+    let shown = empath_tests::run::run_with_stdin(reader, b"x\n");
+    assert!(shown.status.success(), "mail -f: {}", shown.combined());
+    assert!(
+        shown.stdout.contains("2 messages")
+            && shown.stdout.contains("from cron")
+            && shown.stdout.contains("over smtp"),
+        "mail -f {}: {}",
+        mbox.display(),
+        shown.combined()
+    );
 
     // The mailbox belongs to the user, readable by nobody else; no lock
     // is left behind.
