@@ -36,13 +36,13 @@ CARGO_PROFILE_FLAG = $(if $(filter release,$(PROFILE)),--release,--profile $(PRO
 LIBEMPATH ?= $(BUILT)/libempath.so
 LDCONFIG ?= ldconfig
 
-DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-local empath-bounce
+DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-local empath-bounce empath-showq
 SBIN_PROGRAMS = empath empathctl sendmail newaliases
 BIN_PROGRAMS = mailq
 MAN1 = man/mailq.1 man/sendmail.1
 MAN3 = man/empath-modules.3
 MAN5 = man/empath.config.ron.5 man/aliases.5
-MAN8 = man/empath.8 man/empathctl.8 man/empath-local.8 man/newaliases.8
+MAN8 = man/empath.8 man/empathctl.8 man/empath-local.8 man/newaliases.8 man/empath-showq.8
 
 INSTALL ?= install
 # Installed copies of the units and scripts point at the chosen directories.

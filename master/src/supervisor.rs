@@ -35,14 +35,16 @@ pub const BOUNCE: &str = "empath-bounce";
 /// master runs as root, to switch to each recipient's uid (see
 /// [`Slot::run_as`]).
 pub const LOCAL: &str = "empath-local";
+/// The read-only queue listing (mailq, empathctl queue list/view/stats).
+pub const SHOWQ: &str = "empath-showq";
 
 /// The daemons, in start order: the ones others connect to come first.
-pub const DAEMONS: [&str; 6] = [CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, SMTPD];
+pub const DAEMONS: [&str; 7] = [CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, SMTPD, SHOWQ];
 /// Stop order on SIGTERM: first no new mail comes in (smtpd finishes its
 /// sessions), then no new deliveries start (qmgr waits for the running
 /// ones), then the daemons that the others hand work to (cleanup last:
 /// empath-local forwards through it).
-const STOP_ORDER: [&str; 6] = [SMTPD, QMGR, SMTP_OUT, LOCAL, BOUNCE, CLEANUP];
+const STOP_ORDER: [&str; 7] = [SMTPD, QMGR, SMTP_OUT, LOCAL, BOUNCE, CLEANUP, SHOWQ];
 /// Every stop phase gets at least this long, even past the deadline.
 const MIN_PHASE_GRACE: Duration = Duration::from_secs(1);
 
