@@ -1,16 +1,12 @@
 //! Moving a spool of the flat layout of earlier versions (`data/ID`,
 //! `<state>/ID`) into the hashed one (`data/BK/ID`, `<state>/BK/ID`).
 
-use std::collections::BTreeSet;
+use std::collections::BTreeMap;
 use std::io;
 use std::os::unix::fs::MetadataExt;
 
 use super::{Bucket, Queue, QueueId, QueueState};
 use crate::safeio;
-
-/// Files are linked into place this many at a time, then their hashed
-/// subdirectories are fsynced, and only then are the old names removed.
-const CHUNK: usize = 4096;
 
 /// What [`Queue::migrate`] did.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -30,28 +26,35 @@ impl Queue {
     /// restart with new daemons under an older master); it is quick when
     /// there is nothing to move.
     ///
-    /// Crash-safe at every step: each file is hard-linked into its new
-    /// place, the new places are fsynced, and only then are the old names
-    /// removed. A crash leaves every file under at least one of its names;
-    /// the next run finds the ones under both (the same inode) and only
-    /// removes the old name. Content goes first, so no envelope is in its
-    /// new place before its content.
+    /// Crash-safe at every step: the files of one subdirectory are
+    /// hard-linked into it, the subdirectory is fsynced, and only then are
+    /// their old names removed. A crash leaves every file under at least
+    /// one of its names; the next run finds the ones under both (the same
+    /// inode) and only removes the old name. Content goes first, so no
+    /// envelope is in its new place before its content. One fsync per
+    /// subdirectory and directory, whatever the number of files.
     pub fn migrate(&self) -> io::Result<Migrated> {
         let mut done = Migrated::default();
         for dir in Self::hashed_dirs() {
-            let flat: Vec<(String, QueueId)> = std::fs::read_dir(self.dir(dir))?
-                .filter_map(|entry| {
-                    let entry = entry.ok()?;
-                    if entry.file_type().ok()?.is_dir() {
-                        return None;
-                    }
-                    let name = entry.file_name().into_string().ok()?;
-                    let id = name.parse::<QueueId>().ok()?;
-                    Some((name, id))
-                })
-                .collect();
-            for chunk in flat.chunks(CHUNK) {
-                self.migrate_chunk(dir, chunk, &mut done)?;
+            let mut flat: BTreeMap<Bucket, Vec<QueueId>> = BTreeMap::new();
+            for entry in std::fs::read_dir(self.dir(dir))? {
+                let entry = entry?;
+                if entry.file_type()?.is_dir() {
+                    continue;
+                }
+                // Only names exactly as the earlier versions wrote them.
+                let name = entry.file_name();
+                let Some(id) = name
+                    .to_str()
+                    .and_then(|n| n.parse::<QueueId>().ok())
+                    .filter(|id| name.to_str() == Some(id.to_string().as_str()))
+                else {
+                    continue;
+                };
+                flat.entry(id.bucket()).or_default().push(id);
+            }
+            for (bucket, ids) in &flat {
+                self.migrate_bucket(dir, *bucket, ids, &mut done)?;
             }
             if !flat.is_empty() {
                 safeio::fsync_dir(&self.dir(dir))?;
@@ -60,22 +63,20 @@ impl Queue {
         Ok(done)
     }
 
-    fn migrate_chunk(
+    fn migrate_bucket(
         &self,
         dir: &str,
-        chunk: &[(String, QueueId)],
+        bucket: Bucket,
+        ids: &[QueueId],
         done: &mut Migrated,
     ) -> io::Result<()> {
-        let mut linked = Vec::with_capacity(chunk.len());
-        let mut touched: BTreeSet<Bucket> = BTreeSet::new();
-        for (name, id) in chunk {
-            let old = self.dir(dir).join(name);
+        let mut linked = Vec::with_capacity(ids.len());
+        for id in ids {
+            let name = id.to_string();
+            let old = self.dir(dir).join(&name);
             let new = self.hashed_path(dir, *id);
-            match self.put_in_bucket(dir, id.bucket(), || std::fs::hard_link(&old, &new)) {
-                Ok(()) => {
-                    touched.insert(id.bucket());
-                    linked.push(old);
-                }
+            match self.put_in_bucket(dir, bucket, || std::fs::hard_link(&old, &new)) {
+                Ok(()) => linked.push(old),
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                     if same_file(&old, &new)? {
                         // Linked by a run that stopped before the unlink.
@@ -99,9 +100,7 @@ impl Queue {
                 Err(e) => return Err(e),
             }
         }
-        for bucket in touched {
-            safeio::fsync_dir(&self.bucket_dir(dir, bucket))?;
-        }
+        safeio::fsync_dir(&self.bucket_dir(dir, bucket))?;
         for old in linked {
             match std::fs::remove_file(&old) {
                 Ok(()) => done.moved += 1,

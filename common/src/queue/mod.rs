@@ -255,8 +255,11 @@ impl Queue {
     }
 
     /// Runs `op`, which puts an entry into `bucket` of `dir`; if it fails
-    /// because that subdirectory does not exist yet, makes it and runs
-    /// `op` again.
+    /// because that subdirectory does not exist, makes it and runs `op`
+    /// again. Also when the subdirectory exists by the time we look:
+    /// another thread may have just made it and not yet fsynced its entry,
+    /// and [`Queue::make_bucket`] does that before our entry counts. (When
+    /// the NotFound was about the source, the second try fails the same.)
     fn put_in_bucket<T>(
         &self,
         dir: &str,
@@ -264,10 +267,7 @@ impl Queue {
         mut op: impl FnMut() -> io::Result<T>,
     ) -> io::Result<T> {
         match op() {
-            Err(e)
-                if e.kind() == io::ErrorKind::NotFound
-                    && !self.bucket_dir(dir, bucket).is_dir() =>
-            {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
                 self.make_bucket(dir, bucket)?;
                 op()
             }
