@@ -21,6 +21,7 @@ pub mod deliveries;
 pub mod dns;
 pub mod dovecot;
 pub mod dsn;
+pub mod flat_spool;
 pub mod local;
 pub mod mail;
 pub mod master;
