@@ -42,6 +42,9 @@ fn main() {
         }
     };
     runtime.block_on(run());
+    // A listing still being read is of no use to anyone once we stop:
+    // do not wait for it.
+    runtime.shutdown_background();
 }
 
 async fn run() {

@@ -46,7 +46,9 @@ pub fn old_style_id() -> QueueId {
 /// directories it needs. The sealed file is `content | envelope record |
 /// content length (u64 LE) | "EMPT"`, as ARCHITECTURE.md describes it.
 pub fn write_flat_spool(spool: &Path, messages: &[FlatMessage]) {
-    for dir in ["data", "incoming", "active", "deferred", "hold", "corrupt", "tmp"] {
+    for dir in [
+        "data", "incoming", "active", "deferred", "hold", "corrupt", "tmp",
+    ] {
         std::fs::create_dir_all(spool.join(dir)).expect("create a queue directory");
     }
     for message in messages {

@@ -65,28 +65,36 @@ fn flat_messages(count: usize, id: impl Fn() -> QueueId) -> Vec<FlatMessage> {
 /// Every message arrives exactly once with the content it had in the
 /// queue, and nothing is left of the flat layout or of the queue.
 fn assert_all_delivered(sink: &Sink, empath: &Empath, messages: &[FlatMessage]) {
-    empath.wait_until("the migrated mail to be delivered", DELIVERY_TIMEOUT, || {
-        let arrived = sink.message_count();
-        let queue = empath.queue_counts();
-        if arrived >= messages.len() && queue.is_empty() {
-            Ok(())
-        } else {
-            Err(format!("{arrived} of {} arrived, queue {queue:?}", messages.len()))
-        }
-    });
-    let expected: HashMap<&[u8], usize> = messages
-        .iter()
-        .map(|m| (m.content.as_slice(), 0))
-        .collect();
+    empath.wait_until(
+        "the migrated mail to be delivered",
+        DELIVERY_TIMEOUT,
+        || {
+            let arrived = sink.message_count();
+            let queue = empath.queue_counts();
+            if arrived >= messages.len() && queue.is_empty() {
+                Ok(())
+            } else {
+                Err(format!(
+                    "{arrived} of {} arrived, queue {queue:?}",
+                    messages.len()
+                ))
+            }
+        },
+    );
+    let expected: HashMap<&[u8], usize> =
+        messages.iter().map(|m| (m.content.as_slice(), 0)).collect();
     sink.inspect(|arrived| {
         assert_eq!(arrived.len(), messages.len(), "one delivery per message");
         let mut seen = expected.clone();
         for message in arrived {
             assert_eq!(message.mail_from, SENDER);
             assert_eq!(message.rcpt_to, [RECIPIENT]);
-            let count = seen
-                .get_mut(message.data.as_slice())
-                .unwrap_or_else(|| panic!("delivered content that was not queued (or changed):\n{}", String::from_utf8_lossy(&message.data)));
+            let count = seen.get_mut(message.data.as_slice()).unwrap_or_else(|| {
+                panic!(
+                    "delivered content that was not queued (or changed):\n{}",
+                    String::from_utf8_lossy(&message.data)
+                )
+            });
             *count += 1;
         }
         assert!(seen.values().all(|n| *n == 1), "every message once");
@@ -112,7 +120,9 @@ fn a_flat_spool_is_migrated_at_start_and_all_its_mail_delivered() {
     assert!(line.contains("moved=240"), "{line}");
     // The hashed layout is what the queue API sees.
     assert_eq!(
-        Queue::new(empath.spool()).count_content().expect("count data/"),
+        Queue::new(empath.spool())
+            .count_content()
+            .expect("count data/"),
         0
     );
 }
