@@ -147,7 +147,7 @@ fn fill(
                 args.to.clone()
             };
             staged.push(stage(queue, args, &to, n)?);
-            if (n + 1) % 100_000 == 0 {
+            if (n + 1).is_multiple_of(100_000) {
                 eprintln!(
                     "empath-queue-fill: {} messages, {:.0} s",
                     n + 1,
