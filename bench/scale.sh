@@ -189,14 +189,17 @@ start_empath() { # spool name -> sets MASTER, START_S, RECOVERED_S
 STOP_S=""
 stop_empath() { # sets STOP_S, the seconds the master took to stop
     [ -n "$MASTER" ] || return 0
-    [ -n "$SAMPLER" ] && kill "$SAMPLER" 2>/dev/null && wait "$SAMPLER" 2>/dev/null
+    if [ -n "$SAMPLER" ]; then
+        kill "$SAMPLER" 2>/dev/null || true
+        wait "$SAMPLER" 2>/dev/null || true
+    fi
     SAMPLER=""
     local started
     started=$(now)
-    kill "$MASTER" 2>/dev/null
+    kill "$MASTER" 2>/dev/null || true
     for _ in $(seq 600); do kill -0 "$MASTER" 2>/dev/null || break; sleep 0.1; done
-    kill -9 "$MASTER" 2>/dev/null
-    wait "$MASTER" 2>/dev/null
+    kill -9 "$MASTER" 2>/dev/null || true
+    wait "$MASTER" 2>/dev/null || true
     MASTER=""
     STOP_S=$(elapsed "$started" "$(now)")
 }
