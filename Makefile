@@ -39,7 +39,7 @@ CARGO_PROFILE_FLAG = $(if $(filter release,$(PROFILE)),--release,--profile $(PRO
 LIBEMPATH ?= $(BUILT)/libempath.so
 LDCONFIG ?= ldconfig
 
-DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-local empath-bounce empath-anvil
+DAEMONS = empath-smtpd empath-cleanup empath-qmgr empath-smtp-out empath-local empath-bounce empath-anvil empath-showq
 SBIN_PROGRAMS = empath empathctl sendmail newaliases
 BIN_PROGRAMS = mailq
 MAN1 = man/mailq.1 man/sendmail.1
@@ -47,7 +47,7 @@ MAN3 = man/empath-modules.3
 MAN5 = man/empath.config.ron.5 man/aliases.5
 MAN8 = man/empath.8 man/empath-anvil.8 man/empathctl.8 man/empath-local.8 man/newaliases.8 \
 	man/empath-smtpd.8 man/empath-cleanup.8 man/empath-qmgr.8 \
-	man/empath-smtp-out.8 man/empath-bounce.8
+	man/empath-smtp-out.8 man/empath-bounce.8 man/empath-showq.8
 
 INSTALL ?= install
 # Installed copies of the units and scripts point at the chosen directories.

@@ -5,12 +5,11 @@
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use empath_common::metrics::{Family, Kind, Sample, Snapshot, Value};
-use empath_common::queue::{Queue, QueueState};
+use empath_common::queue::{Queue, QueueState, lister};
 use empath_common::supervision::MasterStatus;
 
 /// Message counts per queue state and the arrival of the oldest message,
-/// from a listing of the queue directories (queue IDs are ULIDs, which
-/// carry their arrival time).
+/// from the lister's count of the queue directories (no file is opened).
 pub struct QueueView {
     pub counts: Vec<(&'static str, u64)>,
     pub oldest_ms: Option<u64>,
@@ -26,16 +25,14 @@ impl QueueView {
     ];
 
     pub fn read(queue: &Queue) -> Self {
-        let mut counts = Vec::new();
-        let mut oldest_ms: Option<u64> = None;
-        for (state, label) in Self::STATES {
-            let ids = queue.list(state).map(|l| l.ids).unwrap_or_default();
-            if let Some(first) = ids.iter().map(|id| id.timestamp_ms()).min() {
-                oldest_ms = Some(oldest_ms.map_or(first, |o| o.min(first)));
-            }
-            counts.push((label, ids.len() as u64));
+        let counts = lister::count(queue).unwrap_or_default();
+        Self {
+            counts: Self::STATES
+                .iter()
+                .map(|(state, label)| (*label, counts.of(*state)))
+                .collect(),
+            oldest_ms: counts.oldest_ms,
         }
-        Self { counts, oldest_ms }
     }
 
     pub fn total(&self) -> u64 {

@@ -129,6 +129,16 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    read_frame_limited(reader, MAX_FRAME).await
+}
+
+/// Reads one frame of at most `max` bytes: for sockets that anyone may
+/// connect to, whose requests are small.
+pub async fn read_frame_limited<R, T>(reader: &mut R, max: usize) -> io::Result<Option<T>>
+where
+    R: AsyncRead + Unpin,
+    T: DeserializeOwned,
+{
     let mut header = [0u8; 4];
     match reader.read_exact(&mut header).await {
         Ok(_) => {}
@@ -136,7 +146,7 @@ where
         Err(e) => return Err(e),
     }
     let length = u32::from_be_bytes(header) as usize;
-    if length > MAX_FRAME {
+    if length > max {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
             format!("frame of {length} bytes exceeds the limit"),

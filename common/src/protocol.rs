@@ -8,6 +8,13 @@
 //! | `local.sock`           | qmgr              | [`DeliveryJob`]    | [`DeliveryReport`] |
 //! | `bounce.sock`          | qmgr              | [`BounceRequest`]  | [`BounceReply`]  |
 //! | `anvil.sock`           | smtpd             | [`AnvilRequest`]   | [`AnvilReply`] (some requests) |
+//! | `showq-control.sock`   | the master        | [`crate::control::ControlRequest`] (queue list, view, stats) | [`crate::control::ControlResponse`] |
+//!
+//! And one in `public/`, which any local user may connect to:
+//!
+//! | socket (in `public/`)  | client            | request            | replies          |
+//! |------------------------|-------------------|--------------------|------------------|
+//! | `showq.sock`           | mailq             | [`ShowqRequest`]   | [`ShowqReply`]s: `Entries`..., then `End` or `Error` |
 
 use std::collections::BTreeMap;
 
@@ -30,6 +37,13 @@ pub const ANVIL: &str = "anvil";
 /// qmgr's control socket: [`crate::control::ControlRequest::Queue`] in,
 /// [`crate::control::ControlResponse`] out.
 pub const QMGR_CONTROL: &str = "qmgr-control";
+/// empath-showq's socket in `public/`, for `mailq`: [`ShowqRequest`] in,
+/// a stream of [`ShowqReply`] out.
+pub const SHOWQ: &str = "showq";
+/// empath-showq's control socket in `private/`: the read-only queue
+/// commands ([`crate::control::QueueCommand::List`], `View` and `Stats`)
+/// in, [`crate::control::ControlResponse`] out.
+pub const SHOWQ_CONTROL: &str = "showq-control";
 /// smtp-out's control socket: [`crate::control::ControlRequest::Dns`] in,
 /// [`crate::control::ControlResponse`] out.
 pub const SMTP_OUT_CONTROL: &str = "smtp-out-control";
@@ -300,6 +314,28 @@ pub const DSN_DELAY: &str = "delay";
 /// A notice to the postmaster that a DSN could not be delivered; when it
 /// fails too, nobody is told (only the log).
 pub const DSN_DOUBLE_BOUNCE: &str = "double-bounce";
+
+/// The largest [`ShowqRequest`] frame empath-showq reads: its socket is
+/// open to every local user.
+pub const SHOWQ_MAX_REQUEST: usize = 1024;
+
+/// A request on `public/showq.sock`. One per connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShowqRequest {
+    /// Every queued message, oldest first, as `mailq` prints them.
+    Mailq,
+}
+
+/// The answer to [`ShowqRequest::Mailq`]: any number of `Entries` frames
+/// (each of a bounded size), then one `End`, or an `Error` instead.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ShowqReply {
+    Entries(Vec<crate::queue::lister::MailqEntry>),
+    /// The listing is complete.
+    End,
+    /// The listing could not be made (or was cut short); the text says why.
+    Error(String),
+}
 
 #[cfg(test)]
 mod tests {

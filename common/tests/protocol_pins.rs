@@ -14,8 +14,10 @@ use empath_common::control::{ControlEnvelope, ControlRequest, ControlResponse, Q
 use empath_common::ipc::{Hello, PROTOCOL_VERSION};
 use empath_common::protocol::{
     AnvilReply, AnvilRequest, BounceKind, BounceReply, BounceRequest, CleanupReply, CleanupRequest,
-    DeliveryJob, DeliveryReport, JobRecipient, Outcome, QmgrNotice, RecipientResult, Submission,
+    DeliveryJob, DeliveryReport, JobRecipient, Outcome, QmgrNotice, RecipientResult, ShowqReply,
+    ShowqRequest, Submission,
 };
+use empath_common::queue::lister::{MailqEntry, MailqRecipient};
 use empath_common::queue::{ClientInfo, DsnParams, QueueId, QueueState, Recipient};
 use empath_common::smtp::Reply;
 use serde::Serialize;
@@ -123,6 +125,22 @@ fn samples() -> Vec<(&'static str, String)> {
             "ControlResponse::Done",
             hex(&ControlResponse::Done("x".into())),
         ),
+        ("ShowqRequest::Mailq", hex(&ShowqRequest::Mailq)),
+        (
+            "ShowqReply::Entries",
+            hex(&ShowqReply::Entries(vec![MailqEntry {
+                id: id(),
+                state: QueueState::Deferred,
+                size: 1500,
+                arrival: 1_700_000_000,
+                sender: "a@b.example".into(),
+                recipients: vec![MailqRecipient {
+                    address: "c@d.example".into(),
+                    reason: Some("451 4.4.1 no answer".into()),
+                }],
+            }])),
+        ),
+        ("ShowqReply::End", hex(&ShowqReply::End)),
     ]
 }
 
@@ -162,6 +180,12 @@ const PINS: &[(&str, &str)] = &[
         "000003dbcef1ebd6f494a3f8b98ddbd4f2fb9d930301",
     ),
     ("ControlResponse::Done", "010178"),
+    ("ShowqRequest::Mailq", "00"),
+    (
+        "ShowqReply::Entries",
+        "0001dbcef1ebd6f494a3f8b98ddbd4f2fb9d930302dc0b80e2cfaa060b6140622e6578616d706c65010b6340642e6578616d706c65011334353120342e342e31206e6f20616e73776572",
+    ),
+    ("ShowqReply::End", "01"),
 ];
 
 #[test]

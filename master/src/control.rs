@@ -1,6 +1,7 @@
 //! The control socket: who may use it, the optional token check, the audit
 //! log, and where each command goes. System commands are answered here;
-//! queue commands go to qmgr and DNS commands to smtp-out, each on its
+//! the read-only queue commands (list, view, stats) go to showq, the other
+//! queue commands to qmgr and DNS commands to smtp-out, each on its
 //! control socket in `private/`.
 
 use std::path::PathBuf;
@@ -14,7 +15,7 @@ use empath_common::control::{
 };
 use empath_common::ipc::{self, read_frame, write_frame};
 use empath_common::protocol;
-use empath_common::queue::{Queue, QueueState};
+use empath_common::queue::{Queue, lister};
 use sha2::{Digest, Sha256};
 use tokio::net::{UnixListener, UnixStream};
 
@@ -155,6 +156,10 @@ impl Control {
             ControlRequest::Dns(DnsCommand::ListOverrides) => {
                 ControlResponse::Overrides(self.config.delivery.mx_overrides())
             }
+            // Read-only: the lister, never qmgr's scheduling loop.
+            request @ ControlRequest::Queue(
+                QueueCommand::List { .. } | QueueCommand::View { .. } | QueueCommand::Stats,
+            ) => self.route(protocol::SHOWQ_CONTROL, "showq", request).await,
             request @ ControlRequest::Queue(_) => {
                 self.route(protocol::QMGR_CONTROL, "qmgr", request).await
             }
@@ -182,16 +187,12 @@ impl Control {
     }
 
     async fn status(&self) -> ControlResponse {
-        let queue_size = [
-            QueueState::Incoming,
-            QueueState::Active,
-            QueueState::Deferred,
-            QueueState::Hold,
-        ]
-        .into_iter()
-        .filter_map(|state| self.queue.list(state).ok())
-        .map(|listing| listing.ids.len())
-        .sum();
+        let queue = self.queue.clone();
+        let queue_size = tokio::task::spawn_blocking(move || lister::count(&queue))
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .map_or(0, |counts| counts.queued());
         let dns = self
             .route(
                 protocol::SMTP_OUT_CONTROL,
@@ -199,26 +200,16 @@ impl Control {
                 ControlRequest::Dns(DnsCommand::ListCache),
             )
             .await;
-        let stats = self
-            .route(
-                protocol::QMGR_CONTROL,
-                "qmgr",
-                ControlRequest::Queue(QueueCommand::Stats),
-            )
-            .await;
         ControlResponse::Status(SystemStatus {
             version: env!("CARGO_PKG_VERSION").to_owned(),
             uptime_secs: self.started.elapsed().as_secs(),
             processes: (self.processes)(),
-            queue_size,
+            queue_size: usize::try_from(queue_size).unwrap_or(usize::MAX),
             dns_cache_entries: match dns {
                 ControlResponse::DnsCache(entries) => Some(entries.len()),
                 _ => None,
             },
-            frozen: match stats {
-                ControlResponse::Stats(stats) => Some(stats.frozen),
-                _ => None,
-            },
+            frozen: Some(lister::frozen(&self.queue)),
         })
     }
 }

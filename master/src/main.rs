@@ -143,6 +143,7 @@ fn run(config: Config, log_format: LogFormat) -> Result<(), Failure> {
         message,
         status: EX_CANTCREAT,
     })?;
+    migrate_queue(&queue)?;
     if let Some(run_as) = run_as {
         privileges::chown_spool(queue.root(), run_as).map_err(|message| Failure {
             message,
@@ -186,6 +187,29 @@ fn run(config: Config, log_format: LogFormat) -> Result<(), Failure> {
             message,
             status: EX_OSERR,
         })
+}
+
+/// Moves a spool of the flat layout into the hashed one, under the spool
+/// lock and before any daemon runs (before the spool is given to the
+/// daemons' user, so that new subdirectories are theirs too).
+fn migrate_queue(queue: &Queue) -> Result<(), Failure> {
+    let started = std::time::Instant::now();
+    let done = queue.migrate().map_err(|e| Failure {
+        message: format!(
+            "cannot move queue directory {} to the hashed layout (start again to finish): {e}",
+            queue.root().display()
+        ),
+        status: EX_CANTCREAT,
+    })?;
+    if done.moved + done.set_aside > 0 {
+        tracing::info!(
+            moved = done.moved,
+            set_aside = done.set_aside,
+            secs = started.elapsed().as_secs_f64(),
+            "queue files moved to the hashed layout"
+        );
+    }
+    Ok(())
 }
 
 fn prepare_queue(queue: &Queue) -> Result<(), Failure> {

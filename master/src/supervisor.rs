@@ -42,15 +42,18 @@ pub const LOCAL: &str = "empath-local";
 /// Connection and AUTH-failure accounting for smtpd, `/health` and
 /// `/metrics`: everything that parses what others send, unprivileged.
 pub const ANVIL: &str = "empath-anvil";
+/// The read-only queue listing (mailq, empathctl queue list/view/stats,
+/// the queue figures of `/health` and `/metrics`).
+pub const SHOWQ: &str = "empath-showq";
 
 /// The daemons, in start order: the ones others connect to come first.
-pub const DAEMONS: [&str; 7] = [ANVIL, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, SMTPD];
+pub const DAEMONS: [&str; 8] = [ANVIL, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, SMTPD, SHOWQ];
 /// Stop order on SIGTERM: first no new mail comes in (smtpd finishes its
 /// sessions), then no new deliveries start (qmgr waits for the running
 /// ones), then the daemons that the others hand work to (cleanup late:
 /// empath-local forwards through it); the anvil last, so that
 /// `/health/ready` says "not ready" for the whole stop.
-const STOP_ORDER: [&str; 7] = [SMTPD, QMGR, SMTP_OUT, LOCAL, BOUNCE, CLEANUP, ANVIL];
+const STOP_ORDER: [&str; 8] = [SMTPD, QMGR, SMTP_OUT, LOCAL, BOUNCE, CLEANUP, SHOWQ, ANVIL];
 /// Every stop phase gets at least this long, even past the deadline.
 const MIN_PHASE_GRACE: Duration = Duration::from_secs(1);
 

@@ -44,6 +44,19 @@ async fn main() {
             std::process::exit(1);
         }
     };
+    // The master migrates a spool of the flat layout at start; this covers
+    // new daemons restarted (SIGHUP) under a master that predates hashing.
+    match tokio::task::block_in_place(|| queue.migrate()) {
+        Ok(done) if done.moved + done.set_aside > 0 => {
+            tracing::info!(
+                moved = done.moved,
+                set_aside = done.set_aside,
+                "queue files moved to the hashed layout"
+            );
+        }
+        Ok(_) => {}
+        Err(error) => tracing::error!(%error, "cannot move the queue to the hashed layout"),
+    }
     let path = queue.private_socket(protocol::QMGR);
     let control_path = queue.private_socket(protocol::QMGR_CONTROL);
     let listener = match daemon::bind_socket(&path) {

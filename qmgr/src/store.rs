@@ -30,15 +30,11 @@ pub trait Store {
     fn quarantine(&self, state: QueueState, id: QueueId) -> io::Result<()>;
     fn quarantine_name(&self, state: QueueState, name: &str) -> io::Result<()>;
     fn locate(&self, id: QueueId) -> Option<QueueState>;
-    /// The start of the message's content, at most `max` bytes.
-    fn content_head(&self, id: QueueId, max: u64) -> Vec<u8>;
     /// Whether an operator's freeze is recorded.
     fn frozen(&self) -> bool;
     fn set_frozen(&self, frozen: bool) -> io::Result<()>;
     fn sweep_orphan_content(&self, older_than: std::time::Duration) -> io::Result<usize>;
 }
-
-const FROZEN_MARKER: &str = "frozen";
 
 impl Store for Queue {
     fn list(&self, state: QueueState) -> io::Result<Listing> {
@@ -86,20 +82,12 @@ impl Store for Queue {
         Queue::locate(self, id)
     }
 
-    fn content_head(&self, id: QueueId, max: u64) -> Vec<u8> {
-        let mut head = Vec::new();
-        if let Ok(file) = self.open_content(id) {
-            let _ = io::Read::read_to_end(&mut io::Read::take(file, max), &mut head);
-        }
-        head
-    }
-
     fn frozen(&self) -> bool {
-        self.root_file(FROZEN_MARKER).exists()
+        self.frozen_marker().exists()
     }
 
     fn set_frozen(&self, frozen: bool) -> io::Result<()> {
-        let marker = self.root_file(FROZEN_MARKER);
+        let marker = self.frozen_marker();
         if frozen {
             std::fs::write(&marker, b"")
         } else {
@@ -160,9 +148,6 @@ pub mod memory {
         }
         fn locate(&self, id: QueueId) -> Option<QueueState> {
             (**self).locate(id)
-        }
-        fn content_head(&self, id: QueueId, max: u64) -> Vec<u8> {
-            (**self).content_head(id, max)
         }
         fn frozen(&self) -> bool {
             (**self).frozen()
@@ -278,10 +263,6 @@ pub mod memory {
             QueueState::ALL
                 .into_iter()
                 .find(|state| self.files.borrow().contains_key(&(*state, id)))
-        }
-
-        fn content_head(&self, _id: QueueId, _max: u64) -> Vec<u8> {
-            Vec::new()
         }
 
         fn frozen(&self) -> bool {

@@ -21,6 +21,7 @@ pub mod deliveries;
 pub mod dns;
 pub mod dovecot;
 pub mod dsn;
+pub mod flat_spool;
 pub mod https;
 pub mod local;
 pub mod mail;
@@ -48,7 +49,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::{Duration, Instant};
 
-use empath_common::queue::QueueState;
+use empath_common::queue::{Queue, QueueState, lister};
 use nix::sys::signal::{Signal, kill};
 use nix::unistd::Pid;
 use tempfile::TempDir;
@@ -71,7 +72,9 @@ pub const BOUNCE: &str = "empath-bounce";
 /// each recipient), like the master itself.
 pub const LOCAL: &str = "empath-local";
 pub const ANVIL: &str = "empath-anvil";
-pub const DAEMONS: [&str; 7] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, ANVIL];
+/// The read-only queue listing (mailq, empathctl queue list/view/stats).
+pub const SHOWQ: &str = "empath-showq";
+pub const DAEMONS: [&str; 8] = [SMTPD, CLEANUP, QMGR, SMTP_OUT, LOCAL, BOUNCE, ANVIL, SHOWQ];
 
 /// How long the master may take to bind and publish its listeners.
 const START_TIMEOUT: Duration = Duration::from_secs(30);
@@ -168,21 +171,24 @@ impl QueueCounts {
         self.incoming + self.active + self.deferred + self.hold + self.corrupt + self.data == 0
     }
 
+    /// Counted through the queue's own lister, which knows its hashed
+    /// subdirectories (strays included).
     fn of(spool: &Path) -> Self {
-        let count = |name: &str| {
-            std::fs::read_dir(spool.join(name))
-                .map(|entries| entries.filter(|e| e.is_ok()).count())
-                .unwrap_or(0)
-        };
-        let state = |state: QueueState| count(state.dir_name());
+        let queue = Queue::new(spool);
+        let counts = lister::count(&queue).unwrap_or_default();
+        let n = |state: QueueState| usize::try_from(counts.of(state)).unwrap_or(usize::MAX);
         Self {
-            incoming: state(QueueState::Incoming),
-            active: state(QueueState::Active),
-            deferred: state(QueueState::Deferred),
-            hold: state(QueueState::Hold),
-            corrupt: state(QueueState::Corrupt),
-            data: count("data"),
-            tmp: count("tmp"),
+            incoming: n(QueueState::Incoming),
+            active: n(QueueState::Active),
+            deferred: n(QueueState::Deferred),
+            hold: n(QueueState::Hold),
+            corrupt: n(QueueState::Corrupt),
+            data: queue
+                .count_content()
+                .map_or(0, |n| usize::try_from(n).unwrap_or(usize::MAX)),
+            tmp: std::fs::read_dir(spool.join("tmp"))
+                .map(|entries| entries.filter(|e| e.is_ok()).count())
+                .unwrap_or(0),
         }
     }
 }
@@ -591,10 +597,12 @@ mod tests {
     #[test]
     fn queue_counts_see_files_in_each_dir() {
         let dir = test_dir();
+        // Files of the flat layout and in hashed subdirectories alike.
         for (name, files) in [("incoming", 2), ("deferred", 1), ("data", 3)] {
-            std::fs::create_dir(dir.path().join(name)).unwrap();
-            for i in 0..files {
-                std::fs::write(dir.path().join(name).join(i.to_string()), b"x").unwrap();
+            std::fs::create_dir_all(dir.path().join(name).join("AB")).unwrap();
+            std::fs::write(dir.path().join(name).join("flat"), b"x").unwrap();
+            for i in 1..files {
+                std::fs::write(dir.path().join(name).join("AB").join(i.to_string()), b"x").unwrap();
             }
         }
         let counts = QueueCounts::of(dir.path());

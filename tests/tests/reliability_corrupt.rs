@@ -6,7 +6,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use empath_common::queue::{self, Envelope, QueueId, QueueState, Recipient};
+use empath_common::queue::{self, Envelope, Queue, QueueId, QueueState, Recipient};
 use empath_tests::mail::{self, TestMessage};
 use empath_tests::{Deliveries, Empath, QMGR, Sink, SmtpSend, TestConfig, Times};
 
@@ -66,24 +66,37 @@ fn damaged_files() -> Vec<(QueueId, Vec<u8>, &'static str)> {
     ]
 }
 
+/// Where a queue file named `name` lives in `state`: its hashed
+/// subdirectory for a queue ID, the state's directory for anything else.
+fn place(empath: &Empath, state: QueueState, name: &str) -> PathBuf {
+    match name.parse::<QueueId>() {
+        Ok(id) => Queue::new(empath.spool()).envelope_path(state, id),
+        Err(_) => empath.spool().join(state.dir_name()).join(name),
+    }
+}
+
 /// Puts a file into a queue dir the way a real writer would: whole, by a
 /// rename from elsewhere on the same filesystem.
 fn plant(empath: &Empath, state: QueueState, name: &str, bytes: &[u8]) -> PathBuf {
     let staging = empath.dir().join(format!("staging-{name}"));
     std::fs::write(&staging, bytes).expect("write staging file");
-    let target = empath.spool().join(state.dir_name()).join(name);
+    let target = place(empath, state, name);
+    if let Some(bucket) = target.parent() {
+        std::fs::create_dir_all(bucket).expect("queue subdirectory");
+    }
     std::fs::rename(&staging, &target).expect("rename into the queue");
     target
 }
 
 fn wait_quarantined(empath: &Empath, names: &[String]) {
-    let corrupt = empath.spool().join(QueueState::Corrupt.dir_name());
     empath.wait_until(
         "damaged files to reach corrupt/",
         QUARANTINE_TIMEOUT,
         || {
-            let missing: Vec<&String> =
-                names.iter().filter(|n| !corrupt.join(n).exists()).collect();
+            let missing: Vec<&String> = names
+                .iter()
+                .filter(|n| !place(empath, QueueState::Corrupt, n).exists())
+                .collect();
             if missing.is_empty() {
                 Ok(())
             } else {

@@ -44,16 +44,30 @@ pub fn families(queue: &Queue) -> Vec<Family> {
     families
 }
 
-/// The sizes of the files in the queue directories, added up. Files that
-/// vanish meanwhile (delivered) are skipped.
+/// The sizes of the files in the queue directories, added up: those in
+/// the hashed subdirectories (`deferred/TV/...`) and any directly in a
+/// queue directory (`corrupt/`, a flat spool before its migration). Files
+/// that vanish meanwhile (delivered) are skipped.
 fn size_of(queue: &Queue) -> u64 {
     DIRECTORIES
         .iter()
-        .filter_map(|dir| std::fs::read_dir(queue.root().join(dir)).ok())
-        .flatten()
-        .filter_map(|entry| entry.ok()?.metadata().ok())
-        .filter(std::fs::Metadata::is_file)
-        .map(|meta| meta.len())
+        .map(|dir| size_under(&queue.root().join(dir), 1))
+        .sum()
+}
+
+/// The sizes of the files in `dir`, and in its subdirectories down to
+/// `depth` more levels.
+fn size_under(dir: &std::path::Path, depth: u32) -> u64 {
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return 0;
+    };
+    entries
+        .filter_map(Result::ok)
+        .map(|entry| match entry.metadata() {
+            Ok(meta) if meta.is_file() => meta.len(),
+            Ok(meta) if meta.is_dir() && depth > 0 => size_under(&entry.path(), depth - 1),
+            _ => 0,
+        })
         .sum()
 }
 
@@ -67,7 +81,8 @@ mod tests {
         let queue = Queue::new(dir.path().to_owned());
         queue.create_dirs().expect("dirs");
         std::fs::write(dir.path().join("data/a"), vec![0u8; 1000]).expect("write");
-        std::fs::write(dir.path().join("deferred/b"), vec![0u8; 234]).expect("write");
+        std::fs::create_dir_all(dir.path().join("deferred/TV")).expect("mkdir");
+        std::fs::write(dir.path().join("deferred/TV/b"), vec![0u8; 234]).expect("write");
         let families = families(&queue);
         let size = families
             .iter()

@@ -1,9 +1,17 @@
 //! The queue directory and every operation on it.
 //!
 //! A message is two directory entries:
-//! - `data/ID`: the content, written once by cleanup and never rewritten;
-//! - `<state>/ID`: the envelope, where `<state>` is `incoming`, `active`,
+//! - `data/BK/ID`: the content, written once by cleanup and never rewritten;
+//! - `<state>/BK/ID`: the envelope, where `<state>` is `incoming`, `active`,
 //!   `deferred`, `hold` or `corrupt`. A state change is one rename.
+//!
+//! `BK` is the ID's hashed subdirectory ([`Bucket`]: its last two
+//! characters, 1024 of them), as Postfix's `hash_queue_depth`: a million
+//! queued messages make a thousand entries per directory, not a million.
+//! Subdirectories are made on first use (and their entry fsynced before
+//! anything goes in); `tmp/` is not hashed (it holds only writes in
+//! progress). [`Queue::migrate`] moves a spool of the earlier flat layout
+//! (`data/ID`, `<state>/ID`) into this one.
 //!
 //! cleanup seals the first envelope into the content file (see `sealed`)
 //! and hard-links that file into `incoming/`: a new message costs one inode
@@ -16,19 +24,26 @@
 mod codec;
 mod envelope;
 mod id;
+pub mod lister;
+mod migrate;
 mod sealed;
+mod touched;
 
+use std::ffi::OsStr;
 use std::fs::File;
 use std::io::{self, BufWriter, Read, Write};
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
 pub use codec::{DecodeError, FORMAT_VERSION, decode, encode};
 pub use envelope::*;
-pub use id::{BadQueueId, QueueId};
+pub use id::{BadQueueId, Bucket, QueueId};
+pub use migrate::Migrated;
 
 use crate::safeio;
+use touched::Touched;
 
 /// The directory an envelope is in.
 #[derive(
@@ -73,6 +88,9 @@ const DATA: &str = "data";
 const PRIVATE: &str = "private";
 const PUBLIC: &str = "public";
 const MAILDROP: &str = "maildrop";
+/// Under the root: present while delivery is frozen (`empathctl queue
+/// freeze`), so that a restarted qmgr stays frozen.
+const FROZEN: &str = "frozen";
 
 /// Why an envelope could not be read.
 #[derive(Debug, thiserror::Error)]
@@ -90,14 +108,22 @@ impl ReadError {
 }
 
 /// A queue directory tree rooted at the configured spool path.
+///
+/// Clones share the record of which hashed subdirectories got new
+/// messages since the last [`Queue::sync_new_entries`]: stage and sync
+/// through clones of one `Queue`, not through two made with `Queue::new`.
 #[derive(Debug, Clone)]
 pub struct Queue {
     root: PathBuf,
+    touched: Arc<Touched>,
 }
 
 impl Queue {
     pub fn new(root: impl Into<PathBuf>) -> Self {
-        Self { root: root.into() }
+        Self {
+            root: root.into(),
+            touched: Arc::default(),
+        }
     }
 
     pub fn root(&self) -> &Path {
@@ -110,8 +136,14 @@ impl Queue {
             .chain(QueueState::ALL.iter().map(|s| s.dir_name()))
     }
 
+    /// The directories that are hashed into [`Bucket`] subdirectories.
+    fn hashed_dirs() -> impl Iterator<Item = &'static str> {
+        std::iter::once(DATA).chain(QueueState::ALL.iter().map(|s| s.dir_name()))
+    }
+
     /// Creates the tree where it is missing: the queue directories 0700, the
-    /// root and `public/` 0755. Run by the master.
+    /// root and `public/` 0755. Run by the master, before [`Queue::migrate`].
+    /// The hashed subdirectories are made on first use.
     pub fn create_dirs(&self) -> io::Result<()> {
         let mut builder = std::fs::DirBuilder::new();
         builder.recursive(true).mode(0o700);
@@ -180,6 +212,11 @@ impl Queue {
         self.root.join(PUBLIC).join(name)
     }
 
+    /// Path of a world-connectable socket in `public/`.
+    pub fn public_socket(&self, service: &str) -> PathBuf {
+        self.public_path(&format!("{service}.sock"))
+    }
+
     /// `public/maildrop/`, where `sendmail` leaves messages while the
     /// daemons are down.
     pub fn maildrop_dir(&self) -> PathBuf {
@@ -198,8 +235,28 @@ impl Queue {
         self.root.join(name)
     }
 
-    fn envelope_path(&self, state: QueueState, id: QueueId) -> PathBuf {
-        self.root.join(state.dir_name()).join(id.to_string())
+    /// The marker whose presence means delivery is frozen (written and
+    /// removed by qmgr, read by the lister).
+    pub fn frozen_marker(&self) -> PathBuf {
+        self.root.join(FROZEN)
+    }
+
+    fn dir(&self, dir: &str) -> PathBuf {
+        self.root.join(dir)
+    }
+
+    fn bucket_dir(&self, dir: &str, bucket: Bucket) -> PathBuf {
+        self.root.join(dir).join(bucket.to_string())
+    }
+
+    fn hashed_path(&self, dir: &str, id: QueueId) -> PathBuf {
+        self.bucket_dir(dir, id.bucket()).join(id.to_string())
+    }
+
+    /// Where the envelope of `id` is in `state`. Daemons use the operations
+    /// below, not paths; this is for tests and inspection tools.
+    pub fn envelope_path(&self, state: QueueState, id: QueueId) -> PathBuf {
+        self.hashed_path(state.dir_name(), id)
     }
 
     fn tmp_path(&self, id: QueueId) -> PathBuf {
@@ -207,13 +264,49 @@ impl Queue {
     }
 
     pub fn content_path(&self, id: QueueId) -> PathBuf {
-        self.root.join(DATA).join(id.to_string())
+        self.hashed_path(DATA, id)
+    }
+
+    /// Makes a hashed subdirectory, and makes its entry in the parent
+    /// durable: whatever is put in it is only as durable as the directory.
+    /// Also when another process made it first, since that process may not
+    /// have fsynced the parent yet.
+    fn make_bucket(&self, dir: &str, bucket: Bucket) -> io::Result<()> {
+        match std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(self.bucket_dir(dir, bucket))
+        {
+            Err(e) if e.kind() != io::ErrorKind::AlreadyExists => return Err(e),
+            _ => {}
+        }
+        safeio::fsync_dir(&self.dir(dir))
+    }
+
+    /// Runs `op`, which puts an entry into `bucket` of `dir`; if it fails
+    /// because that subdirectory does not exist, makes it and runs `op`
+    /// again. Also when the subdirectory exists by the time we look:
+    /// another thread may have just made it and not yet fsynced its entry,
+    /// and [`Queue::make_bucket`] does that before our entry counts. (When
+    /// the NotFound was about the source, the second try fails the same.)
+    fn put_in_bucket<T>(
+        &self,
+        dir: &str,
+        bucket: Bucket,
+        mut op: impl FnMut() -> io::Result<T>,
+    ) -> io::Result<T> {
+        match op() {
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {
+                self.make_bucket(dir, bucket)?;
+                op()
+            }
+            result => result,
+        }
     }
 
     /// Starts the content file of a new message.
     pub fn create_content(&self, id: QueueId) -> io::Result<ContentWriter> {
         let path = self.content_path(id);
-        let file = safeio::create_new(&path)?;
+        let file = self.put_in_bucket(DATA, id.bucket(), || safeio::create_new(&path))?;
         Ok(ContentWriter {
             file: BufWriter::with_capacity(64 * 1024, file),
             written: 0,
@@ -250,10 +343,12 @@ impl Queue {
     pub fn stage_new(&self, content: ContentWriter, envelope: &Envelope) -> io::Result<()> {
         let id = envelope.id;
         let staged = content.seal(envelope).and_then(|file| {
-            std::fs::hard_link(
-                self.content_path(id),
-                self.envelope_path(QueueState::Incoming, id),
-            )?;
+            let content = self.content_path(id);
+            let incoming = self.envelope_path(QueueState::Incoming, id);
+            self.put_in_bucket(QueueState::Incoming.dir_name(), id.bucket(), || {
+                std::fs::hard_link(&content, &incoming)
+            })?;
+            self.touched.mark(id.bucket());
             file.sync_all()
         });
         if staged.is_err() {
@@ -271,10 +366,13 @@ impl Queue {
         let id = envelope.id;
         let held = self.envelope_path(QueueState::Hold, id);
         let staged = content.seal(envelope).and_then(|file| {
-            std::fs::hard_link(self.content_path(id), &held)?;
+            let hold = QueueState::Hold.dir_name();
+            self.put_in_bucket(hold, id.bucket(), || {
+                std::fs::hard_link(self.content_path(id), &held)
+            })?;
             file.sync_all()?;
-            safeio::fsync_dir(&self.root.join(DATA))?;
-            safeio::fsync_dir(&self.root.join(QueueState::Hold.dir_name()))
+            safeio::fsync_dir(&self.bucket_dir(DATA, id.bucket()))?;
+            safeio::fsync_dir(&self.bucket_dir(hold, id.bucket()))
         });
         if staged.is_err() {
             let _ = std::fs::remove_file(&held);
@@ -284,12 +382,23 @@ impl Queue {
     }
 
     /// Makes the directory entries of new messages in `data/` and
-    /// `incoming/` durable. One call covers every message staged before it
-    /// started, which is what makes group commit work. `data/`
-    /// goes first: an `incoming/` entry never outlives its content's.
+    /// `incoming/` durable: fsyncs the hashed subdirectories that
+    /// [`Queue::stage_new`] put entries in since the last call, through
+    /// this `Queue` or a clone of it. One call covers every message staged
+    /// before it started, which is what makes group commit work; calls run
+    /// one at a time, so a call never returns while an earlier one is
+    /// still fsyncing what it took. `data/` goes first: an `incoming/`
+    /// entry never outlives its content's. If an fsync fails, the
+    /// subdirectories stay due for the next call.
     pub fn sync_new_entries(&self) -> io::Result<()> {
-        safeio::fsync_dir(&self.root.join(DATA))?;
-        safeio::fsync_dir(&self.root.join(QueueState::Incoming.dir_name()))
+        self.touched.sync(|buckets| {
+            for dir in [DATA, QueueState::Incoming.dir_name()] {
+                for &bucket in buckets {
+                    safeio::fsync_dir(&self.bucket_dir(dir, bucket))?;
+                }
+            }
+            Ok(())
+        })
     }
 
     /// Withdraws a staged message whose directory entries could not be made
@@ -322,18 +431,21 @@ impl Queue {
 
     /// Replaces the envelope in `state` with `envelope`, atomically and durably.
     pub fn rewrite(&self, state: QueueState, envelope: &Envelope) -> io::Result<()> {
-        let target = self.envelope_path(state, envelope.id);
-        safeio::write_then_rename(&self.tmp_path(envelope.id), &target, &encode(envelope))?;
-        safeio::fsync_dir(target.parent().unwrap_or(&self.root))
+        let id = envelope.id;
+        let target = self.envelope_path(state, id);
+        let bytes = encode(envelope);
+        self.put_in_bucket(state.dir_name(), id.bucket(), || {
+            safeio::write_then_rename(&self.tmp_path(id), &target, &bytes)
+        })?;
+        safeio::fsync_dir(&self.bucket_dir(state.dir_name(), id.bucket()))
     }
 
     /// Moves an envelope from one state to another with one durable rename.
     /// Fsyncing the target directory commits the rename as a whole on
     /// journaling filesystems, so the source directory needs no fsync.
     pub fn move_to(&self, id: QueueId, from: QueueState, to: QueueState) -> io::Result<()> {
-        let target = self.envelope_path(to, id);
-        std::fs::rename(self.envelope_path(from, id), &target)?;
-        safeio::fsync_dir(target.parent().unwrap_or(&self.root))
+        self.move_unsynced(id, from, to)?;
+        safeio::fsync_dir(&self.bucket_dir(to.dir_name(), id.bucket()))
     }
 
     /// Moves an envelope without fsyncing the directory. Only for moves
@@ -341,7 +453,10 @@ impl Queue {
     /// (`incoming/` -> `active/`) and its start-up recovery (`active/` ->
     /// `incoming/`), since qmgr recovers both. Saves one fsync per message.
     pub fn move_unsynced(&self, id: QueueId, from: QueueState, to: QueueState) -> io::Result<()> {
-        std::fs::rename(self.envelope_path(from, id), self.envelope_path(to, id))
+        let (source, target) = (self.envelope_path(from, id), self.envelope_path(to, id));
+        self.put_in_bucket(to.dir_name(), id.bucket(), || {
+            std::fs::rename(&source, &target)
+        })
     }
 
     /// Rewrites the envelope, then moves it: used when a delivery attempt
@@ -378,29 +493,100 @@ impl Queue {
         self.move_to(id, state, QueueState::Corrupt)
     }
 
-    /// Moves a file in `state` whose name is not a queue ID to `corrupt/`.
+    /// Moves a stray file of `state` (a name from [`Listing::strays`]) to
+    /// `corrupt/`: into its hashed place if its name is a queue ID, else
+    /// directly into `corrupt/` under its own name.
     pub fn quarantine_name(&self, state: QueueState, name: &str) -> io::Result<()> {
-        let from = self.root.join(state.dir_name()).join(name);
-        std::fs::rename(
-            from,
-            self.root.join(QueueState::Corrupt.dir_name()).join(name),
-        )
+        let from = self.dir(state.dir_name()).join(name);
+        let base = name.rsplit('/').next().unwrap_or(name);
+        let corrupt = QueueState::Corrupt.dir_name();
+        match base.parse::<QueueId>() {
+            Ok(id) => {
+                let target = self.hashed_path(corrupt, id);
+                self.put_in_bucket(corrupt, id.bucket(), || std::fs::rename(&from, &target))
+            }
+            Err(_) => std::fs::rename(from, self.dir(corrupt).join(base)),
+        }
     }
 
     /// The IDs of the envelopes in `state`, oldest first. Names that are not
-    /// queue IDs are returned separately so that the caller can quarantine them.
+    /// queue IDs in their right subdirectory are returned separately, as
+    /// paths relative to the state's directory, so that the caller can
+    /// quarantine them; so are queue IDs directly in the state's directory
+    /// (the layout before hashing), which [`Queue::migrate`] moves at start.
     pub fn list(&self, state: QueueState) -> io::Result<Listing> {
         let mut listing = Listing::default();
-        for entry in std::fs::read_dir(self.root.join(state.dir_name()))? {
-            let name = entry?.file_name();
-            let name = name.to_string_lossy();
-            match name.parse::<QueueId>() {
-                Ok(id) => listing.ids.push(id),
-                Err(_) => listing.strays.push(name.into_owned()),
+        self.walk(state.dir_name(), |bucket, name| {
+            let text = name.to_string_lossy();
+            match (bucket, text.parse::<QueueId>()) {
+                (Some(bucket), Ok(id)) if id.bucket() == bucket => listing.ids.push(id),
+                (Some(bucket), _) => listing.strays.push(format!("{bucket}/{text}")),
+                (None, _) => listing.strays.push(text.into_owned()),
             }
-        }
+        })?;
         listing.ids.sort_unstable();
         Ok(listing)
+    }
+
+    /// How many entries `state`'s directory holds, strays included, without
+    /// opening or sorting anything; and the arrival time of the oldest
+    /// queue ID among them, in milliseconds.
+    pub fn count(&self, state: QueueState) -> io::Result<(u64, Option<u64>)> {
+        self.count_dir(state.dir_name())
+    }
+
+    /// How many content files `data/` holds.
+    pub fn count_content(&self) -> io::Result<u64> {
+        self.count_dir(DATA).map(|(n, _)| n)
+    }
+
+    /// A directory that does not exist (yet) holds nothing.
+    fn count_dir(&self, dir: &str) -> io::Result<(u64, Option<u64>)> {
+        let mut count = 0;
+        let mut oldest: Option<u64> = None;
+        let walked = self.walk(dir, |_, name| {
+            count += 1;
+            // Cheap: the time is the ID's first ten characters.
+            if let Some(ms) = name.to_str().and_then(|n| n.parse::<QueueId>().ok()) {
+                let ms = ms.timestamp_ms();
+                oldest = Some(oldest.map_or(ms, |o| o.min(ms)));
+            }
+        });
+        match walked {
+            Err(e) if e.kind() == io::ErrorKind::NotFound && !self.dir(dir).exists() => {
+                Ok((0, None))
+            }
+            Err(e) => Err(e),
+            Ok(()) => Ok((count, oldest)),
+        }
+    }
+
+    /// Calls `each` with every entry of a hashed directory: with its bucket
+    /// for those in a hashed subdirectory, with `None` for anything else
+    /// directly in the directory. A subdirectory that disappears while it
+    /// is read (nothing removes them, but an operator might) is skipped.
+    fn walk(&self, dir: &str, mut each: impl FnMut(Option<Bucket>, &OsStr)) -> io::Result<()> {
+        for entry in std::fs::read_dir(self.dir(dir))? {
+            let entry = entry?;
+            let name = entry.file_name();
+            let bucket = name
+                .to_str()
+                .and_then(Bucket::parse)
+                .filter(|_| entry.file_type().is_ok_and(|t| t.is_dir()));
+            let Some(bucket) = bucket else {
+                each(None, &name);
+                continue;
+            };
+            let entries = match std::fs::read_dir(entry.path()) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            for inner in entries {
+                each(Some(bucket), &inner?.file_name());
+            }
+        }
+        Ok(())
     }
 
     /// The state an envelope is in, if it is queued at all.
@@ -412,22 +598,48 @@ impl Queue {
 
     /// Removes content files that no envelope refers to and that are older
     /// than `min_age` (so a submission still being written is left alone).
+    /// Works one subdirectory at a time: the names in `data/BK` are checked
+    /// against the names in the same subdirectory of every state, and only
+    /// the few left over are looked at one by one.
     pub fn sweep_orphan_content(&self, min_age: Duration) -> io::Result<usize> {
         let mut removed = 0;
         let now = SystemTime::now();
-        for entry in std::fs::read_dir(self.root.join(DATA))? {
-            let entry = entry?;
-            let Ok(id) = entry.file_name().to_string_lossy().parse::<QueueId>() else {
+        for index in 0..Bucket::COUNT {
+            let Some(bucket) = Bucket::from_index(index) else {
                 continue;
             };
-            let age = entry
-                .metadata()?
-                .modified()
-                .ok()
-                .and_then(|m| now.duration_since(m).ok());
-            if age.is_some_and(|age| age >= min_age) && self.locate(id).is_none() {
-                std::fs::remove_file(entry.path())?;
-                removed += 1;
+            let names = match names_in(&self.bucket_dir(DATA, bucket)) {
+                Ok(names) if names.is_empty() => continue,
+                Ok(names) => names,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(e),
+            };
+            let mut referenced = std::collections::HashSet::new();
+            for state in QueueState::ALL {
+                match names_in(&self.bucket_dir(state.dir_name(), bucket)) {
+                    Ok(found) => referenced.extend(found),
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => return Err(e),
+                }
+            }
+            for name in names.iter().filter(|n| !referenced.contains(*n)) {
+                let Ok(id) = name.to_string_lossy().parse::<QueueId>() else {
+                    continue;
+                };
+                let path = self.content_path(id);
+                let age = std::fs::metadata(&path)
+                    .ok()
+                    .and_then(|m| m.modified().ok())
+                    .and_then(|m| now.duration_since(m).ok());
+                // Looked up again: it may have moved between states while
+                // the subdirectories were read.
+                if age.is_some_and(|age| age >= min_age) && self.locate(id).is_none() {
+                    match std::fs::remove_file(&path) {
+                        Ok(()) => removed += 1,
+                        Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                        Err(e) => return Err(e),
+                    }
+                }
             }
         }
         Ok(removed)
@@ -440,6 +652,13 @@ impl Queue {
         }
         Ok(())
     }
+}
+
+/// The names in a directory.
+fn names_in(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
+    std::fs::read_dir(dir)?
+        .map(|entry| entry.map(|e| e.file_name()))
+        .collect()
 }
 
 /// Result of [`Queue::list`].
@@ -489,7 +708,7 @@ impl ContentWriter {
 mod tests {
     use super::*;
 
-    fn envelope(id: QueueId) -> Envelope {
+    pub(super) fn envelope(id: QueueId) -> Envelope {
         Envelope {
             id,
             sender: "a@example.org".into(),
@@ -508,7 +727,7 @@ mod tests {
         }
     }
 
-    fn queue() -> (tempfile::TempDir, Queue) {
+    pub(super) fn queue() -> (tempfile::TempDir, Queue) {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path().join("spool"));
         queue.create_dirs().unwrap();
@@ -647,7 +866,7 @@ mod tests {
         // An envelope file of its own, as qmgr rewrites it.
         let id = QueueId::generate();
         queue.rewrite(QueueState::Incoming, &envelope(id)).unwrap();
-        let path = queue.root().join("incoming").join(id.to_string());
+        let path = queue.envelope_path(QueueState::Incoming, id);
         let bytes = std::fs::read(&path).unwrap();
         std::fs::write(&path, &bytes[..bytes.len() - 3]).unwrap();
         assert!(matches!(
@@ -662,10 +881,94 @@ mod tests {
     fn listing_separates_strays() {
         let (_dir, queue) = queue();
         let id = sealed(&queue, b"hello").id;
-        std::fs::write(queue.root().join("incoming").join("junk"), b"x").unwrap();
+        let bucket = id.bucket().to_string();
+        let incoming = queue.root().join("incoming");
+        std::fs::write(incoming.join("junk"), b"x").unwrap();
+        std::fs::write(incoming.join(&bucket).join("junk"), b"x").unwrap();
+        // An ID in another ID's subdirectory, and one of the flat layout.
+        let elsewhere = QueueId::generate();
+        let wrong = if elsewhere.bucket() == id.bucket() {
+            "00"
+        } else {
+            &bucket
+        };
+        let wrong_bucket = incoming.join(wrong);
+        std::fs::create_dir_all(&wrong_bucket).unwrap();
+        std::fs::write(wrong_bucket.join(elsewhere.to_string()), b"x").unwrap();
+        let flat = QueueId::generate();
+        std::fs::write(incoming.join(flat.to_string()), b"x").unwrap();
+
         let listing = queue.list(QueueState::Incoming).unwrap();
         assert_eq!(listing.ids, vec![id]);
-        assert_eq!(listing.strays, vec!["junk".to_owned()]);
+        let mut strays = listing.strays.clone();
+        strays.sort();
+        let mut expected = vec![
+            "junk".to_owned(),
+            format!("{bucket}/junk"),
+            format!("{wrong}/{elsewhere}"),
+            flat.to_string(),
+        ];
+        expected.sort();
+        assert_eq!(strays, expected);
+        assert_eq!(queue.count(QueueState::Incoming).unwrap().0, 5);
+
+        for stray in &listing.strays {
+            queue.quarantine_name(QueueState::Incoming, stray).unwrap();
+        }
+        assert_eq!(
+            queue.list(QueueState::Incoming).unwrap().strays,
+            Vec::<String>::new()
+        );
+        assert!(queue.root().join("corrupt/junk").exists());
+        assert_eq!(queue.locate(flat), Some(QueueState::Corrupt));
+        assert_eq!(queue.locate(elsewhere), Some(QueueState::Corrupt));
+    }
+
+    #[test]
+    fn entries_are_hashed_by_the_last_two_characters() {
+        let (_dir, queue) = queue();
+        let env = sealed(&queue, b"hello");
+        let name = env.id.to_string();
+        let bucket = &name[24..];
+        let root = queue.root();
+        assert!(root.join("data").join(bucket).join(&name).is_file());
+        assert!(root.join("incoming").join(bucket).join(&name).is_file());
+        queue
+            .move_to(env.id, QueueState::Incoming, QueueState::Hold)
+            .unwrap();
+        assert!(root.join("hold").join(bucket).join(&name).is_file());
+        // Only the subdirectories in use exist.
+        assert_eq!(std::fs::read_dir(root.join("data")).unwrap().count(), 1);
+        assert_eq!(std::fs::read_dir(root.join("active")).unwrap().count(), 0);
+    }
+
+    /// Group commit fsyncs the subdirectories of everything staged since
+    /// the last round; a clone shares that record.
+    #[test]
+    fn a_sync_covers_messages_staged_through_clones() {
+        let (_dir, queue) = queue();
+        let clone = queue.clone();
+        let ids: Vec<QueueId> = (0..50)
+            .map(|_| {
+                let id = QueueId::generate();
+                let mut content = clone.create_content(id).unwrap();
+                content.write_all(b"hello").unwrap();
+                clone.stage_new(content, &envelope(id)).unwrap();
+                id
+            })
+            .collect();
+        let mut due = Vec::new();
+        queue
+            .touched
+            .sync(|buckets| {
+                due = buckets.to_vec();
+                Ok(())
+            })
+            .unwrap();
+        let mut expected: Vec<Bucket> = ids.iter().map(|id| id.bucket()).collect();
+        expected.sort();
+        expected.dedup();
+        assert_eq!(due, expected);
     }
 
     #[test]

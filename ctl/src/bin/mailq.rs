@@ -1,4 +1,4 @@
-//! `mailq`: list the mail queue, Postfix-style.
+//! `mailq`: list the mail queue, Postfix-style, for any local user.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -7,6 +7,9 @@ use clap::Parser;
 use empath_common::config::{self, Config};
 use empath_common::queue::Queue;
 use empath_ctl::mailq;
+
+/// sysexits.h: the configuration cannot be used.
+const EX_CONFIG: u8 = 78;
 
 #[derive(Debug, Parser)]
 #[command(name = "mailq", version, about = "List the Empath mail queue")]
@@ -22,21 +25,15 @@ fn main() -> ExitCode {
         Ok(config) => config,
         Err(error) => {
             eprintln!("mailq: {error}");
-            return ExitCode::from(78);
+            return ExitCode::from(EX_CONFIG);
         }
     };
     let queue = Queue::new(config.spool.path.clone());
-    match mailq::read_queue(&queue) {
-        Ok(entries) => {
-            print!("{}", mailq::render(&entries));
-            ExitCode::SUCCESS
-        }
-        Err(error) => {
-            eprintln!(
-                "mailq: cannot read the queue in {}: {error}",
-                queue.root().display()
-            );
-            ExitCode::from(75)
+    match mailq::print_listing(&queue) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failed) => {
+            eprintln!("mailq: {}", failed.message);
+            ExitCode::from(failed.status)
         }
     }
 }

@@ -152,18 +152,9 @@ fn runtime() -> io::Result<tokio::runtime::Runtime> {
 /// `-bp`: the queue, as mailq lists it.
 fn print_queue(config: &Config) -> ExitCode {
     let queue = Queue::new(config.spool.path.clone());
-    match empath_ctl::mailq::read_queue(&queue) {
-        Ok(entries) => {
-            print!("{}", empath_ctl::mailq::render(&entries));
-            ExitCode::SUCCESS
-        }
-        Err(error) => fail(
-            EX_TEMPFAIL,
-            &format!(
-                "cannot read the queue in {}: {error}",
-                queue.root().display()
-            ),
-        ),
+    match empath_ctl::mailq::print_listing(&queue) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failed) => fail(failed.status, &failed.message),
     }
 }
 
