@@ -85,7 +85,10 @@ impl Settings {
         let (setting, url) = if let Some(url) = env.get("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT") {
             ("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", url)
         } else if let Some(base) = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", signal_url(&base, TRACES_PATH))
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                signal_url(&base, TRACES_PATH),
+            )
         } else if let Some(base) = metrics
             .endpoint
             .as_deref()

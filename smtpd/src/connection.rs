@@ -17,8 +17,8 @@ use std::time::Duration;
 use empath_common::maillog;
 use empath_common::protocol::{Appended, CleanupReply, Submission};
 use empath_common::queue::{ClientInfo, QueueId};
-use empath_common::traces::{Kind as SpanKind, Span};
 use empath_common::smtp::Reply;
+use empath_common::traces::{Kind as SpanKind, Span};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::time::Instant;
 

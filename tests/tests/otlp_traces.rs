@@ -195,12 +195,18 @@ fn the_daemons_spans_form_one_trace_per_message_named_by_its_queue_id() {
     let mut span_ids = std::collections::BTreeSet::new();
     for span in &spans {
         assert_eq!(span["resource"]["service.name"], "empath-mta", "{span}");
-        assert!(span["resource"]["service.instance.id"].is_string(), "{span}");
+        assert!(
+            span["resource"]["service.instance.id"].is_string(),
+            "{span}"
+        );
         assert_eq!(span["attributes"]["empath.queue_id"], queue_id, "{span}");
         let span_id = span["span_id"].as_str().expect("span_id");
         assert_eq!(span_id.len(), 16, "{span}");
         assert_ne!(span_id, "0000000000000000", "{span}");
-        assert!(span_ids.insert(span_id.to_owned()), "span IDs repeat: {spans:?}");
+        assert!(
+            span_ids.insert(span_id.to_owned()),
+            "span IDs repeat: {spans:?}"
+        );
         let (start, end) = (span["start"].as_u64(), span["end"].as_u64());
         assert!(start.is_some_and(|s| s > 0) && start <= end, "{span}");
         if span["name"] != "delivery attempt" || span == attempt {
@@ -212,11 +218,20 @@ fn the_daemons_spans_form_one_trace_per_message_named_by_its_queue_id() {
     assert_eq!(receive["attributes"]["empath.sender"], SENDER);
     assert_eq!(receive["attributes"]["empath.recipient_count"], 1);
     assert_eq!(receive["attributes"]["empath.outcome"], "queued");
-    assert!(receive["attributes"]["empath.size"].as_i64() > Some(0), "{receive}");
+    assert!(
+        receive["attributes"]["empath.size"].as_i64() > Some(0),
+        "{receive}"
+    );
     assert_eq!(queue["attributes"]["empath.outcome"], "queued", "{queue}");
     // cleanup answered before smtpd's span ended; the delivery came later.
-    assert!(queue["end"].as_u64() <= receive["end"].as_u64(), "{queue}\n{receive}");
-    assert!(attempt["start"].as_u64() >= queue["end"].as_u64(), "{attempt}");
+    assert!(
+        queue["end"].as_u64() <= receive["end"].as_u64(),
+        "{queue}\n{receive}"
+    );
+    assert!(
+        attempt["start"].as_u64() >= queue["end"].as_u64(),
+        "{attempt}"
+    );
     // The delivery attempt: domain, server, code, outcome.
     assert_eq!(attempt["kind"], "SPAN_KIND_CLIENT");
     let attributes = &attempt["attributes"];
@@ -226,7 +241,10 @@ fn the_daemons_spans_form_one_trace_per_message_named_by_its_queue_id() {
     assert_eq!(attributes["empath.delivery_attempt"], 1, "{attempt}");
     assert_eq!(attributes["empath.transport"], "smtp", "{attempt}");
     let server = attributes["empath.server"].as_str().unwrap_or("");
-    assert!(server.contains(&sink.addr().port().to_string()), "{attempt}");
+    assert!(
+        server.contains(&sink.addr().port().to_string()),
+        "{attempt}"
+    );
     assert_eq!(attempt["status"]["code"], "STATUS_CODE_UNSET", "{attempt}");
     // The delivery line was written inside the attempt's span.
     assert_eq!(line["fields"]["span_id"], attempt["span_id"], "{line}");
@@ -254,7 +272,11 @@ fn the_daemons_spans_form_one_trace_per_message_named_by_its_queue_id() {
     });
     let deferred_id = line["fields"]["message_id"].as_str().expect("message_id");
     let deferred_trace = ulid_hex(deferred_id);
-    assert_eq!(line["fields"]["trace_id"], deferred_trace.as_str(), "{line}");
+    assert_eq!(
+        line["fields"]["trace_id"],
+        deferred_trace.as_str(),
+        "{line}"
+    );
     assert_ne!(deferred_trace, trace_id);
     let spans = empath.wait_until("the deferred message's spans", TIMEOUT, || {
         trace(&receiver, &deferred_trace, &names)
@@ -263,7 +285,10 @@ fn the_daemons_spans_form_one_trace_per_message_named_by_its_queue_id() {
     let attributes = &attempt["attributes"];
     assert_eq!(attempt["status"]["code"], "STATUS_CODE_ERROR", "{attempt}");
     let why = attempt["status"]["message"].as_str().unwrap_or("");
-    assert!(why.contains("451") && why.contains("Try again later"), "{attempt}");
+    assert!(
+        why.contains("451") && why.contains("Try again later"),
+        "{attempt}"
+    );
     assert_eq!(attributes["empath.domain"], "defer.test", "{attempt}");
     assert_eq!(attributes["empath.outcome"], "deferred", "{attempt}");
     assert_eq!(attributes["empath.smtp_code"], 451, "{attempt}");
@@ -326,7 +351,11 @@ fn without_a_collector_nothing_is_sent_and_log_lines_still_carry_the_trace_id() 
         receiver.requests()
     );
     let log = empath.log();
-    for quiet in ["exporting traces", "traces are not exported", "cannot export traces"] {
+    for quiet in [
+        "exporting traces",
+        "traces are not exported",
+        "cannot export traces",
+    ] {
         assert!(!log.contains(quiet), "{quiet}\n{}", empath.log_tail());
     }
 }

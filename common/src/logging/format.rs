@@ -122,7 +122,8 @@ impl Fields {
         if let Some(span) = span
             && !self.has(SPAN_ID_FIELD)
         {
-            self.others.push((SPAN_ID_FIELD, Value::Shown(span.span_id)));
+            self.others
+                .push((SPAN_ID_FIELD, Value::Shown(span.span_id)));
         }
     }
 }

@@ -68,7 +68,10 @@ impl Target {
         } else if let Some(url) = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
             ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url)
         } else if let Some(base) = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
-            ("OTEL_EXPORTER_OTLP_ENDPOINT", signal_url(&base, METRICS_PATH))
+            (
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                signal_url(&base, METRICS_PATH),
+            )
         } else {
             return Ok(None);
         };
