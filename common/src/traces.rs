@@ -121,7 +121,8 @@ impl Settings {
 
 /// What the exporting thread is told.
 enum Command {
-    Span(proto::Span),
+    /// Boxed: the channel's slots are as big as its largest command.
+    Span(Box<proto::Span>),
     /// Send what is left, answer, and end.
     Stop(SyncSender<()>),
 }
@@ -242,14 +243,14 @@ impl Batcher {
             let wait = due.saturating_duration_since(Instant::now());
             match commands.recv_timeout(wait) {
                 Ok(Command::Span(span)) => {
-                    batch.push(span);
+                    batch.push(*span);
                     if batch.len() >= self.settings.max_batch {
                         self.export(&mut batch);
                     }
                 }
                 Ok(Command::Stop(done)) => {
                     while let Ok(Command::Span(span)) = commands.try_recv() {
-                        batch.push(span);
+                        batch.push(*span);
                     }
                     self.export(&mut batch);
                     let _ = done.send(());
@@ -465,7 +466,7 @@ impl Span {
             status: Some(status),
             ..Default::default()
         };
-        match exporter.commands.try_send(Command::Span(span)) {
+        match exporter.commands.try_send(Command::Span(Box::new(span))) {
             Ok(()) => {}
             Err(TrySendError::Full(_) | TrySendError::Disconnected(_)) => {
                 exporter.dropped.fetch_add(1, Ordering::Relaxed);
