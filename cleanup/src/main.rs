@@ -23,8 +23,10 @@ use empath_common::maillog;
 use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
 use empath_common::queue::{ClientInfo, DsnParams, Envelope, Queue, QueueId, Recipient};
 use empath_common::smtp::Reply;
+use empath_common::traces::{self, Kind as SpanKind, Span};
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
+use tracing::Instrument;
 
 use group_commit::GroupCommit;
 use incoming::{Incoming, Limits, RefusedError, Staged};
@@ -144,6 +146,7 @@ async fn main() {
         () = serving => {}
         () = cleanup.pick_up_maildrop() => {}
     }
+    tokio::task::block_in_place(traces::shutdown);
 }
 
 impl Cleanup {
@@ -190,10 +193,15 @@ impl Cleanup {
                 "Error: no valid recipients",
             )));
         }
+        let sender = submission.sender.clone();
+        let recipients = submission.recipients.len();
         let mut incoming = match self.start(submission, !trusted) {
             Ok(incoming) => incoming,
             Err(error) => return Some(refused(RefusedError::Write(error))),
         };
+        let mut span = Span::start("queue", SpanKind::Internal, incoming.id());
+        span.text("empath.sender", &sender)
+            .number("empath.recipient_count", recipients);
         // Content is gathered in memory and written in batches: each write
         // leaves the async thread (block_in_place), which costs more than
         // the write itself for a typical message of a few kilobytes.
@@ -235,7 +243,12 @@ impl Cleanup {
                     } else {
                         Source::Sendmail
                     };
-                    return Some(self.commit(incoming, &unwritten, from).await);
+                    let reply = self
+                        .commit(incoming, &unwritten, from)
+                        .instrument(span.log_context())
+                        .await;
+                    end_queue_span(span, &reply);
+                    return Some(reply);
                 }
                 CleanupRequest::Abort | CleanupRequest::Begin(_) => {
                     incoming.abandon(&self.queue);
@@ -468,6 +481,22 @@ impl Cleanup {
             Err(error) => refused(error),
         }
     }
+}
+
+/// Ends a message's `queue` span with cleanup's answer: an error unless
+/// the message was queued.
+fn end_queue_span(mut span: Span, reply: &CleanupReply) {
+    match reply {
+        CleanupReply::Queued { .. } => {
+            span.text("empath.outcome", "queued");
+        }
+        CleanupReply::Rejected(reply) => {
+            span.text("empath.outcome", "rejected")
+                .number("empath.smtp_code", reply.code)
+                .fail(&reply.to_string());
+        }
+    }
+    span.end();
 }
 
 /// Who hands cleanup the message being committed.

@@ -60,6 +60,7 @@ pub fn start(service: &'static str) -> Daemon {
     crate::metrics::configure(&config.metrics);
     crate::metrics::set_daemon(name);
     crate::metrics::exporter::serve(&queue, service);
+    crate::traces::init(name, &config.metrics);
     Daemon { config, queue }
 }
 

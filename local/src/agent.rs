@@ -83,8 +83,10 @@ impl Agent {
             let runtime = tokio::runtime::Handle::current();
             let job = Arc::new(job);
             let running = Arc::clone(&job);
+            let span = empath_common::traces::delivery_attempt(&job, "local");
+            let log_context = span.log_context();
             let report = match tokio::task::spawn_blocking(move || {
-                agent.deliver(&running, &runtime)
+                log_context.in_scope(|| agent.deliver(&running, &runtime))
             })
             .await
             {
@@ -101,6 +103,7 @@ impl Agent {
                     )
                 }
             };
+            empath_common::traces::end_delivery_attempt(span, &report);
             write_frame(&mut stream, &report).await?;
         }
         Ok(())

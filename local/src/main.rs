@@ -71,4 +71,5 @@ async fn main() {
     {
         tracing::error!(%error, "local stopped");
     }
+    tokio::task::block_in_place(empath_common::traces::shutdown);
 }

@@ -147,6 +147,7 @@ async fn main() {
         }
     }
     drop(lock);
+    tokio::task::block_in_place(empath_common::traces::shutdown);
 }
 
 /// Answers queue commands routed by the master: each goes to the scheduler,

@@ -33,7 +33,9 @@ use empath_common::protocol::{
 use empath_common::queue::{Queue, QueueId};
 use empath_common::smtp::Reply;
 use empath_common::time::unix_now_ms;
+use empath_common::traces;
 use tokio::net::UnixStream;
+use tracing::Instrument;
 
 use client::{Connection, SessionError, Stream};
 use dns::MxResolver;
@@ -149,6 +151,7 @@ async fn main() {
     {
         tracing::error!(%error, "smtp-out stopped");
     }
+    tokio::task::block_in_place(empath_common::traces::shutdown);
 }
 
 /// Says QUIT on connections that were idle too long.
@@ -191,17 +194,25 @@ impl SmtpOut {
         Ok(())
     }
 
+    /// One job, traced as one `delivery attempt` span.
     async fn deliver(&self, job: &DeliveryJob) -> DeliveryReport {
-        if let Some(DomainTransport::Lmtp(endpoint)) = self
+        let lmtp = self
             .config
             .delivery
             .domains
             .get(&job.domain)
-            .and_then(|policy| policy.transport.clone())
-        {
-            return self.deliver_lmtp(job, &endpoint).await;
-        }
-        self.deliver_smtp(job).await
+            .and_then(|policy| policy.transport.clone());
+        let transport = if lmtp.is_some() { "lmtp" } else { "smtp" };
+        let span = traces::delivery_attempt(job, transport);
+        let delivering = async {
+            match &lmtp {
+                Some(DomainTransport::Lmtp(endpoint)) => self.deliver_lmtp(job, endpoint).await,
+                None => self.deliver_smtp(job).await,
+            }
+        };
+        let report = delivering.instrument(span.log_context()).await;
+        traces::end_delivery_attempt(span, &report);
+        report
     }
 
     /// Our listeners and names. Until the master has published its

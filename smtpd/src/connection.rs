@@ -16,8 +16,9 @@ use std::time::Duration;
 
 use empath_common::maillog;
 use empath_common::protocol::{Appended, CleanupReply, Submission};
-use empath_common::queue::ClientInfo;
+use empath_common::queue::{ClientInfo, QueueId};
 use empath_common::smtp::Reply;
+use empath_common::traces::{Kind as SpanKind, Span};
 use tokio::io::{AsyncBufReadExt, AsyncRead, AsyncWrite, AsyncWriteExt, BufReader, ReadBuf};
 use tokio::time::Instant;
 
@@ -163,6 +164,9 @@ struct Connection {
     filters: SessionFilters,
     /// The SASL mechanism the client authenticated with, for the log.
     sasl_method: Option<&'static str>,
+    /// When the current transaction's MAIL was accepted (Unix
+    /// nanoseconds): the start of the message's `receive` span.
+    mail_accepted_ns: u64,
 }
 
 /// The commands whose acceptance the modules have a say in.
@@ -242,6 +246,7 @@ impl Connection {
             hooks,
             data_copy: None,
             sasl_method: None,
+            mail_accepted_ns: 0,
         }
     }
 
@@ -281,6 +286,11 @@ impl Connection {
                     let action = self.verify_local(checked, action).await;
                     let action = self.ask_milters(stage, action).await;
                     let action = self.ask_modules(checked, action);
+                    if let (Some(Checked::Mail), Action::Reply(reply)) = (checked, &action)
+                        && reply.is_positive()
+                    {
+                        self.mail_accepted_ns = empath_common::otlp::unix_nanos();
+                    }
                     if let (Some(attempt), Action::Reply(reply) | Action::Close(reply)) =
                         (attempt, &action)
                         && !reply.is_positive()
@@ -943,8 +953,12 @@ impl Connection {
                 empath_common::metrics::get()
                     .smtp_messages_received_total
                     .inc();
+                let mut span = self.receive_span(id, &sender, recipients, size);
+                span.text("empath.outcome", "queued");
                 let sasl = self.sasl_method.zip(self.session.authenticated_as());
-                maillog::received(id, &self.peer, sasl, &sender, recipients);
+                span.log_context()
+                    .in_scope(|| maillog::received(id, &self.peer, sasl, &sender, recipients));
+                span.end();
                 self.hooks.message_received(&id.to_string(), size);
                 reply::queued(id)
             }
@@ -962,6 +976,21 @@ impl Connection {
                 reply::queue_error()
             }
         }
+    }
+
+    /// The `receive` span of message `id`: from its MAIL to cleanup's
+    /// answer.
+    fn receive_span(&self, id: QueueId, sender: &str, recipients: usize, size: u64) -> Span {
+        let start = match self.mail_accepted_ns {
+            0 => empath_common::otlp::unix_nanos(),
+            accepted => accepted,
+        };
+        let mut span = Span::started_at("receive", SpanKind::Server, id, start);
+        span.text("empath.sender", sender)
+            .number("empath.recipient_count", recipients)
+            .number("empath.size", size)
+            .text("client.address", &self.peer);
+        span
     }
 
     /// Reads the message up to the end marker, decoding it into `sink`.

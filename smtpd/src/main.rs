@@ -139,6 +139,7 @@ fn main() -> ExitCode {
         Ok(())
     });
     runtime.shutdown_background();
+    empath_common::traces::shutdown();
     match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(message) => fail(&message),

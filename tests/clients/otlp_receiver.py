@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
-"""An OTLP/HTTP metrics receiver for the tests: the collector's side of
-the protocol, decoded with the OpenTelemetry project's own protobuf
-definitions (the `opentelemetry-proto` package).
+"""An OTLP/HTTP metrics and traces receiver for the tests: the
+collector's side of the protocol, decoded with the OpenTelemetry
+project's own protobuf definitions (the `opentelemetry-proto` package).
 
 usage: otlp_receiver.py PORT_FILE OUTPUT_FILE
 
@@ -13,6 +13,12 @@ appended to OUTPUT_FILE as one JSON line:
               "points": [{"attributes": {...}, "value" | "count", "sum",
                           "bucket_counts", "explicit_bounds",
                           "start", "time"}]}]}
+A POST to a path ending in /v1/traces is decoded as an
+ExportTraceServiceRequest instead:
+{"path", "content_type", "authorization",
+ "spans": [{"name", "trace_id", "span_id", "parent_span_id" (hex), "kind",
+            "start", "end", "status": {"code", "message"},
+            "attributes": {...}, "resource": {...}, "scope"}]}
 A body that is not protobuf (or not that message) gets 400 and is logged
 with "error"; anything but application/x-protobuf gets 415."""
 
@@ -23,7 +29,9 @@ from http.server import BaseHTTPRequestHandler, HTTPServer
 
 from google.protobuf.message import DecodeError
 from opentelemetry.proto.collector.metrics.v1 import metrics_service_pb2
+from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
 from opentelemetry.proto.metrics.v1 import metrics_pb2
+from opentelemetry.proto.trace.v1 import trace_pb2
 
 TEMPORALITY = {
     metrics_pb2.AGGREGATION_TEMPORALITY_UNSPECIFIED: "unspecified",
@@ -76,6 +84,21 @@ def metric(m):
     return entry
 
 
+def span(s, resource, scope):
+    return {"name": s.name,
+            "trace_id": s.trace_id.hex(),
+            "span_id": s.span_id.hex(),
+            "parent_span_id": s.parent_span_id.hex(),
+            "kind": trace_pb2.Span.SpanKind.Name(s.kind),
+            "start": s.start_time_unix_nano,
+            "end": s.end_time_unix_nano,
+            "status": {"code": trace_pb2.Status.StatusCode.Name(s.status.code),
+                       "message": s.status.message},
+            "attributes": attributes(s.attributes),
+            "resource": resource,
+            "scope": scope}
+
+
 class Receiver(BaseHTTPRequestHandler):
     output = None
 
@@ -103,6 +126,8 @@ class Receiver(BaseHTTPRequestHandler):
             entry["error"] = "unsupported content type"
             self.record(entry)
             return self.answer(415, b"", "text/plain")
+        if self.path.endswith("/v1/traces"):
+            return self.traces(body, entry)
         request = metrics_service_pb2.ExportMetricsServiceRequest()
         try:
             request.ParseFromString(body)
@@ -119,6 +144,24 @@ class Receiver(BaseHTTPRequestHandler):
                 entry["metrics"].extend(metric(m) for m in scope.metrics)
         self.record(entry)
         response = metrics_service_pb2.ExportMetricsServiceResponse()
+        self.answer(200, response.SerializeToString())
+
+    def traces(self, body, entry):
+        request = trace_service_pb2.ExportTraceServiceRequest()
+        try:
+            request.ParseFromString(body)
+        except DecodeError as error:
+            entry["error"] = f"not an ExportTraceServiceRequest: {error}"
+            self.record(entry)
+            return self.answer(400, b"", "text/plain")
+        entry["spans"] = []
+        for resource_spans in request.resource_spans:
+            resource = attributes(resource_spans.resource.attributes)
+            for scope in resource_spans.scope_spans:
+                entry["spans"].extend(span(s, resource, scope.scope.name)
+                                      for s in scope.spans)
+        self.record(entry)
+        response = trace_service_pb2.ExportTraceServiceResponse()
         self.answer(200, response.SerializeToString())
 
 

@@ -279,11 +279,28 @@ fn the_environment_names_the_collector_and_a_stop_pushes_once_more() {
     assert_eq!(metrics_status(health, Some("scrape-secret")), 200);
     assert_eq!(http_get(health, "/health/live").0, 200);
 
+    // The daemons' spans wait for OTEL_BSP_SCHEDULE_DELAY (5 s): nothing
+    // of either signal is sent yet.
     assert!(receiver.requests().is_empty(), "pushed before the interval");
     let (status, _) = empath.stop();
     assert!(status.success(), "{status}\n{}", empath.log_tail());
-    let requests = receiver.requests();
+    let (requests, traces): (Vec<Value>, Vec<Value>) = receiver
+        .requests()
+        .into_iter()
+        .partition(|r| r["path"] == "/v1/metrics");
     assert_eq!(requests.len(), 1, "one push at the stop: {requests:?}");
+    // The same collector gets the traces, which the daemons send as they
+    // stop (see otlp_traces.rs).
+    let spans = |name: &str| {
+        traces
+            .iter()
+            .filter(|r| r["path"] == "/v1/traces")
+            .flat_map(|r| r["spans"].as_array().cloned().unwrap_or_default())
+            .filter(|span| span["name"] == name)
+            .count()
+    };
+    assert_eq!(spans("receive"), MESSAGES, "{traces:?}");
+    assert_eq!(spans("delivery attempt"), MESSAGES, "{traces:?}");
     let request = &requests[0];
     assert_eq!(request["path"], "/v1/metrics", "{request}");
     assert_eq!(

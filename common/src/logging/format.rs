@@ -5,10 +5,11 @@ use std::fmt::{self, Write as _};
 use tracing::field::{Field, Visit};
 use tracing::{Event, Level, Subscriber};
 use tracing_subscriber::fmt::format::Writer;
-use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields};
+use tracing_subscriber::fmt::{FmtContext, FormatEvent, FormatFields, FormattedFields};
 use tracing_subscriber::registry::LookupSpan;
 
 use super::LogFormat;
+use crate::queue::QueueId;
 
 /// The field that carries an event's line in Postfix's words (see
 /// [`crate::maillog`]). The syslog format writes it instead of the
@@ -22,6 +23,15 @@ pub const PROGRAM_FIELD: &str = "syslog_program";
 /// `spool`, ...), as the seeds' queries filter on it. Set for every event
 /// from the daemon's name unless the event names its own.
 pub const COMPONENT_FIELD: &str = "component";
+/// The message's trace ID ([`crate::queue::QueueId::trace_id_hex`]),
+/// added to every event that names a queue ID in `message_id`, so a log
+/// line leads to the message's trace and back.
+pub const TRACE_ID_FIELD: &str = "trace_id";
+/// The span an event was written in (see
+/// [`crate::traces::Span::log_context`]).
+pub const SPAN_ID_FIELD: &str = "span_id";
+/// The field that names a message's queue ID in every event.
+const MESSAGE_ID_FIELD: &str = "message_id";
 
 /// How the lines of one process are formatted.
 pub(super) struct Style {
@@ -89,6 +99,70 @@ impl Fields {
     fn has(&self, name: &str) -> bool {
         self.others.iter().any(|(n, _)| *n == name)
     }
+
+    fn text(&self, name: &str) -> Option<&str> {
+        self.others.iter().find_map(|(n, value)| match value {
+            Value::Text(text) | Value::Shown(text) if *n == name => Some(text.as_str()),
+            _ => None,
+        })
+    }
+
+    /// Adds the trace context: `trace_id` derived from the queue ID in
+    /// `message_id`, else the enclosing span's; and that span's `span_id`.
+    fn add_trace_context(&mut self, span: Option<SpanIds>) {
+        if !self.has(TRACE_ID_FIELD) {
+            let derived = self
+                .text(MESSAGE_ID_FIELD)
+                .and_then(|id| id.parse::<QueueId>().ok())
+                .map(QueueId::trace_id_hex);
+            if let Some(trace_id) = derived.or_else(|| span.as_ref().map(|s| s.trace_id.clone())) {
+                self.others.push((TRACE_ID_FIELD, Value::Shown(trace_id)));
+            }
+        }
+        if let Some(span) = span
+            && !self.has(SPAN_ID_FIELD)
+        {
+            self.others
+                .push((SPAN_ID_FIELD, Value::Shown(span.span_id)));
+        }
+    }
+}
+
+/// The trace context of an exported span, as its `tracing` span recorded
+/// it (see [`crate::traces::Span::log_context`]).
+struct SpanIds {
+    trace_id: String,
+    span_id: String,
+}
+
+/// The innermost enclosing span with a trace context. The fields were
+/// recorded by the default field formatter (`trace_id=... span_id=...`,
+/// hex, so no quoting).
+fn span_ids<S, N>(ctx: &FmtContext<'_, S, N>) -> Option<SpanIds>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    N: for<'a> FormatFields<'a> + 'static,
+{
+    let scope = ctx.event_scope()?;
+    scope.into_iter().find_map(|span| {
+        let extensions = span.extensions();
+        span_ids_in(&extensions.get::<FormattedFields<N>>()?.fields)
+    })
+}
+
+/// `trace_id` and `span_id` in a span's recorded fields.
+fn span_ids_in(fields: &str) -> Option<SpanIds> {
+    let value = |name: &str| {
+        fields.split_whitespace().find_map(|pair| {
+            pair.strip_prefix(name)
+                .and_then(|rest| rest.strip_prefix('='))
+                .map(str::to_owned)
+        })
+    };
+    Some(SpanIds {
+        trace_id: value(TRACE_ID_FIELD)?,
+        span_id: value(SPAN_ID_FIELD)?,
+    })
 }
 
 impl Visit for Fields {
@@ -137,6 +211,7 @@ where
     ) -> fmt::Result {
         let mut fields = Fields::default();
         event.record(&mut fields);
+        fields.add_trace_context(span_ids(ctx));
         let meta = event.metadata();
         let line = match self.format {
             LogFormat::Human => self.human(meta, &fields),
@@ -218,7 +293,18 @@ impl Style {
         if let Some(scope) = ctx.event_scope() {
             let spans: Vec<serde_json::Value> = scope
                 .from_root()
-                .map(|span| serde_json::json!({ "name": span.name() }))
+                .map(|span| {
+                    let mut entry = serde_json::json!({ "name": span.name() });
+                    if let Some(ids) = span
+                        .extensions()
+                        .get::<FormattedFields<N>>()
+                        .and_then(|f| span_ids_in(&f.fields))
+                    {
+                        entry["trace_id"] = ids.trace_id.into();
+                        entry["span_id"] = ids.span_id.into();
+                    }
+                    entry
+                })
                 .collect();
             if let Some(current) = spans.last() {
                 line.insert("span".to_owned(), current.clone());

@@ -19,32 +19,27 @@
 
 use std::sync::mpsc::{self, RecvTimeoutError};
 use std::thread::JoinHandle;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 
 use opentelemetry_proto::tonic::collector::metrics::v1::{
     ExportMetricsServiceRequest, ExportMetricsServiceResponse,
 };
-use opentelemetry_proto::tonic::common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value};
+use opentelemetry_proto::tonic::common::v1::{InstrumentationScope, KeyValue};
 use opentelemetry_proto::tonic::metrics::v1::{
     AggregationTemporality, Gauge, Histogram, HistogramDataPoint, Metric, NumberDataPoint,
     ResourceMetrics, ScopeMetrics, Sum, metric, number_data_point,
 };
-use opentelemetry_proto::tonic::resource::v1::Resource;
 use prost::Message;
 
 use super::snapshot::{Family, Kind, Labels, Snapshot, Value};
 use crate::config;
+use crate::otlp::{Collector, Env, checked_url, signal_url, string_attribute, unix_nanos};
+pub use crate::otlp::{PushError, TargetError};
 
 /// The path of the metrics signal under a collector's base URL.
 const METRICS_PATH: &str = "/v1/metrics";
 const DEFAULT_INTERVAL: Duration = Duration::from_secs(60);
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(10);
-/// The seeds' service name.
-const DEFAULT_SERVICE_NAME: &str = "empath-mta";
-/// `metrics.api_key: "$ENV:NAME"` reads the key from the environment.
-const ENV_PREFIX: &str = "$ENV:";
-/// The most of a collector's answer that is read.
-const MAX_RESPONSE: u64 = 64 * 1024;
 
 /// Where and how to push.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -57,17 +52,6 @@ pub struct Target {
     pub service_name: String,
 }
 
-/// Why the push settings cannot be used. Each names the setting.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum TargetError {
-    #[error("{setting}: {url:?} is not an http:// or https:// URL")]
-    BadUrl { setting: &'static str, url: String },
-    #[error("metrics.api_key: the environment variable {0} is not set")]
-    MissingKey(String),
-    #[error("{0}: must be a positive number of milliseconds")]
-    BadDuration(&'static str),
-}
-
 impl Target {
     /// The push target from the `metrics` section and the environment
     /// (`env` looks a variable up); `None` when there is nowhere to push.
@@ -78,54 +62,35 @@ impl Target {
         if !metrics.enabled {
             return Ok(None);
         }
-        let set = |name: &str| env(name).filter(|value| !value.trim().is_empty());
+        let env = Env(env);
         let (setting, url) = if let Some(url) = &metrics.endpoint {
             ("metrics.endpoint", url.clone())
-        } else if let Some(url) = set("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
+        } else if let Some(url) = env.get("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT") {
             ("OTEL_EXPORTER_OTLP_METRICS_ENDPOINT", url)
-        } else if let Some(base) = set("OTEL_EXPORTER_OTLP_ENDPOINT") {
+        } else if let Some(base) = env.get("OTEL_EXPORTER_OTLP_ENDPOINT") {
             (
                 "OTEL_EXPORTER_OTLP_ENDPOINT",
-                format!("{}{METRICS_PATH}", base.trim_end_matches('/')),
+                signal_url(&base, METRICS_PATH),
             )
         } else {
             return Ok(None);
         };
-        let url = url.trim().to_owned();
-        if !(url.starts_with("http://") || url.starts_with("https://")) {
-            return Err(TargetError::BadUrl { setting, url });
-        }
-        let api_key = match metrics.api_key.as_deref() {
-            Some(key) => match key.strip_prefix(ENV_PREFIX) {
-                Some(name) => Some(set(name).ok_or_else(|| TargetError::MissingKey(name.into()))?),
-                None => Some(key.to_owned()),
-            },
-            None => None,
-        };
-        let millis = |name: &'static str, default: Duration| match set(name) {
-            None => Ok(default),
-            Some(text) => match text.trim().parse::<u64>() {
-                Ok(ms) if ms > 0 => Ok(Duration::from_millis(ms)),
-                _ => Err(TargetError::BadDuration(name)),
-            },
-        };
         Ok(Some(Self {
-            url,
-            api_key,
-            interval: millis("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_INTERVAL)?,
-            timeout: millis("OTEL_METRIC_EXPORT_TIMEOUT", DEFAULT_TIMEOUT)?,
-            service_name: set("OTEL_SERVICE_NAME").unwrap_or_else(|| DEFAULT_SERVICE_NAME.into()),
+            url: checked_url(setting, &url)?,
+            api_key: env.api_key(metrics)?,
+            interval: env.millis("OTEL_METRIC_EXPORT_INTERVAL", DEFAULT_INTERVAL)?,
+            timeout: env.millis("OTEL_METRIC_EXPORT_TIMEOUT", DEFAULT_TIMEOUT)?,
+            service_name: env.service_name(),
         }))
     }
-}
 
-/// Why a push failed.
-#[derive(Debug, thiserror::Error)]
-pub enum PushError {
-    #[error("cannot reach {url}: {reason}")]
-    Transport { url: String, reason: String },
-    #[error("{url} answered HTTP {status}")]
-    Refused { url: String, status: u16 },
+    fn collector(&self) -> Collector {
+        Collector {
+            url: self.url.clone(),
+            api_key: self.api_key.clone(),
+            timeout: self.timeout,
+        }
+    }
 }
 
 /// The times of one export, in nanoseconds since the epoch.
@@ -150,19 +115,9 @@ pub fn encode(
         .filter(|family| !family.samples.is_empty())
         .map(|family| metric(family, times))
         .collect();
-    let mut attributes = vec![
-        string_attribute("service.name", service_name),
-        string_attribute("service.version", env!("CARGO_PKG_VERSION")),
-    ];
-    if let Ok(host) = nix::unistd::gethostname() {
-        attributes.push(string_attribute("host.name", &host.to_string_lossy()));
-    }
     ExportMetricsServiceRequest {
         resource_metrics: vec![ResourceMetrics {
-            resource: Some(Resource {
-                attributes,
-                ..Default::default()
-            }),
+            resource: Some(crate::otlp::resource(service_name, Vec::new())),
             scope_metrics: vec![ScopeMetrics {
                 scope: Some(InstrumentationScope {
                     name: "empath".into(),
@@ -174,16 +129,6 @@ pub fn encode(
             }],
             ..Default::default()
         }],
-    }
-}
-
-fn string_attribute(key: &str, value: &str) -> KeyValue {
-    KeyValue {
-        key: key.to_owned(),
-        value: Some(AnyValue {
-            value: Some(any_value::Value::StringValue(value.to_owned())),
-        }),
-        ..Default::default()
     }
 }
 
@@ -273,37 +218,7 @@ fn histogram_point(labels: &Labels, value: &Value, times: Times) -> Option<Histo
 /// Sends one request. A collector that accepts only part of it says so
 /// in its answer; that is logged, not an error.
 pub fn push(target: &Target, request: &ExportMetricsServiceRequest) -> Result<(), PushError> {
-    let transport = |reason: String| PushError::Transport {
-        url: target.url.clone(),
-        reason,
-    };
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(target.timeout))
-        .http_status_as_error(false)
-        .build()
-        .into();
-    let mut post = agent
-        .post(&target.url)
-        .header("Content-Type", "application/x-protobuf");
-    if let Some(key) = &target.api_key {
-        post = post.header("Authorization", &format!("Bearer {key}"));
-    }
-    let mut response = post
-        .send(&request.encode_to_vec()[..])
-        .map_err(|e| transport(e.to_string()))?;
-    let status = response.status().as_u16();
-    if !(200..300).contains(&status) {
-        return Err(PushError::Refused {
-            url: target.url.clone(),
-            status,
-        });
-    }
-    let body = response
-        .body_mut()
-        .with_config()
-        .limit(MAX_RESPONSE)
-        .read_to_vec()
-        .unwrap_or_default();
+    let body = target.collector().post(&request.encode_to_vec())?;
     if let Ok(answer) = ExportMetricsServiceResponse::decode(&body[..])
         && let Some(partial) = answer.partial_success
         && partial.rejected_data_points > 0
@@ -434,13 +349,6 @@ impl Pusher {
     pub fn stop(self) {
         self.stop_collecting().finish();
     }
-}
-
-fn unix_nanos() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| u64::try_from(d.as_nanos()).unwrap_or(u64::MAX))
-        .unwrap_or(0)
 }
 
 #[cfg(test)]

@@ -73,6 +73,20 @@ impl QueueId {
         // The low 10 bits are the last two base-32 characters.
         Bucket((self.0 & BUCKET_MASK) as u16)
     }
+
+    /// The OpenTelemetry trace ID of the message: the queue ID's 16 bytes
+    /// (big-endian, as a ULID is written in binary). Every process that
+    /// handles the message derives the same one, so their spans form one
+    /// trace without passing a context along (see [`crate::traces`]).
+    pub fn trace_id(self) -> [u8; 16] {
+        self.0.to_be_bytes()
+    }
+
+    /// [`QueueId::trace_id`] as log lines and tracing back-ends write it:
+    /// 32 lowercase hex digits.
+    pub fn trace_id_hex(self) -> String {
+        format!("{:032x}", self.0)
+    }
 }
 
 /// The bits of a queue ID that name its bucket.
@@ -202,5 +216,15 @@ mod tests {
         unique.sort_unstable();
         unique.dedup();
         assert_eq!(unique.len(), ids.len());
+    }
+
+    #[test]
+    fn the_trace_id_is_the_ulid_bytes() {
+        let id: QueueId = "01ARZ3NDEKTSV4RRFFQ69G5FAV".parse().unwrap();
+        let ulid = Ulid::from_string("01ARZ3NDEKTSV4RRFFQ69G5FAV").unwrap();
+        assert_eq!(id.trace_id(), ulid.to_bytes());
+        let hex: String = ulid.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+        assert_eq!(id.trace_id_hex(), hex);
+        assert_eq!(hex.len(), 32);
     }
 }
