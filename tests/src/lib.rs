@@ -30,6 +30,7 @@ pub mod master;
 pub mod modules;
 pub mod mx;
 pub mod nsd;
+pub mod otlp;
 pub mod procfs;
 pub mod reliability;
 pub mod rogue;

@@ -10,76 +10,16 @@
 
 use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use empath_tests::master::http_get;
-use empath_tests::{Empath, Sink, SmtpSend, TestConfig, mail, poll, seeds, test_dir};
+use empath_tests::otlp::Receiver;
+use empath_tests::{Empath, Sink, SmtpSend, TestConfig, mail, seeds};
 use serde_json::Value;
 
 const SENDER: &str = "sender@client.test";
 const TIMEOUT: Duration = Duration::from_secs(60);
 const MESSAGES: usize = 3;
-
-/// The receiver process; killed when dropped.
-struct Receiver {
-    child: Child,
-    output: PathBuf,
-    port: u16,
-    _dir: tempfile::TempDir,
-}
-
-impl Receiver {
-    fn start() -> Self {
-        let dir = test_dir();
-        let (port_file, output) = (dir.path().join("port"), dir.path().join("received.jsonl"));
-        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("clients/otlp_receiver.py");
-        let mut child = Command::new("python3")
-            .arg(script)
-            .arg(&port_file)
-            .arg(&output)
-            .stdin(Stdio::null())
-            .spawn()
-            .expect("start the OTLP receiver");
-        let port = poll(TIMEOUT, || {
-            if let Ok(Some(status)) = child.try_wait() {
-                panic!("the OTLP receiver exited ({status}); is opentelemetry-proto installed?");
-            }
-            std::fs::read_to_string(&port_file)
-                .ok()
-                .and_then(|text| text.trim().parse().ok())
-                .ok_or_else(|| "no port yet".to_owned())
-        })
-        .expect("the OTLP receiver listens");
-        Self {
-            child,
-            output,
-            port,
-            _dir: dir,
-        }
-    }
-
-    fn base_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.port)
-    }
-
-    /// Every request received so far, decoded.
-    fn requests(&self) -> Vec<Value> {
-        std::fs::read_to_string(&self.output)
-            .unwrap_or_default()
-            .lines()
-            .map(|line| serde_json::from_str(line).unwrap_or_else(|e| panic!("{e}: {line}")))
-            .collect()
-    }
-}
-
-impl Drop for Receiver {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
 
 /// The metric `name` in a decoded request.
 fn metric<'a>(request: &'a Value, name: &str) -> Option<&'a Value> {

@@ -1,7 +1,10 @@
 //! Moving snapshots between processes: each daemon answers on its own
-//! socket `private/metrics/<service>.<pid>.sock` with one frame (a 4-byte
-//! big-endian length and a postcard [`Snapshot`], the framing of
-//! [`crate::ipc`]); the master connects to every socket there per scrape.
+//! socket `private/metrics/<service>.<pid>.sock` with two frames (each a
+//! 4-byte big-endian length and a postcard value, the framing of
+//! [`crate::ipc`]): its [`Hello`], then its [`Snapshot`]. empath-anvil
+//! connects to every socket there each second; a daemon of another
+//! protocol version (during an upgrade) is skipped with a log line
+//! instead of being misread.
 //!
 //! Plain threads and blocking sockets: this must keep working whatever a
 //! daemon's async runtime is busy with, and costs one idle thread.
@@ -12,8 +15,11 @@ use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
 use super::Snapshot;
-use crate::ipc::MAX_FRAME;
+use crate::ipc::{Hello, MAX_FRAME, PROTOCOL_VERSION};
 use crate::queue::Queue;
 
 /// The directory of the metrics sockets.
@@ -68,28 +74,51 @@ pub fn serve(queue: &Queue, service: &str) {
 }
 
 fn write_snapshot(stream: &mut UnixStream, snapshot: &Snapshot) -> io::Result<()> {
-    let payload =
-        postcard::to_stdvec(snapshot).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let length = u32::try_from(payload.len())
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "snapshot too large"))?;
-    stream.write_all(&length.to_be_bytes())?;
-    stream.write_all(&payload)?;
+    write_frame(stream, &Hello::ours())?;
+    write_frame(stream, snapshot)?;
     stream.flush()
 }
 
-fn read_snapshot(stream: &mut UnixStream) -> io::Result<Snapshot> {
+fn write_frame<T: Serialize>(stream: &mut UnixStream, value: &T) -> io::Result<()> {
+    let payload =
+        postcard::to_stdvec(value).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let length = u32::try_from(payload.len())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidData, "frame too large"))?;
+    stream.write_all(&length.to_be_bytes())?;
+    stream.write_all(&payload)
+}
+
+fn read_frame<T: DeserializeOwned>(stream: &mut UnixStream) -> io::Result<T> {
     let mut header = [0u8; 4];
     stream.read_exact(&mut header)?;
     let length = u32::from_be_bytes(header) as usize;
     if length > MAX_FRAME {
         return Err(io::Error::new(
             io::ErrorKind::InvalidData,
-            format!("snapshot of {length} bytes exceeds the limit"),
+            format!("frame of {length} bytes exceeds the limit"),
         ));
     }
     let mut payload = vec![0u8; length];
     stream.read_exact(&mut payload)?;
     postcard::from_bytes(&payload).map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+fn read_snapshot(stream: &mut UnixStream) -> io::Result<Snapshot> {
+    let hello: Hello = read_frame(stream).map_err(|_| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            "the daemon did not start with a hello (an older Empath?)",
+        )
+    })?;
+    if hello != Hello::ours() {
+        return Err(io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "the daemon speaks another Empath IPC version than this one ({PROTOCOL_VERSION}); restart it"
+            ),
+        ));
+    }
+    read_frame(stream)
 }
 
 /// Asks one daemon for its snapshot.
@@ -115,6 +144,9 @@ pub fn scrape(queue: &Queue, timeout: Duration) -> Vec<Snapshot> {
             Ok(snapshot) => snapshots.push(snapshot),
             Err(error) if error.kind() == io::ErrorKind::ConnectionRefused => {
                 let _ = std::fs::remove_file(&path);
+            }
+            Err(error) if error.kind() == io::ErrorKind::InvalidData => {
+                tracing::warn!(%error, socket = %path.display(), "no metrics from a daemon");
             }
             Err(error) => {
                 tracing::debug!(%error, socket = %path.display(), "no metrics from a daemon");
@@ -146,5 +178,27 @@ mod tests {
                 .any(|f| f.name == "empath_smtp_messages_received_total")
         );
         assert!(!stale.exists(), "stale socket removed");
+    }
+
+    #[test]
+    fn a_daemon_of_another_protocol_version_is_refused_not_misread() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("old.1.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let server = std::thread::spawn(move || {
+            let (mut stream, _) = listener.accept().unwrap();
+            // A hello of version 5 ("EMPH", then the version as a postcard
+            // varint), then something that is not a snapshot.
+            stream.write_all(&[0, 0, 0, 5]).unwrap();
+            stream.write_all(b"EMPH\x05").unwrap();
+            stream.write_all(&[0, 0, 0, 1, 0xff]).unwrap();
+        });
+        let error = fetch(&path, Duration::from_secs(2)).unwrap_err();
+        server.join().unwrap();
+        assert_eq!(error.kind(), io::ErrorKind::InvalidData);
+        assert!(
+            error.to_string().contains("another Empath IPC version"),
+            "{error}"
+        );
     }
 }
