@@ -29,6 +29,7 @@ pub mod mail_auth;
 pub mod master;
 pub mod modules;
 pub mod mx;
+pub mod nobody;
 pub mod nsd;
 pub mod otlp;
 pub mod procfs;

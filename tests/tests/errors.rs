@@ -6,20 +6,17 @@
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::PermissionsExt;
-use std::path::{Path, PathBuf};
-use std::process::Command;
+use std::path::Path;
 use std::time::Duration;
 
 use empath_tests::config::CONFIG_FILE;
-use empath_tests::{RunOutput, TestConfig, binary, empath_command, run_bounded, test_dir};
+use empath_tests::nobody::{as_nobody, binary_for_nobody, setpriv_available};
+use empath_tests::{RunOutput, TestConfig, empath_command, run_bounded, test_dir};
 
 /// A failing start must be quick: config, queue and bind come first.
 const EXIT_TIMEOUT: Duration = Duration::from_secs(10);
 /// sysexits EX_CONFIG, which `empath check-config` uses for a bad config.
 const EX_CONFIG: i32 = 78;
-/// The unprivileged user the queue test runs as when the tests run as root.
-const NOBODY: u32 = 65534;
-
 fn check_config(config: &Path) -> RunOutput {
     run_bounded(
         empath_command()
@@ -167,7 +164,7 @@ fn unwritable_queue_dir_is_an_error_naming_the_spool() {
             return;
         }
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).expect("chmod");
-        as_nobody(&empath_for_nobody(dir.path()))
+        as_nobody(&binary_for_nobody("empath", dir.path()))
     } else {
         fs::set_permissions(&locked, fs::Permissions::from_mode(0o500)).expect("chmod");
         empath_command()
@@ -179,42 +176,4 @@ fn unwritable_queue_dir_is_an_error_naming_the_spool() {
     assert_clean_failure(&output);
     assert_mentions(&output, &spool.display().to_string());
     assert!(!spool.exists(), "the spool was created anyway");
-}
-
-fn setpriv_available() -> bool {
-    Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success())
-}
-
-/// A command that runs `program` as uid/gid 65534 with no groups.
-fn as_nobody(program: &Path) -> Command {
-    let mut command = Command::new("setpriv");
-    command
-        .env("NO_COLOR", "1")
-        .arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg(program);
-    command
-}
-
-/// The `empath` binary, or a world-executable copy of it in `dir` if the
-/// unprivileged user cannot run the one in the target dir.
-fn empath_for_nobody(dir: &Path) -> PathBuf {
-    let built = binary("empath");
-    let runnable = as_nobody(Path::new("test"))
-        .arg("-x")
-        .arg(&built)
-        .status()
-        .is_ok_and(|status| status.success());
-    if runnable {
-        return built;
-    }
-    let copy = dir.join("bin").join("empath");
-    fs::create_dir_all(copy.parent().expect("parent")).expect("create bin dir");
-    fs::copy(&built, &copy).expect("copy empath");
-    fs::set_permissions(&copy, fs::Permissions::from_mode(0o755)).expect("chmod empath");
-    copy
 }

@@ -9,7 +9,7 @@
 use std::io::{Read, Write};
 use std::os::unix::fs::PermissionsExt;
 use std::os::unix::net::UnixStream;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -17,52 +17,13 @@ use std::time::{Duration, Instant};
 
 use empath_common::protocol;
 use empath_common::queue::Queue;
+use empath_tests::nobody::{as_nobody, binary_for_nobody, setpriv_available};
 use empath_tests::reliability::TmpfsMount;
 use empath_tests::smtpd::RawSmtp;
 use empath_tests::{Empath, Sink, SmtpSend, TestConfig, binary, mail, run_bounded};
 
 const SENDER: &str = "lister@client.test";
 const COMMAND_TIMEOUT: Duration = Duration::from_secs(120);
-/// uid and gid of `nobody` / `nogroup` on Debian.
-const NOBODY: u32 = 65534;
-
-fn setpriv_available() -> bool {
-    Command::new("setpriv")
-        .arg("--version")
-        .output()
-        .is_ok_and(|output| output.status.success())
-}
-
-/// `program` as uid/gid nobody, with no groups.
-fn as_nobody(program: &Path) -> Command {
-    let mut command = Command::new("setpriv");
-    command
-        .arg(format!("--reuid={NOBODY}"))
-        .arg(format!("--regid={NOBODY}"))
-        .arg("--clear-groups")
-        .arg(program);
-    command
-}
-
-/// The `mailq` binary, or a world-executable copy of it in `dir` if
-/// nobody cannot run the one in the target dir.
-fn mailq_for_nobody(dir: &Path) -> PathBuf {
-    let built = binary("mailq");
-    let runnable = as_nobody(Path::new("test"))
-        .arg("-x")
-        .arg(&built)
-        .status()
-        .is_ok_and(|status| status.success());
-    if runnable {
-        return built;
-    }
-    let copy = dir.join("bin").join("mailq");
-    std::fs::create_dir_all(copy.parent().expect("parent")).expect("create bin dir");
-    std::fs::copy(&built, &copy).expect("copy mailq");
-    std::fs::set_permissions(&copy, std::fs::Permissions::from_mode(0o755)).expect("chmod");
-    copy
-}
-
 fn queued_ids(empath: &Empath) -> Vec<String> {
     let text = empath.empathctl_ok(&["--json", "queue", "list"]);
     let value: serde_json::Value = serde_json::from_str(&text).expect("JSON");
@@ -96,7 +57,7 @@ fn mailq_works_for_an_ordinary_user_through_showq() {
     let ids = queued_ids(&empath);
     assert_eq!(ids.len(), 2);
 
-    let mailq = mailq_for_nobody(empath.dir());
+    let mailq = binary_for_nobody("mailq", empath.dir());
     let nobody_mailq = |empath: &Empath| {
         let mut command = as_nobody(&mailq);
         command.arg("-C").arg(empath.config_path());
