@@ -9,8 +9,12 @@ use empath_common::control::{ControlEnvelope, ControlRequest, ControlResponse};
 use empath_common::ipc;
 use empath_common::queue::Queue;
 
-/// How long a command may take before empathctl gives up.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long a command may take before empathctl gives up: a little longer
+/// than the master lets the slowest one (a listing of a big queue) take,
+/// so that the master's own error arrives first.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(330);
+/// How long the master may take to answer the hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Why a command could not be carried out. Each maps to an exit status.
 #[derive(Debug, thiserror::Error)]
@@ -88,11 +92,11 @@ pub async fn send(
         .await
         .map_err(classify)?;
     tokio::time::timeout(
-        REQUEST_TIMEOUT,
+        HELLO_TIMEOUT,
         ipc::hello_client(&mut stream, &socket.display().to_string()),
     )
     .await
-    .map_err(|_| ClientError::Timeout(socket.to_owned(), REQUEST_TIMEOUT))?
+    .map_err(|_| ClientError::Timeout(socket.to_owned(), HELLO_TIMEOUT))?
     .map_err(|e| ClientError::Io(socket.to_owned(), e))?;
     let envelope = ControlEnvelope { token, request };
     tokio::time::timeout(REQUEST_TIMEOUT, ipc::call(&mut stream, &envelope))

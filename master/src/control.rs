@@ -21,6 +21,10 @@ use tokio::net::{UnixListener, UnixStream};
 
 /// How long a routed command may take in the daemon that carries it out.
 const ROUTE_TIMEOUT: Duration = Duration::from_secs(25);
+/// How long showq may take over a listing: `queue stats` or an unfiltered
+/// `queue list` reads every envelope, about 16 s for a million messages
+/// on a 2-core machine (bench/README.md, "Scale"), more when it is busy.
+const LISTING_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long a command waits for a daemon that is (re)starting.
 const DAEMON_START_WAIT: Duration = Duration::from_secs(5);
 
@@ -159,30 +163,38 @@ impl Control {
             // Read-only: the lister, never qmgr's scheduling loop.
             request @ ControlRequest::Queue(
                 QueueCommand::List { .. } | QueueCommand::View { .. } | QueueCommand::Stats,
-            ) => self.route(protocol::SHOWQ_CONTROL, "showq", request).await,
+            ) => {
+                self.route(protocol::SHOWQ_CONTROL, "showq", request, LISTING_TIMEOUT)
+                    .await
+            }
             request @ ControlRequest::Queue(_) => {
-                self.route(protocol::QMGR_CONTROL, "qmgr", request).await
+                self.route(protocol::QMGR_CONTROL, "qmgr", request, ROUTE_TIMEOUT)
+                    .await
             }
             request @ (ControlRequest::Dns(_) | ControlRequest::Tls(_)) => {
-                self.route(protocol::SMTP_OUT_CONTROL, "smtp-out", request)
+                self.route(protocol::SMTP_OUT_CONTROL, "smtp-out", request, ROUTE_TIMEOUT)
                     .await
             }
         }
     }
 
     /// Passes a request to the daemon that carries it out.
-    async fn route(&self, socket: &str, daemon: &str, request: ControlRequest) -> ControlResponse {
+    async fn route(
+        &self,
+        socket: &str,
+        daemon: &str,
+        request: ControlRequest,
+        timeout: Duration,
+    ) -> ControlResponse {
         let path = self.queue.private_socket(socket);
         let exchange = async {
             let mut stream = connect_when_up(&path).await?;
             ipc::call::<_, _, ControlResponse>(&mut stream, &request).await
         };
-        match tokio::time::timeout(ROUTE_TIMEOUT, exchange).await {
+        match tokio::time::timeout(timeout, exchange).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => ControlResponse::Error(format!("{daemon} is not answering: {error}")),
-            Err(_) => {
-                ControlResponse::Error(format!("{daemon} did not answer within {ROUTE_TIMEOUT:?}"))
-            }
+            Err(_) => ControlResponse::Error(format!("{daemon} did not answer within {timeout:?}")),
         }
     }
 
@@ -198,6 +210,7 @@ impl Control {
                 protocol::SMTP_OUT_CONTROL,
                 "smtp-out",
                 ControlRequest::Dns(DnsCommand::ListCache),
+                ROUTE_TIMEOUT,
             )
             .await;
         ControlResponse::Status(SystemStatus {
