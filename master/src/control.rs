@@ -172,8 +172,13 @@ impl Control {
                     .await
             }
             request @ (ControlRequest::Dns(_) | ControlRequest::Tls(_)) => {
-                self.route(protocol::SMTP_OUT_CONTROL, "smtp-out", request, ROUTE_TIMEOUT)
-                    .await
+                self.route(
+                    protocol::SMTP_OUT_CONTROL,
+                    "smtp-out",
+                    request,
+                    ROUTE_TIMEOUT,
+                )
+                .await
             }
         }
     }
