@@ -217,11 +217,25 @@ pub fn shutdown() {
         return;
     };
     let (done, wait) = mpsc::sync_channel(1);
-    // Waits for room only while the thread works the queue down.
-    if exporter.commands.send(Command::Stop(done)).is_ok()
-        && wait
-            .recv_timeout(exporter.timeout + Duration::from_secs(1))
-            .is_ok()
+    // Waits for room while the thread works the queue down, but no longer
+    // than one export would take: a collector that is down must not hold
+    // up a daemon's stop by a timeout per queued batch.
+    let deadline = std::time::Instant::now() + exporter.timeout + Duration::from_secs(1);
+    let mut stop = Command::Stop(done);
+    loop {
+        match exporter.commands.try_send(stop) {
+            Ok(()) => break,
+            Err(TrySendError::Full(again)) if std::time::Instant::now() < deadline => {
+                stop = again;
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            Err(_) => return,
+        }
+    }
+    let left = deadline.saturating_duration_since(std::time::Instant::now());
+    if wait
+        .recv_timeout(left.max(Duration::from_millis(100)))
+        .is_ok()
     {
         let _ = thread.join();
     }
