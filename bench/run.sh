@@ -145,6 +145,7 @@ cg_usage_ns() { # system -> nanoseconds of CPU, or "-"
     local dir
     [ -n "$CG_DIR" ] || { echo -; return; }
     dir=$CG_DIR/$1
+    [ -d "$dir" ] || { echo -; return; }
     if [ "$CG_KIND" = v2 ]; then
         awk '$1 == "usage_usec" { printf "%.0f", $2 * 1000 }' "$dir/cpu.stat"
     else
