@@ -388,7 +388,9 @@ start_exim() {
     # message), except: no limit on SMTP connections (the default, 20,
     # refuses the c=50 runs; Postfix allows 100), a listen backlog like
     # the others', no queueing of the messages after the 10th of a
-    # connection, no ident or DNS lookups of loopback clients.
+    # connection and no limit on messages per connection (the default,
+    # 1000, ends smtp-source -d), no ident or DNS lookups of loopback
+    # clients.
     cat >"$dir/exim.conf" <<CONF
 exim_path = $EXIM_BIN
 keep_environment = LD_LIBRARY_PATH
@@ -404,6 +406,7 @@ rfc1413_hosts =
 smtp_accept_max = $TOTAL_CONCURRENCY
 smtp_connect_backlog = 1024
 smtp_accept_queue_per_connection = 0
+smtp_accept_max_per_connection = 0
 acl_smtp_rcpt = acl_check_rcpt
 
 begin acl
