@@ -190,14 +190,28 @@ pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
     bind_socket_with_mode(path, 0o600)
 }
 
-/// Binds a socket with the given permissions, replacing a stale one.
+/// Binds a socket with the given permissions, replacing a stale one, or
+/// the socket of the daemon this one succeeds during a reload. The socket
+/// is bound under a temporary name and renamed over `path`, so the path
+/// always names a socket someone listens on: a client never finds it
+/// missing (ENOENT) in between, and never with the wrong permissions.
 pub fn bind_socket_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
-    match std::fs::remove_file(path) {
+    let name = path
+        .file_name()
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a socket path needs a name"))?
+        .to_string_lossy();
+    let staged = path.with_file_name(format!(".{name}.{}.new", std::process::id()));
+    match std::fs::remove_file(&staged) {
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(path)?;
-    std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))?;
+    let listener = UnixListener::bind(&staged)?;
+    let placed = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+        .and_then(|()| std::fs::rename(&staged, path));
+    if let Err(error) = placed {
+        let _ = std::fs::remove_file(&staged);
+        return Err(error);
+    }
     Ok(listener)
 }
 
@@ -282,5 +296,31 @@ pub async fn stop_requested() {
     tokio::select! {
         _ = term.recv() => {},
         _ = int.recv() => {},
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A successor's socket replaces its predecessor's under the same
+    /// name, with the asked permissions and nothing staged left behind.
+    #[tokio::test]
+    async fn a_successor_takes_over_the_socket_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("cleanup.sock");
+        let old = bind_socket(&path).unwrap();
+        let new = bind_socket_with_mode(&path, 0o660).unwrap();
+        let _client = tokio::net::UnixStream::connect(&path).await.unwrap();
+        let accepted = tokio::time::timeout(std::time::Duration::from_secs(2), new.accept()).await;
+        assert!(accepted.is_ok(), "the new listener gets the connection");
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o660);
+        let names: Vec<_> = std::fs::read_dir(dir.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, ["cleanup.sock"]);
+        drop(old);
     }
 }
