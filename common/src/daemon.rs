@@ -191,11 +191,42 @@ pub fn bind_socket(path: &Path) -> io::Result<UnixListener> {
 }
 
 /// Binds a socket with the given permissions, replacing a stale one, or
-/// the socket of the daemon this one succeeds during a reload. The socket
-/// is bound under a temporary name and renamed over `path`, so the path
-/// always names a socket someone listens on: a client never finds it
-/// missing (ENOENT) in between, and never with the wrong permissions.
+/// the socket of the daemon this one succeeds during a reload.
 pub fn bind_socket_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener> {
+    bind_unix(path, mode, Staging::WhenReplacing, |at| {
+        UnixListener::bind(at)
+    })
+}
+
+/// When [`bind_unix`] binds under a temporary name first.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Staging {
+    /// Only when the path exists (a stale socket, or a predecessor's
+    /// during a reload); a fresh path is bound in place, so the name the
+    /// kernel shows (`ss -x`, /proc/net/unix) is the real one.
+    WhenReplacing,
+    /// Always: for sockets that others discover by listing a directory,
+    /// which must never see one that does not listen yet.
+    Always,
+}
+
+/// Binds a Unix socket at `path` with `mode`, using `bind` (tokio's or
+/// std's listener). When staged, the socket is bound under a temporary
+/// name in the same directory and renamed over `path`: the path always
+/// names a socket someone listens on, so a client never finds it missing
+/// (ENOENT) in between, nor with the wrong permissions.
+pub fn bind_unix<L>(
+    path: &Path,
+    mode: u32,
+    staging: Staging,
+    bind: impl FnOnce(&Path) -> io::Result<L>,
+) -> io::Result<L> {
+    let permissions = std::fs::Permissions::from_mode(mode);
+    if staging == Staging::WhenReplacing && std::fs::symlink_metadata(path).is_err() {
+        let listener = bind(path)?;
+        std::fs::set_permissions(path, permissions)?;
+        return Ok(listener);
+    }
     let name = path
         .file_name()
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "a socket path needs a name"))?
@@ -205,8 +236,8 @@ pub fn bind_socket_with_mode(path: &Path, mode: u32) -> io::Result<UnixListener>
         Err(e) if e.kind() != io::ErrorKind::NotFound => return Err(e),
         _ => {}
     }
-    let listener = UnixListener::bind(&staged)?;
-    let placed = std::fs::set_permissions(&staged, std::fs::Permissions::from_mode(mode))
+    let listener = bind(&staged)?;
+    let placed = std::fs::set_permissions(&staged, permissions)
         .and_then(|()| std::fs::rename(&staged, path));
     if let Err(error) = placed {
         let _ = std::fs::remove_file(&staged);

@@ -10,7 +10,7 @@
 //! daemon's async runtime is busy with, and costs one idle thread.
 
 use std::io::{self, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::os::unix::fs::DirBuilderExt;
 use std::os::unix::net::{UnixListener, UnixStream};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -38,10 +38,12 @@ pub fn serve(queue: &Queue, service: &str) {
         .mode(0o700)
         .create(&dir)
         .and_then(|()| {
-            let _ = std::fs::remove_file(&path);
-            let listener = UnixListener::bind(&path)?;
-            std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
-            Ok(listener)
+            // Staged: the collector lists this directory and removes a
+            // socket that refuses it, which a socket bound but not yet
+            // listening would do.
+            crate::daemon::bind_unix(&path, 0o600, crate::daemon::Staging::Always, |at| {
+                UnixListener::bind(at)
+            })
         });
     let listener = match bound {
         Ok(listener) => listener,
