@@ -9,9 +9,7 @@ use std::time::Duration;
 use empath_common::config::{AuthChecks, Dns};
 use mail_auth::dmarc::Policy;
 use mail_auth::dmarc::verify::DmarcParameters;
-use mail_auth::hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ResolveHosts, ResolverConfig, ResolverOpts,
-};
+use mail_auth::hickory_resolver::config::{ResolveHosts, ResolverConfig, ResolverOpts};
 use mail_auth::spf::verify::SpfParameters;
 use mail_auth::{
     AuthenticatedMessage, AuthenticationResults, DkimResult, DmarcResult, MessageAuthenticator,
@@ -57,32 +55,13 @@ pub struct InboundChecks {
 /// nameservers when it names none). EDNS0 is on: DKIM keys make answers
 /// longer than 512 bytes.
 pub fn authenticator(dns: &Dns) -> Result<MessageAuthenticator, String> {
-    let (config, mut options) = if dns.nameservers.is_empty() {
-        mail_auth::hickory_resolver::system_conf::read_system_conf()
-            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
-    } else {
-        let servers = dns
-            .nameservers
-            .iter()
-            .map(|server| {
-                let connection = |mut c: ConnectionConfig| {
-                    c.port = server.0.port();
-                    c
-                };
-                NameServerConfig::new(
-                    server.0.ip(),
-                    true,
-                    vec![
-                        connection(ConnectionConfig::udp()),
-                        connection(ConnectionConfig::tcp()),
-                    ],
-                )
-            })
-            .collect();
-        (
+    let (config, mut options) = match dns.name_servers() {
+        None => mail_auth::hickory_resolver::system_conf::read_system_conf()
+            .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
+        Some(servers) => (
             ResolverConfig::from_name_servers(servers),
             ResolverOpts::default(),
-        )
+        ),
     };
     options.timeout = Duration::from_secs(dns.timeout_secs);
     options.attempts = dns.attempts;

@@ -18,9 +18,7 @@ use std::time::{Duration, Instant};
 
 use empath_common::config::Dns;
 use empath_common::smtp::Reply;
-use hickory_resolver::config::{
-    ConnectionConfig, NameServerConfig, ProtocolConfig, ResolveHosts, ResolverConfig,
-};
+use hickory_resolver::config::{ConnectionConfig, ProtocolConfig, ResolveHosts, ResolverConfig};
 use hickory_resolver::net::runtime::TokioRuntimeProvider;
 use hickory_resolver::net::udp::UdpClientStream;
 use hickory_resolver::net::xfer::DnsExchange;
@@ -163,29 +161,12 @@ impl MxResolver {
     /// can be listed and cleared.
     pub fn new(config: &Dns) -> Result<Self, String> {
         let provider = OnePacket::default();
-        let mut builder = if config.nameservers.is_empty() {
-            Resolver::builder(provider)
-                .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?
-        } else {
-            let servers = config
-                .nameservers
-                .iter()
-                .map(|server| {
-                    let connection = |mut c: ConnectionConfig| {
-                        c.port = server.0.port();
-                        c
-                    };
-                    NameServerConfig::new(
-                        server.0.ip(),
-                        true,
-                        vec![
-                            connection(ConnectionConfig::udp()),
-                            connection(ConnectionConfig::tcp()),
-                        ],
-                    )
-                })
-                .collect();
-            Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+        let mut builder = match config.name_servers() {
+            None => Resolver::builder(provider)
+                .map_err(|e| format!("cannot read the system resolver configuration: {e}"))?,
+            Some(servers) => {
+                Resolver::builder_with_config(ResolverConfig::from_name_servers(servers), provider)
+            }
         };
         if let Some(path) = &config.trust_anchor {
             let anchors = TrustAnchors::from_file(path).map_err(|e| {

@@ -51,6 +51,33 @@ impl Default for Dns {
     }
 }
 
+impl Dns {
+    /// The configured nameservers as hickory wants them (UDP and TCP each,
+    /// on the configured port), for every resolver Empath makes: `None`
+    /// when none are configured and the system's are to be used.
+    pub fn name_servers(&self) -> Option<Vec<hickory_resolver::config::NameServerConfig>> {
+        use hickory_resolver::config::{ConnectionConfig, NameServerConfig};
+        if self.nameservers.is_empty() {
+            return None;
+        }
+        let servers = self.nameservers.iter().map(|server| {
+            let connection = |mut c: ConnectionConfig| {
+                c.port = server.0.port();
+                c
+            };
+            NameServerConfig::new(
+                server.0.ip(),
+                true,
+                vec![
+                    connection(ConnectionConfig::udp()),
+                    connection(ConnectionConfig::tcp()),
+                ],
+            )
+        });
+        Some(servers.collect())
+    }
+}
+
 /// A nameserver address, `"IP"` or `"IP:PORT"` (`"[v6]:PORT"` for IPv6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Nameserver(pub SocketAddr);
