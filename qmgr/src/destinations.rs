@@ -46,29 +46,39 @@ impl Destinations {
     }
 
     fn get(&mut self, domain: &str, now: Instant) -> &mut Destination {
+        // Looked up before inserting: this runs for every job started, and
+        // an entry() would allocate the key each time.
+        if !self.domains.contains_key(domain) {
+            let fresh = self.fresh(domain, now);
+            self.domains.insert(domain.to_owned(), fresh);
+        }
+        self.domains
+            .get_mut(domain)
+            .expect("the destination was inserted above")
+    }
+
+    fn fresh(&self, domain: &str, now: Instant) -> Destination {
         let policy = &self.policy;
-        self.domains.entry(domain.to_owned()).or_insert_with(|| {
-            let (rate, burst) = policy
-                .rate_limit
-                .domain_limits
-                .get(domain)
-                .map(|l| (l.messages_per_second, l.burst_size))
-                .unwrap_or((
-                    policy.rate_limit.messages_per_second,
-                    policy.rate_limit.burst_size,
-                ));
-            let breaker = &policy.circuit_breaker;
-            Destination {
-                running: 0,
-                last_used: now,
-                bucket: TokenBucket::new(rate, burst, now),
-                breaker: Breaker::new(
-                    breaker.failure_threshold,
-                    Duration::from_secs(breaker.open_secs),
-                ),
-                rate_logged: false,
-            }
-        })
+        let (rate, burst) = policy
+            .rate_limit
+            .domain_limits
+            .get(domain)
+            .map(|l| (l.messages_per_second, l.burst_size))
+            .unwrap_or((
+                policy.rate_limit.messages_per_second,
+                policy.rate_limit.burst_size,
+            ));
+        let breaker = &policy.circuit_breaker;
+        Destination {
+            running: 0,
+            last_used: now,
+            bucket: TokenBucket::new(rate, burst, now),
+            breaker: Breaker::new(
+                breaker.failure_threshold,
+                Duration::from_secs(breaker.open_secs),
+            ),
+            rate_logged: false,
+        }
     }
 
     fn concurrency_limit(&self, domain: &str) -> usize {
@@ -85,7 +95,7 @@ impl Destinations {
     pub fn decide(
         &mut self,
         domain: &str,
-        message_id: &str,
+        message_id: impl std::fmt::Display,
         now: Instant,
         forced: bool,
     ) -> Decision {
@@ -117,7 +127,7 @@ impl Destinations {
                         + u64::try_from(wait.as_micros()).unwrap_or(u64::MAX / 2),
                 );
                 tracing::info!(
-                    message_id,
+                    %message_id,
                     domain,
                     wait_seconds = wait.as_secs_f64(),
                     next_retry_at,

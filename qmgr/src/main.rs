@@ -8,6 +8,7 @@ mod destinations;
 mod dispatch;
 mod events;
 mod jobs;
+mod ready;
 mod retry;
 mod scheduler;
 mod store;
@@ -139,8 +140,10 @@ async fn main() {
     // shutdown_timeout_secs. Anything cut short is still in active/ and
     // goes back to incoming/ at the next start.
     tracing::info!(in_flight = scheduler.running(), "qmgr stopping");
+    // Results that were waiting to be written with others go now.
     let deadline = tokio::time::Instant::now() + Duration::from_secs(config.shutdown_timeout_secs);
     while scheduler.running() > 0 {
+        tokio::task::block_in_place(|| scheduler.write_all_checkpoints());
         tokio::select! {
             Some(event) = inbox.recv() => tokio::task::block_in_place(|| scheduler.handle(event)),
             () = tokio::time::sleep_until(deadline) => break,

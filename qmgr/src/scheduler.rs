@@ -17,6 +17,7 @@ use empath_common::time::unix_now;
 use empath_modules::Modules;
 use tokio::sync::{mpsc, oneshot};
 
+mod checkpoint;
 mod control;
 #[cfg(test)]
 mod tests;
@@ -25,8 +26,10 @@ use crate::destinations::{Decision, Destinations};
 use crate::dispatch::{AgentError, Couriers};
 use crate::events;
 use crate::jobs;
+use crate::ready::ReadyJobs;
 use crate::retry::{self, GiveUp};
 use crate::store::Store;
+use checkpoint::Checkpoint;
 
 /// What the scheduler reacts to.
 #[derive(Debug)]
@@ -40,6 +43,12 @@ pub enum Event {
     },
     /// A job whose agent was unreachable is ready to go again.
     Redispatch(DeliveryJob),
+    /// A message's results so far were written (or could not be), while
+    /// other jobs of it ran.
+    Checkpointed {
+        id: QueueId,
+        result: std::io::Result<()>,
+    },
     /// bounce answered about a message.
     BounceDone {
         id: QueueId,
@@ -66,6 +75,10 @@ const BOUNCE_RETRY_SECS: u64 = 60;
 /// How long to wait before trying again to write an envelope that could
 /// not be written (a full disk).
 const WRITE_RETRY: Duration = Duration::from_secs(5);
+/// How long the results of a message's finished job may wait to be
+/// written together with those of its other jobs (see
+/// [`Scheduler::checkpoint_soon`]).
+const CHECKPOINT_DELAY: Duration = Duration::from_secs(1);
 /// A destination unused this long is forgotten (its state is rebuilt,
 /// fresh, when mail for it comes again).
 const DESTINATION_IDLE: Duration = Duration::from_secs(600);
@@ -88,6 +101,8 @@ struct ActiveMessage {
     /// Its results could not be written (a full disk): the write is
     /// tried again, the message stays scheduled.
     unsaved: bool,
+    /// The write of the results of its finished jobs, while others run.
+    checkpoint: Checkpoint,
 }
 
 impl ActiveMessage {
@@ -100,6 +115,7 @@ impl ActiveMessage {
             forced,
             cancelled: false,
             unsaved: false,
+            checkpoint: Checkpoint::Idle,
         }
     }
 }
@@ -115,9 +131,16 @@ pub struct Scheduler<S: Store, C: Couriers> {
     incoming_known: HashSet<QueueId>,
     /// Deferred messages by due time.
     deferred: BTreeSet<(u64, QueueId)>,
-    /// Jobs waiting for a delivery slot.
-    ready: VecDeque<DeliveryJob>,
+    /// Jobs waiting for a delivery slot, per destination.
+    ready: ReadyJobs,
     running: usize,
+    /// Messages whose finished jobs' results are to be written, by when.
+    checkpoints_due: BTreeSet<(Instant, QueueId)>,
+    /// Checkpoint writes in flight.
+    checkpoints: usize,
+    /// How long a finished job's results may wait to be written with the
+    /// results of the message's other jobs.
+    checkpoint_delay: Duration,
     /// Alternates the source of the next activation, so that a flood of new
     /// mail cannot starve deferred mail or the reverse.
     prefer_deferred: bool,
@@ -155,8 +178,11 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
             incoming: VecDeque::new(),
             incoming_known: HashSet::new(),
             deferred: BTreeSet::new(),
-            ready: VecDeque::new(),
+            ready: ReadyJobs::default(),
             running: 0,
+            checkpoints_due: BTreeSet::new(),
+            checkpoints: 0,
+            checkpoint_delay: CHECKPOINT_DELAY,
             prefer_deferred: false,
             destinations,
             frozen: false,
@@ -255,7 +281,8 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
         match event {
             Event::Incoming(id) => self.note_incoming(id),
             Event::JobDone { job, result } => self.job_done(job, result),
-            Event::Redispatch(job) => self.ready.push_back(job),
+            Event::Redispatch(job) => self.ready.push(job),
+            Event::Checkpointed { id, result } => self.checkpointed(id, result),
             Event::BounceDone {
                 id,
                 kind: BounceKind::Final,
@@ -285,10 +312,11 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
     /// limit, if one is.
     pub fn wake_at(&self) -> Option<Instant> {
         let unsaved = self.unsaved.first().map(|(at, _)| *at);
-        match (self.wake_at, unsaved) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let checkpoint = self.checkpoints_due.first().map(|(at, _)| *at);
+        [self.wake_at, unsaved, checkpoint]
+            .into_iter()
+            .flatten()
+            .min()
     }
 
     /// Every deferred message becomes due, and `incoming/` is rescanned.
@@ -310,51 +338,76 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
             .evict_idle(Instant::now(), DESTINATION_IDLE);
     }
 
-    /// Deliveries in flight: a graceful stop waits for them.
+    /// Deliveries and result writes in flight: a graceful stop waits
+    /// for them.
     pub fn running(&self) -> usize {
-        self.running
+        self.running + self.checkpoints + self.checkpoints_due.len()
     }
 
-    /// Fills the active set and starts as many jobs as there are slots.
+    /// Fills the active set and starts as many jobs as there are slots:
+    /// one job per destination in turn (round robin), until every
+    /// destination with waiting jobs is held back (its concurrency or rate
+    /// limit, its breaker) or all delivery slots are taken.
     pub fn run(&mut self) {
         self.wake_at = None;
         self.retry_unsaved();
+        self.write_due_checkpoints(Instant::now());
         if self.frozen {
             return;
         }
         self.fill_active();
         let now = Instant::now();
-        let mut waiting = VecDeque::with_capacity(self.ready.len());
-        while let Some(job) = self.ready.pop_front() {
-            if self.running >= self.policy.max_concurrent_deliveries {
-                waiting.push_back(job);
-                waiting.append(&mut self.ready);
-                break;
+        let mut open = self.ready.destinations();
+        while !open.is_empty() {
+            let mut still_open = Vec::with_capacity(open.len());
+            for domain in open {
+                if self.running >= self.policy.max_concurrent_deliveries {
+                    return;
+                }
+                if self.start_next(&domain, now) {
+                    still_open.push(domain);
+                }
             }
-            let forced = self.active.get(&job.id).is_some_and(|m| m.forced);
-            match self
-                .destinations
-                .decide(&job.domain, &job.id.to_string(), now, forced)
-            {
-                Decision::Dispatch => {
-                    self.running += 1;
-                    let envelope = self.active.get_mut(&job.id).map(|m| {
-                        m.attempted = true;
-                        &m.envelope
-                    });
-                    events::attempt(&self.modules, envelope, &job);
-                    self.couriers.deliver(job, self.events.clone());
+            open = still_open;
+        }
+    }
+
+    /// Starts (or, past an open breaker, defers) the next job waiting for
+    /// `domain`. False when the destination holds its jobs back for now,
+    /// or has none left: then none of its jobs can go in this pass.
+    fn start_next(&mut self, domain: &str, now: Instant) -> bool {
+        let Some(job) = self.ready.front(domain) else {
+            return false;
+        };
+        let forced = self.active.get(&job.id).is_some_and(|m| m.forced);
+        match self.destinations.decide(domain, job.id, now, forced) {
+            Decision::Dispatch => {
+                let Some(job) = self.ready.pop(domain) else {
+                    return false;
+                };
+                self.ready.rotate_past(domain);
+                self.running += 1;
+                let envelope = self.active.get_mut(&job.id).map(|m| {
+                    m.attempted = true;
+                    &m.envelope
+                });
+                events::attempt(&self.modules, envelope, &job);
+                self.couriers.deliver(job, self.events.clone());
+                true
+            }
+            Decision::Wait(at) => {
+                if let Some(at) = at {
+                    self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
                 }
-                Decision::Wait(at) => {
-                    if let Some(at) = at {
-                        self.wake_at = Some(self.wake_at.map_or(at, |w| w.min(at)));
-                    }
-                    waiting.push_back(job);
+                false
+            }
+            Decision::Defer { until } => {
+                if let Some(job) = self.ready.pop(domain) {
+                    self.defer_for_breaker(job, until, now);
                 }
-                Decision::Defer { until } => self.defer_for_breaker(job, until, now),
+                true
             }
         }
-        self.ready = waiting;
     }
 
     /// The destination's circuit breaker is open: the job is deferred
@@ -441,7 +494,9 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
         let nothing_to_do = planned.is_empty();
         self.active
             .insert(id, ActiveMessage::new(envelope, planned.len(), forced));
-        self.ready.extend(planned);
+        for job in planned {
+            self.ready.push(job);
+        }
         if nothing_to_do {
             self.finish(id);
         }
@@ -505,15 +560,13 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
         events::report(&self.modules, &message.envelope, job, report);
         message.running_jobs = message.running_jobs.saturating_sub(1);
         if message.running_jobs == 0 {
-            return self.finish(job.id);
+            return self.last_job_done(job.id);
         }
         // Other jobs of the message still run: the results of this one are
-        // written now, so that a crash before the message is done does not
+        // written soon, so that a crash before the message is done does not
         // deliver to these recipients again (Postfix's smtp(8) marks
         // recipients done in the queue file as it goes).
-        if let Err(error) = self.queue.rewrite(QueueState::Active, &message.envelope) {
-            tracing::error!(message_id = %job.id, %error, "cannot record the results of a job yet; a crash now would repeat them");
-        }
+        self.checkpoint_soon(job.id);
     }
 
     /// Every job of the message is done: defer it, bounce it, or remove it.

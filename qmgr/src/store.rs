@@ -8,6 +8,9 @@ use std::io;
 
 use empath_common::queue::{Envelope, Listing, Queue, QueueId, QueueState, ReadError};
 
+/// What is called with the outcome of a [`Store::rewrite_later`].
+pub type WriteDone = Box<dyn FnOnce(io::Result<()>) + Send>;
+
 pub trait Store {
     fn list(&self, state: QueueState) -> io::Result<Listing>;
     fn read(&self, state: QueueState, id: QueueId) -> Result<Envelope, ReadError>;
@@ -18,6 +21,9 @@ pub trait Store {
     fn move_to(&self, id: QueueId, from: QueueState, to: QueueState) -> io::Result<()>;
     /// Replaces the envelope in `state`, durably.
     fn rewrite(&self, state: QueueState, envelope: &Envelope) -> io::Result<()>;
+    /// As [`Store::rewrite`], but without waiting for it: `done` gets the
+    /// outcome. The caller keeps at most one write per message in flight.
+    fn rewrite_later(&self, state: QueueState, envelope: Envelope, done: WriteDone);
     /// Replaces the envelope and moves it, durably.
     fn rewrite_and_move(
         &self,
@@ -55,6 +61,13 @@ impl Store for Queue {
 
     fn rewrite(&self, state: QueueState, envelope: &Envelope) -> io::Result<()> {
         Queue::rewrite(self, state, envelope)
+    }
+
+    /// On a blocking thread: the fsyncs of one message's write do not
+    /// hold up the scheduler's other decisions.
+    fn rewrite_later(&self, state: QueueState, envelope: Envelope, done: WriteDone) {
+        let queue = self.clone();
+        tokio::task::spawn_blocking(move || done(queue.rewrite(state, &envelope)));
     }
 
     fn rewrite_and_move(
@@ -129,6 +142,9 @@ pub mod memory {
         fn rewrite(&self, state: QueueState, envelope: &Envelope) -> io::Result<()> {
             (**self).rewrite(state, envelope)
         }
+        fn rewrite_later(&self, state: QueueState, envelope: Envelope, done: WriteDone) {
+            (**self).rewrite_later(state, envelope, done)
+        }
         fn rewrite_and_move(
             &self,
             envelope: &Envelope,
@@ -168,6 +184,10 @@ pub mod memory {
         /// Durable envelope writes so far.
         pub writes: Cell<usize>,
         pub frozen: Cell<bool>,
+        /// While set, writes in the background wait in `pending` until
+        /// [`MemoryStore::complete_writes`] (a slow disk).
+        pub slow_writes: Cell<bool>,
+        pending: RefCell<Vec<(QueueState, Envelope, WriteDone)>>,
     }
 
     impl MemoryStore {
@@ -188,6 +208,15 @@ pub mod memory {
                 .filter(|(s, _)| *s == state)
                 .map(|(_, id)| *id)
                 .collect()
+        }
+
+        /// Carries out the background writes held back by `slow_writes`,
+        /// in the order they were asked for.
+        pub fn complete_writes(&self) {
+            let pending = std::mem::take(&mut *self.pending.borrow_mut());
+            for (state, envelope, done) in pending {
+                done(self.rewrite(state, &envelope));
+            }
         }
 
         fn write_check(&self) -> io::Result<()> {
@@ -233,6 +262,16 @@ pub mod memory {
             self.write_check()?;
             self.add(state, envelope.clone());
             Ok(())
+        }
+
+        /// Written at once, unless writes are slow; the outcome is
+        /// reported as the real store would, through `done`.
+        fn rewrite_later(&self, state: QueueState, envelope: Envelope, done: WriteDone) {
+            if self.slow_writes.get() {
+                self.pending.borrow_mut().push((state, envelope, done));
+            } else {
+                done(self.rewrite(state, &envelope));
+            }
         }
 
         fn rewrite_and_move(

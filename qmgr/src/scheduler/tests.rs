@@ -4,6 +4,7 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
+use std::time::Duration;
 
 use empath_common::config::{Delivery, Dsn};
 use empath_common::protocol::{BounceKind, DeliveryJob, DeliveryReport, Outcome, RecipientResult};
@@ -53,7 +54,17 @@ struct Harness {
     scheduler: Scheduler<Rc<MemoryStore>, Recorder>,
     store: Rc<MemoryStore>,
     couriers: Recorder,
-    _events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::UnboundedReceiver<Event>,
+}
+
+impl Harness {
+    /// Hands the scheduler what its own requests reported back (the
+    /// outcome of background writes), as qmgr's loop does.
+    fn pump(&mut self) {
+        while let Ok(event) = self.events.try_recv() {
+            self.scheduler.handle(event);
+        }
+    }
 }
 
 fn policy() -> Delivery {
@@ -88,7 +99,7 @@ fn start(policy: Delivery, store: Rc<MemoryStore>) -> Harness {
         scheduler,
         store,
         couriers,
-        _events: receiver,
+        events: receiver,
     }
 }
 
@@ -143,6 +154,7 @@ fn report(
 
 fn done(h: &mut Harness, job: DeliveryJob, result: Result<DeliveryReport, AgentError>) {
     h.scheduler.handle(Event::JobDone { job, result });
+    h.pump();
 }
 
 fn deferred(h: &Harness, id: QueueId) -> Envelope {
@@ -249,6 +261,7 @@ async fn an_unreachable_agent_is_no_attempt_but_the_lifetime_still_counts() {
 fn each_jobs_results_are_written_when_the_job_ends() {
     let store: Rc<MemoryStore> = Rc::default();
     let mut h = start(policy(), Rc::clone(&store));
+    h.scheduler.set_checkpoint_delay(Duration::ZERO);
     let id = queue(&mut h, envelope(&["a@one.test", "b@two.test"]));
     h.scheduler.run();
     let mut jobs = h.couriers.take_jobs();
@@ -301,4 +314,90 @@ fn a_deferral_that_cannot_be_written_stays_scheduled_and_is_written_later() {
     h.scheduler.run();
     let envelope = deferred(&h, id);
     assert_eq!(envelope.attempts, 1);
+}
+
+#[test]
+fn a_message_is_finished_only_after_its_results_so_far_are_written() {
+    let store: Rc<MemoryStore> = Rc::default();
+    let mut h = start(policy(), Rc::clone(&store));
+    let id = queue(
+        &mut h,
+        envelope(&["a@one.test", "b@two.test", "c@three.test"]),
+    );
+    h.scheduler.run();
+    let jobs = h.couriers.take_jobs();
+    assert_eq!(jobs.len(), 3);
+    h.scheduler.set_checkpoint_delay(Duration::ZERO);
+    store.slow_writes.set(true);
+    let delivered = |job: &DeliveryJob| Ok(report(job, Outcome::Delivered, 250, false));
+    // The first job's results are being written when the second ends:
+    // the second waits for the first write, then goes in one of its own.
+    done(&mut h, jobs[0].clone(), delivered(&jobs[0]));
+    done(&mut h, jobs[1].clone(), delivered(&jobs[1]));
+    // The last job ends while a write is in flight: the message is not
+    // removed yet, or that write could bring it back.
+    done(&mut h, jobs[2].clone(), delivered(&jobs[2]));
+    assert!(h.scheduler.active.contains_key(&id));
+    assert!(h.scheduler.running() > 0, "a graceful stop must wait");
+    store.complete_writes();
+    h.pump();
+    // The second checkpoint, asked for meanwhile, is not written: the
+    // message is done and its final write (here: removal) comes last.
+    store.complete_writes();
+    h.pump();
+    assert!(!h.scheduler.active.contains_key(&id));
+    assert_eq!(h.scheduler.running(), 0);
+    for state in QueueState::ALL {
+        assert!(store.get(state, id).is_none(), "left in {state}");
+    }
+}
+
+#[test]
+fn results_of_jobs_that_end_together_are_written_once() {
+    let store: Rc<MemoryStore> = Rc::default();
+    let mut h = start(policy(), Rc::clone(&store));
+    h.scheduler.set_checkpoint_delay(Duration::from_millis(200));
+    let together = queue(&mut h, envelope(&["a@one.test", "b@two.test"]));
+    let apart = queue(&mut h, envelope(&["c@one.test", "d@two.test"]));
+    h.scheduler.run();
+    let jobs = h.couriers.take_jobs();
+    assert_eq!(jobs.len(), 4);
+    let delivered = |job: &DeliveryJob| Ok(report(job, Outcome::Delivered, 250, false));
+    let writes = store.writes.get();
+    for job in jobs.iter().filter(|j| j.id == together) {
+        done(&mut h, job.clone(), delivered(job));
+    }
+    assert!(
+        store.get(QueueState::Active, together).is_none(),
+        "finished"
+    );
+    assert_eq!(
+        store.writes.get(),
+        writes,
+        "no checkpoint for jobs that end together"
+    );
+
+    // One job of the other message ends; the other still runs: its
+    // results are written once the delay has passed.
+    let first = jobs
+        .iter()
+        .find(|j| j.id == apart)
+        .expect("a job of the second message");
+    done(&mut h, first.clone(), delivered(first));
+    h.scheduler.run();
+    assert_eq!(store.writes.get(), writes, "written before the delay");
+    let due = h
+        .scheduler
+        .wake_at()
+        .expect("qmgr is woken for the checkpoint");
+    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
+    h.scheduler.run();
+    h.pump();
+    assert_eq!(store.writes.get(), writes + 1);
+    let on_disk = store.get(QueueState::Active, apart).expect("still active");
+    let status = &on_disk.recipients[first.recipients[0].index].status;
+    assert!(
+        matches!(status, RecipientStatus::Delivered { .. }),
+        "{status:?}"
+    );
 }
