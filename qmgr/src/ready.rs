@@ -53,10 +53,10 @@ impl ReadyJobs {
 
     /// Moves `domain` to the end of the serving order (it was just served).
     pub fn rotate_past(&mut self, domain: &str) {
-        if let Some(at) = self.order.iter().position(|d| d == domain) {
-            if let Some(served) = self.order.remove(at) {
-                self.order.push_back(served);
-            }
+        if let Some(at) = self.order.iter().position(|d| d == domain)
+            && let Some(served) = self.order.remove(at)
+        {
+            self.order.push_back(served);
         }
     }
 }
