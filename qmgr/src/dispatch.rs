@@ -14,9 +14,8 @@ use empath_common::protocol::{
 };
 use empath_common::queue::{Queue, QueueId, QueueState};
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 
-use crate::scheduler::Event;
+use crate::scheduler::{Event, Events};
 use crate::transport::{Router, Transport};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
@@ -114,14 +113,8 @@ pub enum AgentError {
 /// bounce (as chasquid's Courier). Each call reports back later as an
 /// [`Event`]. A trait, so the scheduler can be tested without processes.
 pub trait Couriers {
-    fn deliver(&self, job: DeliveryJob, events: mpsc::UnboundedSender<Event>);
-    fn bounce(
-        &self,
-        id: QueueId,
-        state: QueueState,
-        kind: BounceKind,
-        events: mpsc::UnboundedSender<Event>,
-    );
+    fn deliver(&self, job: DeliveryJob, events: Events);
+    fn bounce(&self, id: QueueId, state: QueueState, kind: BounceKind, events: Events);
 }
 
 /// The delivery agents' connections, and the router that picks one.
@@ -153,7 +146,7 @@ impl Agents {
 
 impl Couriers for Agents {
     /// Sends `job` to its delivery agent and reports the outcome.
-    fn deliver(&self, job: DeliveryJob, events: mpsc::UnboundedSender<Event>) {
+    fn deliver(&self, job: DeliveryJob, events: Events) {
         let connections = self.for_job(&job).clone();
         tokio::spawn(async move {
             let result = connections.call(&job).await;
@@ -163,13 +156,7 @@ impl Couriers for Agents {
 
     /// Asks bounce to notify the sender of message `id`, which is in
     /// `state`.
-    fn bounce(
-        &self,
-        id: QueueId,
-        state: QueueState,
-        kind: BounceKind,
-        events: mpsc::UnboundedSender<Event>,
-    ) {
+    fn bounce(&self, id: QueueId, state: QueueState, kind: BounceKind, events: Events) {
         let socket = Arc::clone(&self.bounce);
         tokio::spawn(async move {
             let request = BounceRequest { id, state, kind };

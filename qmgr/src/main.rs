@@ -6,6 +6,7 @@
 mod breaker;
 mod destinations;
 mod dispatch;
+mod drive;
 mod events;
 mod jobs;
 mod ready;
@@ -24,11 +25,8 @@ use empath_common::ipc::{read_frame, write_frame};
 use empath_common::protocol::{self, QmgrNotice};
 use fs2::FileExt;
 use tokio::net::UnixStream;
-use tokio::sync::mpsc;
 
 use scheduler::{Event, Scheduler};
-
-const SWEEP_INTERVAL: Duration = Duration::from_secs(3600);
 
 #[tokio::main]
 async fn main() {
@@ -77,7 +75,7 @@ async fn main() {
             std::process::exit(78);
         }
     };
-    let (events, mut inbox) = mpsc::unbounded_channel();
+    let (events, inbox) = std::sync::mpsc::channel();
     let couriers = dispatch::Agents::new(&queue, transport::Router::new(&config));
     let mut scheduler = Scheduler::new(
         queue,
@@ -106,59 +104,40 @@ async fn main() {
         }
     }
 
-    let mut scan = tokio::time::interval(Duration::from_secs(config.delivery.scan_interval_secs));
-    let mut due = tokio::time::interval(Duration::from_secs(config.delivery.process_interval_secs));
-    let mut sweep = tokio::time::interval(SWEEP_INTERVAL);
-    let stop = daemon::stop_requested();
-    tokio::pin!(stop);
-    tracing::info!(socket = %path.display(), "qmgr ready");
-    loop {
-        tokio::task::block_in_place(|| scheduler.run());
-        // A job held back by a rate limit goes as soon as its token is due.
-        let wake = scheduler.wake_at();
-        let rate_limited = async {
-            match wake {
-                Some(at) => tokio::time::sleep_until(at.into()).await,
-                None => std::future::pending().await,
+    let policy = config.delivery.clone();
+    let shutdown_timeout = Duration::from_secs(config.shutdown_timeout_secs);
+    let runtime = tokio::runtime::Handle::current();
+    let scheduling = std::thread::Builder::new()
+        .name("scheduler".into())
+        .spawn(move || {
+            let driven = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                drive::drive(scheduler, inbox, &policy, shutdown_timeout, runtime)
+            }));
+            // Without its scheduler qmgr would only look alive: it exits,
+            // and the master starts a new one, which recovers active/.
+            if driven.is_err() {
+                tracing::error!("the scheduler panicked; qmgr exits");
+                std::process::exit(70);
             }
-        };
-        tokio::select! {
-            Some(event) = inbox.recv() => tokio::task::block_in_place(|| scheduler.handle(event)),
-            () = rate_limited => {}
-            _ = scan.tick() => tokio::task::block_in_place(|| {
-                scheduler.scan_incoming();
-                scheduler.scan_deferred();
-                scheduler.evict_idle_destinations();
-            }),
-            _ = due.tick() => {}
-            _ = sweep.tick() => tokio::task::block_in_place(|| scheduler.sweep()),
-            () = &mut stop => break,
+        });
+    let scheduling = match scheduling {
+        Ok(thread) => thread,
+        Err(error) => {
+            tracing::error!(%error, "cannot start the scheduler thread");
+            std::process::exit(1);
         }
-    }
-    // Graceful stop: start nothing new (run() is no longer called), and let
-    // the deliveries in flight record their results, for at most
-    // shutdown_timeout_secs. Anything cut short is still in active/ and
-    // goes back to incoming/ at the next start.
-    tracing::info!(in_flight = scheduler.running(), "qmgr stopping");
-    // Results that were waiting to be written with others go now.
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(config.shutdown_timeout_secs);
-    while scheduler.running() > 0 {
-        tokio::task::block_in_place(|| scheduler.write_all_checkpoints());
-        tokio::select! {
-            Some(event) = inbox.recv() => tokio::task::block_in_place(|| scheduler.handle(event)),
-            () = tokio::time::sleep_until(deadline) => break,
-        }
-    }
+    };
+    tracing::info!(socket = %path.display(), "qmgr ready");
+    daemon::stop_requested().await;
+    let _ = events.send(Event::Stop);
+    let _ = tokio::task::block_in_place(|| scheduling.join());
     drop(lock);
     tokio::task::block_in_place(empath_common::traces::shutdown);
 }
 
 /// Answers queue commands routed by the master: each goes to the scheduler,
 /// which answers from its live state.
-async fn answer_control(
-    mut stream: UnixStream,
-    events: mpsc::UnboundedSender<Event>,
-) -> io::Result<()> {
+async fn answer_control(mut stream: UnixStream, events: scheduler::Events) -> io::Result<()> {
     while let Some(request) = read_frame::<_, ControlRequest>(&mut stream).await? {
         let response = match request {
             ControlRequest::Queue(command) => {
@@ -176,10 +155,7 @@ async fn answer_control(
 }
 
 /// Reads notifications from cleanup and passes them to the scheduler.
-async fn forward_notices(
-    mut stream: UnixStream,
-    events: mpsc::UnboundedSender<Event>,
-) -> io::Result<()> {
+async fn forward_notices(mut stream: UnixStream, events: scheduler::Events) -> io::Result<()> {
     while let Some(notice) = read_frame::<_, QmgrNotice>(&mut stream).await? {
         match notice {
             QmgrNotice::Incoming(id) => {

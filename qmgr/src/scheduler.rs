@@ -15,7 +15,7 @@ use empath_common::queue::{Envelope, QueueId, QueueState, ReadError};
 use empath_common::smtp::Reply;
 use empath_common::time::unix_now;
 use empath_modules::Modules;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::oneshot;
 
 mod checkpoint;
 mod control;
@@ -30,6 +30,11 @@ use crate::ready::ReadyJobs;
 use crate::retry::{self, GiveUp};
 use crate::store::Store;
 use checkpoint::Checkpoint;
+
+/// Where the scheduler's events are sent: a plain channel, since the
+/// scheduler runs on a thread of its own (see `drive`), not on the async
+/// runtime; async tasks send into it without waiting.
+pub type Events = std::sync::mpsc::Sender<Event>;
 
 /// What the scheduler reacts to.
 #[derive(Debug)]
@@ -65,6 +70,8 @@ pub enum Event {
         command: QueueCommand,
         reply: oneshot::Sender<ControlResponse>,
     },
+    /// qmgr is stopping: start nothing new (handled by `drive`).
+    Stop,
 }
 
 /// How long to wait before re-sending a job whose agent was unreachable
@@ -75,10 +82,6 @@ const BOUNCE_RETRY_SECS: u64 = 60;
 /// How long to wait before trying again to write an envelope that could
 /// not be written (a full disk).
 const WRITE_RETRY: Duration = Duration::from_secs(5);
-/// How long the results of a message's finished job may wait to be
-/// written together with those of its other jobs (see
-/// [`Scheduler::checkpoint_soon`]).
-const CHECKPOINT_DELAY: Duration = Duration::from_secs(1);
 /// A destination unused this long is forgotten (its state is rebuilt,
 /// fresh, when mail for it comes again).
 const DESTINATION_IDLE: Duration = Duration::from_secs(600);
@@ -124,7 +127,7 @@ pub struct Scheduler<S: Store, C: Couriers> {
     queue: S,
     policy: Delivery,
     dsn: Dsn,
-    events: mpsc::UnboundedSender<Event>,
+    events: Events,
     active: HashMap<QueueId, ActiveMessage>,
     /// New messages waiting for a place in the active set.
     incoming: VecDeque<QueueId>,
@@ -134,13 +137,8 @@ pub struct Scheduler<S: Store, C: Couriers> {
     /// Jobs waiting for a delivery slot, per destination.
     ready: ReadyJobs,
     running: usize,
-    /// Messages whose finished jobs' results are to be written, by when.
-    checkpoints_due: BTreeSet<(Instant, QueueId)>,
     /// Checkpoint writes in flight.
     checkpoints: usize,
-    /// How long a finished job's results may wait to be written with the
-    /// results of the message's other jobs.
-    checkpoint_delay: Duration,
     /// Alternates the source of the next activation, so that a flood of new
     /// mail cannot starve deferred mail or the reverse.
     prefer_deferred: bool,
@@ -164,7 +162,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
         queue: S,
         policy: Delivery,
         dsn: Dsn,
-        events: mpsc::UnboundedSender<Event>,
+        events: Events,
         modules: Modules,
         couriers: C,
     ) -> Self {
@@ -180,9 +178,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
             deferred: BTreeSet::new(),
             ready: ReadyJobs::default(),
             running: 0,
-            checkpoints_due: BTreeSet::new(),
             checkpoints: 0,
-            checkpoint_delay: CHECKPOINT_DELAY,
             prefer_deferred: false,
             destinations,
             frozen: false,
@@ -305,6 +301,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
             Event::Control { command, reply } => {
                 let _ = reply.send(self.control(command));
             }
+            Event::Stop => {}
         }
     }
 
@@ -312,11 +309,10 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
     /// limit, if one is.
     pub fn wake_at(&self) -> Option<Instant> {
         let unsaved = self.unsaved.first().map(|(at, _)| *at);
-        let checkpoint = self.checkpoints_due.first().map(|(at, _)| *at);
-        [self.wake_at, unsaved, checkpoint]
-            .into_iter()
-            .flatten()
-            .min()
+        match (self.wake_at, unsaved) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// Every deferred message becomes due, and `incoming/` is rescanned.
@@ -341,7 +337,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
     /// Deliveries and result writes in flight: a graceful stop waits
     /// for them.
     pub fn running(&self) -> usize {
-        self.running + self.checkpoints + self.checkpoints_due.len()
+        self.running + self.checkpoints
     }
 
     /// Fills the active set and starts as many jobs as there are slots:
@@ -351,7 +347,6 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
     pub fn run(&mut self) {
         self.wake_at = None;
         self.retry_unsaved();
-        self.write_due_checkpoints(Instant::now());
         if self.frozen {
             return;
         }
@@ -563,10 +558,10 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
             return self.last_job_done(job.id);
         }
         // Other jobs of the message still run: the results of this one are
-        // written soon, so that a crash before the message is done does not
+        // written now, so that a crash before the message is done does not
         // deliver to these recipients again (Postfix's smtp(8) marks
         // recipients done in the queue file as it goes).
-        self.checkpoint_soon(job.id);
+        self.checkpoint(job.id);
     }
 
     /// Every job of the message is done: defer it, bounce it, or remove it.

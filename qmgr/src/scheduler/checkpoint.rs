@@ -1,19 +1,16 @@
 //! Writing the results of a message's finished jobs while its other jobs
-//! still run (a checkpoint), so that a crash does not deliver to those
-//! recipients again.
+//! still run (a checkpoint), as soon as each job ends, so that a crash does
+//! not deliver to those recipients again.
 //!
-//! A checkpoint waits up to `checkpoint_delay` for the message's other
-//! jobs: when they all end within it, as a message's jobs to a few fast
-//! destinations do, the message's final write (its removal, or its move to
-//! `deferred/`) is the only one; a message to a thousand destinations gets
-//! a write a second rather than a thousand. The write runs on a blocking
-//! thread, so its fsyncs hold up no other decision, and one message has at
-//! most one write at a time: a later write must not be overtaken by an
-//! earlier one, nor the message's final write by either, or a stale
-//! envelope could come back.
+//! The write runs on a blocking thread, so its fsyncs hold up no other
+//! decision, and one message has at most one write at a time: a later
+//! write must not be overtaken by an earlier one, nor the message's final
+//! write (its removal, or its move to `deferred/`) by either, or a stale
+//! envelope could come back. Jobs that end during a write are written
+//! together by the next one; a job that ends last needs no checkpoint, the
+//! final write covers it.
 
 use std::io;
-use std::time::Instant;
 
 use empath_common::queue::{QueueId, QueueState};
 
@@ -25,8 +22,6 @@ use crate::store::Store;
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Checkpoint {
     Idle,
-    /// Waiting in `checkpoints_due` until the given time.
-    Due(Instant),
     Writing,
     /// Another job ended during the write: write again after it.
     WritingThenAgain,
@@ -34,55 +29,29 @@ pub(super) enum Checkpoint {
 
 impl<S: Store, C: Couriers> Scheduler<S, C> {
     /// A job of message `id` ended and others still run: its results are
-    /// written within `checkpoint_delay`.
-    pub(super) fn checkpoint_soon(&mut self, id: QueueId) {
+    /// written now, or right after the write in flight.
+    pub(super) fn checkpoint(&mut self, id: QueueId) {
         let Some(message) = self.active.get_mut(&id) else {
             return;
         };
         match message.checkpoint {
-            Checkpoint::Idle if self.checkpoint_delay.is_zero() => self.write_checkpoint(id),
-            Checkpoint::Idle => {
-                let at = Instant::now() + self.checkpoint_delay;
-                message.checkpoint = Checkpoint::Due(at);
-                self.checkpoints_due.insert((at, id));
+            Checkpoint::Idle => self.write_checkpoint(id),
+            Checkpoint::Writing | Checkpoint::WritingThenAgain => {
+                message.checkpoint = Checkpoint::WritingThenAgain;
             }
-            Checkpoint::Due(_) | Checkpoint::WritingThenAgain => {}
-            Checkpoint::Writing => message.checkpoint = Checkpoint::WritingThenAgain,
         }
     }
 
     /// The last job of message `id` ended: it is finished now, or, with a
-    /// write in flight, when that write ends. A checkpoint still waiting is
-    /// not needed: the final write covers it.
+    /// write in flight, when that write ends.
     pub(super) fn last_job_done(&mut self, id: QueueId) {
-        let Some(message) = self.active.get_mut(&id) else {
-            return;
-        };
-        match message.checkpoint {
-            Checkpoint::Idle => self.finish(id),
-            Checkpoint::Due(at) => {
-                message.checkpoint = Checkpoint::Idle;
-                self.checkpoints_due.remove(&(at, id));
-                self.finish(id);
-            }
-            Checkpoint::Writing | Checkpoint::WritingThenAgain => {}
+        let idle = self
+            .active
+            .get(&id)
+            .is_some_and(|m| m.checkpoint == Checkpoint::Idle);
+        if idle {
+            self.finish(id);
         }
-    }
-
-    /// Starts the checkpoints due by `now`.
-    pub(super) fn write_due_checkpoints(&mut self, now: Instant) {
-        while let Some(&(at, id)) = self.checkpoints_due.first() {
-            if at > now {
-                break;
-            }
-            self.checkpoints_due.pop_first();
-            self.write_checkpoint(id);
-        }
-    }
-
-    /// Starts every waiting checkpoint now: qmgr is stopping.
-    pub fn write_all_checkpoints(&mut self) {
-        self.write_due_checkpoints(Instant::now() + self.checkpoint_delay);
     }
 
     fn write_checkpoint(&mut self, id: QueueId) {
@@ -118,11 +87,5 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
         } else if again {
             self.write_checkpoint(id);
         }
-    }
-
-    /// How long checkpoints wait (tests cannot wait a second).
-    #[cfg(test)]
-    pub fn set_checkpoint_delay(&mut self, delay: std::time::Duration) {
-        self.checkpoint_delay = delay;
     }
 }

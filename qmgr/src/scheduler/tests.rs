@@ -4,7 +4,6 @@
 
 use std::cell::RefCell;
 use std::rc::Rc;
-use std::time::Duration;
 
 use empath_common::config::{Delivery, Dsn};
 use empath_common::protocol::{BounceKind, DeliveryJob, DeliveryReport, Outcome, RecipientResult};
@@ -12,7 +11,7 @@ use empath_common::queue::{Envelope, QueueId, QueueState, Recipient, RecipientSt
 use empath_common::smtp::Reply;
 use empath_common::time::unix_now;
 use empath_modules::Modules;
-use tokio::sync::mpsc;
+use std::sync::mpsc;
 
 use super::{Event, Scheduler};
 use crate::dispatch::{AgentError, Couriers};
@@ -29,17 +28,11 @@ struct Asked {
 struct Recorder(Rc<RefCell<Asked>>);
 
 impl Couriers for Recorder {
-    fn deliver(&self, job: DeliveryJob, _events: mpsc::UnboundedSender<Event>) {
+    fn deliver(&self, job: DeliveryJob, _events: super::Events) {
         self.0.borrow_mut().jobs.push(job);
     }
 
-    fn bounce(
-        &self,
-        id: QueueId,
-        _state: QueueState,
-        kind: BounceKind,
-        _events: mpsc::UnboundedSender<Event>,
-    ) {
+    fn bounce(&self, id: QueueId, _state: QueueState, kind: BounceKind, _events: super::Events) {
         self.0.borrow_mut().bounces.push((id, kind));
     }
 }
@@ -54,7 +47,7 @@ struct Harness {
     scheduler: Scheduler<Rc<MemoryStore>, Recorder>,
     store: Rc<MemoryStore>,
     couriers: Recorder,
-    events: mpsc::UnboundedReceiver<Event>,
+    events: mpsc::Receiver<Event>,
 }
 
 impl Harness {
@@ -83,7 +76,7 @@ fn policy() -> Delivery {
 }
 
 fn start(policy: Delivery, store: Rc<MemoryStore>) -> Harness {
-    let (events, receiver) = mpsc::unbounded_channel();
+    let (events, receiver) = mpsc::channel();
     let couriers = Recorder::default();
     let dsn = Dsn::default();
     let mut scheduler = Scheduler::new(
@@ -261,7 +254,6 @@ async fn an_unreachable_agent_is_no_attempt_but_the_lifetime_still_counts() {
 fn each_jobs_results_are_written_when_the_job_ends() {
     let store: Rc<MemoryStore> = Rc::default();
     let mut h = start(policy(), Rc::clone(&store));
-    h.scheduler.set_checkpoint_delay(Duration::ZERO);
     let id = queue(&mut h, envelope(&["a@one.test", "b@two.test"]));
     h.scheduler.run();
     let mut jobs = h.couriers.take_jobs();
@@ -327,7 +319,6 @@ fn a_message_is_finished_only_after_its_results_so_far_are_written() {
     h.scheduler.run();
     let jobs = h.couriers.take_jobs();
     assert_eq!(jobs.len(), 3);
-    h.scheduler.set_checkpoint_delay(Duration::ZERO);
     store.slow_writes.set(true);
     let delivered = |job: &DeliveryJob| Ok(report(job, Outcome::Delivered, 250, false));
     // The first job's results are being written when the second ends:
@@ -350,54 +341,4 @@ fn a_message_is_finished_only_after_its_results_so_far_are_written() {
     for state in QueueState::ALL {
         assert!(store.get(state, id).is_none(), "left in {state}");
     }
-}
-
-#[test]
-fn results_of_jobs_that_end_together_are_written_once() {
-    let store: Rc<MemoryStore> = Rc::default();
-    let mut h = start(policy(), Rc::clone(&store));
-    h.scheduler.set_checkpoint_delay(Duration::from_millis(200));
-    let together = queue(&mut h, envelope(&["a@one.test", "b@two.test"]));
-    let apart = queue(&mut h, envelope(&["c@one.test", "d@two.test"]));
-    h.scheduler.run();
-    let jobs = h.couriers.take_jobs();
-    assert_eq!(jobs.len(), 4);
-    let delivered = |job: &DeliveryJob| Ok(report(job, Outcome::Delivered, 250, false));
-    let writes = store.writes.get();
-    for job in jobs.iter().filter(|j| j.id == together) {
-        done(&mut h, job.clone(), delivered(job));
-    }
-    assert!(
-        store.get(QueueState::Active, together).is_none(),
-        "finished"
-    );
-    assert_eq!(
-        store.writes.get(),
-        writes,
-        "no checkpoint for jobs that end together"
-    );
-
-    // One job of the other message ends; the other still runs: its
-    // results are written once the delay has passed.
-    let first = jobs
-        .iter()
-        .find(|j| j.id == apart)
-        .expect("a job of the second message");
-    done(&mut h, first.clone(), delivered(first));
-    h.scheduler.run();
-    assert_eq!(store.writes.get(), writes, "written before the delay");
-    let due = h
-        .scheduler
-        .wake_at()
-        .expect("qmgr is woken for the checkpoint");
-    std::thread::sleep(due.saturating_duration_since(std::time::Instant::now()));
-    h.scheduler.run();
-    h.pump();
-    assert_eq!(store.writes.get(), writes + 1);
-    let on_disk = store.get(QueueState::Active, apart).expect("still active");
-    let status = &on_disk.recipients[first.recipients[0].index].status;
-    assert!(
-        matches!(status, RecipientStatus::Delivered { .. }),
-        "{status:?}"
-    );
 }
