@@ -103,10 +103,10 @@ impl Incoming {
         submission: Submission,
         limits: Limits,
         hold_all: bool,
-    ) -> io::Result<Self> {
+    ) -> Self {
         let id = submission.queue_id.unwrap_or_else(QueueId::generate);
-        let content = queue.create_content(id)?;
-        Ok(Self {
+        let content = queue.new_content(id);
+        Self {
             id,
             submission,
             content,
@@ -120,7 +120,7 @@ impl Incoming {
             limits,
             received: 0,
             refused: None,
-        })
+        }
     }
 
     pub fn id(&self) -> QueueId {
@@ -412,7 +412,7 @@ mod tests {
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
         let original = b"Subject: hi\r\nMessage-ID: <a@b>\r\n\r\nline 1\r\n.line 2\r\n";
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false);
         // Split inside the header section, to exercise the buffering.
         incoming.push(&original[..5]);
         incoming.push(&original[5..]);
@@ -441,7 +441,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false);
         incoming.push(b"Subject: only headers\r\n");
         let envelope = incoming.stage(&queue).unwrap();
         queue.sync_new_entries().unwrap();
@@ -455,7 +455,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, true).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, true);
         incoming.push(b"Subject: hi\r\n");
         incoming.push(b"\r\nbody\r\n");
         assert_eq!(incoming.held(), Some(&b"Subject: hi\r\n\r\nbody\r\n"[..]));
@@ -513,7 +513,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, true).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, true);
         incoming.push(b"Subject: q\r\n\r\n");
         incoming.add_edits(vec![Edit::Quarantine {
             reason: "milter says so".into(),
@@ -533,7 +533,7 @@ mod tests {
             Some("milter says so")
         );
 
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, true).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, true);
         let id = incoming.id();
         incoming.push(b"Subject: gone\r\n\r\n");
         incoming.add_edits(vec![Edit::DeleteRecipient {
@@ -555,7 +555,7 @@ mod tests {
         let chosen = QueueId::generate();
         let mut with_id = submission();
         with_id.queue_id = Some(chosen);
-        let incoming = Incoming::start(&queue, "mx.test", with_id, LIMITS, false).unwrap();
+        let incoming = Incoming::start(&queue, "mx.test", with_id, LIMITS, false);
         assert_eq!(incoming.id(), chosen);
         incoming.abandon(&queue);
     }
@@ -565,7 +565,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let queue = Queue::new(dir.path());
         queue.create_dirs().unwrap();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false);
         incoming.push(b"Subject: x\r\n\r\nbody");
         let id = incoming.id();
         incoming.abandon(&queue);
@@ -583,7 +583,7 @@ mod tests {
     #[test]
     fn a_message_over_the_size_limit_is_refused_and_leaves_nothing() {
         let (_dir, queue) = queue();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false);
         let id = incoming.id();
         for _ in 0..20 {
             incoming.push(&[b'x'; 64 * 1024]);
@@ -596,7 +596,7 @@ mod tests {
     #[test]
     fn too_many_received_fields_is_a_loop() {
         let (_dir, queue) = queue();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false);
         incoming.push(&b"Received: from a\r\n".repeat(4));
         incoming.push(b"\r\nbody\r\n");
         let error = incoming.stage(&queue).unwrap_err();
@@ -610,7 +610,7 @@ mod tests {
     #[test]
     fn a_message_without_headers_is_not_run_into_the_added_ones() {
         let (_dir, queue) = queue();
-        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false).unwrap();
+        let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false);
         incoming.push(b"just text, no header\r\n");
         let envelope = incoming.stage(&queue).unwrap();
         let stored = String::from_utf8(read_content(&queue, envelope.id)).unwrap();

@@ -24,6 +24,7 @@ use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
 use empath_common::queue::{ClientInfo, DsnParams, Envelope, Queue, QueueId, Recipient};
 use empath_common::smtp::Reply;
 use empath_common::traces::{self, Kind as SpanKind, Span};
+use tokio::io::BufReader;
 use tokio::net::UnixStream;
 use tokio::net::unix::OwnedReadHalf;
 use tracing::Instrument;
@@ -54,6 +55,9 @@ const EX_CONFIG: i32 = 78;
 
 /// Content is written to the queue file in batches of at least this size.
 const WRITE_BATCH: usize = 256 * 1024;
+/// How much of a client's frames one read takes: a whole small message
+/// (its `Begin`, its one `Chunk` and `End`) usually arrives in one.
+const READ_BUFFER: usize = 16 * 1024;
 /// How often the drop directory is checked for messages left by `sendmail`.
 const MAILDROP_INTERVAL: Duration = Duration::from_secs(5);
 /// The local submission socket in `public/`: any local user may submit.
@@ -156,7 +160,8 @@ impl Cleanup {
             Origin::Daemon => None,
             Origin::Local => Some(local::client_for_uid(stream.peer_cred()?.uid())),
         };
-        let (mut reader, mut writer) = stream.into_split();
+        let (reader, mut writer) = stream.into_split();
+        let mut reader = BufReader::with_capacity(READ_BUFFER, reader);
         while let Some(request) = daemon::next_request::<CleanupRequest, _>(&mut reader).await? {
             let CleanupRequest::Begin(mut submission) = request else {
                 return Err(io::Error::new(io::ErrorKind::InvalidData, "expected Begin"));
@@ -182,7 +187,7 @@ impl Cleanup {
     /// Only a `trusted` client (a daemon) may replace the metadata.
     async fn submission(
         &self,
-        reader: &mut OwnedReadHalf,
+        reader: &mut BufReader<OwnedReadHalf>,
         submission: protocol::Submission,
         trusted: bool,
     ) -> Option<CleanupReply> {
@@ -195,10 +200,7 @@ impl Cleanup {
         }
         let sender = submission.sender.clone();
         let recipients = submission.recipients.len();
-        let mut incoming = match self.start(submission, !trusted) {
-            Ok(incoming) => incoming,
-            Err(error) => return Some(refused(RefusedError::Write(error))),
-        };
+        let mut incoming = self.start(submission, !trusted);
         let mut span = Span::start("queue", SpanKind::Internal, incoming.id());
         span.text("empath.sender", &sender)
             .number("empath.recipient_count", recipients);
@@ -335,8 +337,7 @@ impl Cleanup {
             recipients,
             local::client_for_uid(dropped.owner),
         );
-        let mut incoming = tokio::task::block_in_place(|| self.start(submission, true))
-            .map_err(|error| PickUpError::Later(RefusedError::Write(error).reply()))?;
+        let mut incoming = self.start(submission, true);
         let mut piece = vec![0u8; WRITE_BATCH];
         let streamed = tokio::task::block_in_place(|| {
             loop {
@@ -363,7 +364,7 @@ impl Cleanup {
 
     /// Starts a message with the limits of its source; it is held whole
     /// when it may still change (milters, checks, DKIM signing).
-    fn start(&self, submission: Submission, local: bool) -> io::Result<Incoming> {
+    fn start(&self, submission: Submission, local: bool) -> Incoming {
         let mut limits = if local {
             self.local_limits
         } else {
@@ -387,11 +388,18 @@ impl Cleanup {
     /// then answers `Queued`. A message held whole first goes through the
     /// local milters (for local mail), its edits and DKIM signing.
     async fn commit(&self, mut incoming: Incoming, rest: &[u8], from: Source) -> CleanupReply {
-        tokio::task::block_in_place(|| incoming.push(rest));
         if incoming.is_holding() {
+            // Held whole in memory: nothing of it is written yet.
+            incoming.push(rest);
             return self.commit_edited(incoming, from).await;
         }
-        let staged = tokio::task::block_in_place(|| incoming.stage(&self.queue));
+        // One trip off the async thread for the rest of the message: for a
+        // small one, creating its file, writing, sealing, linking and the
+        // fsync (see `Queue::new_content`).
+        let staged = tokio::task::block_in_place(|| {
+            incoming.push(rest);
+            incoming.stage(&self.queue)
+        });
         match staged {
             Ok(envelope) => self.make_durable(envelope).await,
             Err(error) => refused(error),

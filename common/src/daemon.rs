@@ -118,6 +118,22 @@ impl Readable for tokio::net::unix::OwnedReadHalf {
     }
 }
 
+/// Buffered reading takes the frames a client sent back to back in one
+/// system call rather than two per frame (length, then payload).
+impl<R: Readable + Sync> Readable for tokio::io::BufReader<R> {
+    fn wait_readable(&self) -> impl Future<Output = io::Result<()>> + Send {
+        let buffered = !self.buffer().is_empty();
+        let inner = self.get_ref();
+        async move {
+            if buffered {
+                Ok(())
+            } else {
+                inner.wait_readable().await
+            }
+        }
+    }
+}
+
 /// The next request on a daemon connection, or `None` once the client
 /// closed it, or once the daemon drains while the connection is idle. A
 /// request that has begun to arrive is always read whole.
