@@ -4,16 +4,24 @@
 //! ([`submit`]). `Begin`, content in `Chunk`s of about 64 KiB, then `End`
 //! and cleanup's answer, or `Abort`. Every step is bounded by a timeout,
 //! so a stuck cleanup cannot hold its client forever.
+//!
+//! `Begin` waits until there is content to send with it: a message that
+//! fits in one chunk goes to cleanup whole at commit, in one write, and
+//! smtpd sends it over a connection kept from an earlier message
+//! ([`CleanupConnections`]) rather than a new one with its own hello.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::path::Path;
-use std::time::Duration;
+use std::os::fd::AsRawFd;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use crate::edits::Edit;
 use crate::ipc;
 use crate::protocol::{CleanupReply, CleanupRequest, Submission};
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// Content is sent in frames of this size: large enough to keep framing
@@ -24,13 +32,128 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 /// drops it anyway when the connection closes.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A kept connection idle for longer is closed rather than used.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// At most this many idle connections are kept.
+const MAX_KEPT: usize = 128;
+
+/// Connections to cleanup, and whether they are kept between messages.
+///
+/// A kept connection may lead to a cleanup that has closed it since: one
+/// retiring after a reload closes its idle connections. A connection is
+/// checked before it is used, and a message whose submission fails on a
+/// kept connection before cleanup answered anything goes once more on a
+/// new one; a message larger than one chunk, which has to stream, always
+/// gets a new one. (cleanup acts on a submission only at its `End`, and
+/// never closes a connection on which a request has arrived without
+/// answering it, so a submission lost on a closing connection was not
+/// queued.)
+#[derive(Debug, Clone)]
+pub struct CleanupConnections {
+    socket: Arc<PathBuf>,
+    idle: Option<IdleConnections>,
+}
+
+/// Open connections not in use, with the time each became idle.
+type IdleConnections = Arc<Mutex<Vec<(UnixStream, Instant)>>>;
+
+impl CleanupConnections {
+    /// Connections to `socket`, kept for the next message: for smtpd.
+    pub fn kept(socket: PathBuf) -> Self {
+        Self {
+            socket: Arc::new(socket),
+            idle: Some(Arc::default()),
+        }
+    }
+
+    /// A new connection for every submission: for programs that queue a
+    /// message now and then.
+    pub fn one_off(socket: &Path) -> Self {
+        Self {
+            socket: Arc::new(socket.to_owned()),
+            idle: None,
+        }
+    }
+
+    pub fn socket(&self) -> &Path {
+        &self.socket
+    }
+
+    /// Starts a submission, on a kept connection if one is idle, else on a
+    /// new one (whose connect and hello say at once whether cleanup is
+    /// there).
+    pub async fn begin(
+        &self,
+        submission: Submission,
+        timeout: Duration,
+    ) -> io::Result<CleanupClient> {
+        let (stream, kept) = match self.take_idle() {
+            Some(stream) => (stream, true),
+            None => (ipc::connect(&self.socket, timeout).await?, false),
+        };
+        Ok(CleanupClient {
+            connections: self.clone(),
+            stream,
+            kept,
+            metadata: submission.metadata.clone(),
+            begin: Some(Box::new(submission)),
+            edits: None,
+            pending: Vec::with_capacity(CHUNK_SIZE),
+            timeout,
+        })
+    }
+
+    fn take_idle(&self) -> Option<UnixStream> {
+        let mut idle = self.idle.as_ref()?.lock().ok()?;
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < MAX_IDLE && still_open(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    fn put_back(&self, stream: UnixStream) {
+        if let Some(idle) = &self.idle
+            && let Ok(mut idle) = idle.lock()
+            && idle.len() < MAX_KEPT
+        {
+            idle.push((stream, Instant::now()));
+        }
+    }
+}
+
+/// Whether an idle connection is still open at the other end: a peek that
+/// does not wait, where a closed connection reads as its end at once.
+fn still_open(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(
+            stream.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Err(nix::errno::Errno::EAGAIN)
+    )
+}
+
 /// An open submission to cleanup. Dropping it without [`commit`] closes
 /// the connection, which makes cleanup discard the submission.
 ///
 /// [`commit`]: CleanupClient::commit
 #[derive(Debug)]
 pub struct CleanupClient {
+    connections: CleanupConnections,
     stream: UnixStream,
+    /// The connection was kept from an earlier submission.
+    kept: bool,
+    /// `Begin`, until it is sent (boxed: the client is moved around in
+    /// smtpd's session states).
+    begin: Option<Box<Submission>>,
+    /// The message's changes, when they came before `Begin` was sent.
+    edits: Option<Vec<Edit>>,
     pending: Vec<u8>,
     timeout: Duration,
     /// The metadata sent with `Begin`.
@@ -38,25 +161,16 @@ pub struct CleanupClient {
 }
 
 impl CleanupClient {
-    /// Connects to cleanup and starts a submission.
+    /// Connects to cleanup and starts a submission, on a connection of its
+    /// own.
     pub async fn begin(
         socket: &Path,
         submission: Submission,
         timeout: Duration,
     ) -> io::Result<Self> {
-        let mut stream = ipc::connect(socket, timeout).await?;
-        let metadata = submission.metadata.clone();
-        bounded(
-            timeout,
-            ipc::write_frame(&mut stream, &CleanupRequest::Begin(submission)),
-        )
-        .await?;
-        Ok(Self {
-            stream,
-            pending: Vec::with_capacity(CHUNK_SIZE),
-            timeout,
-            metadata,
-        })
+        CleanupConnections::one_off(socket)
+            .begin(submission, timeout)
+            .await
     }
 
     /// Adds content, sending full chunks as they fill up.
@@ -66,29 +180,47 @@ impl CleanupClient {
             self.pending.extend_from_slice(&data[..take]);
             data = &data[take..];
             if self.pending.len() >= CHUNK_SIZE {
-                self.send_pending().await?;
+                let timeout = self.timeout;
+                bounded(timeout, self.send_pending()).await?;
             }
         }
         Ok(())
     }
 
+    /// Sends the content waiting (and `Begin`, if it has not gone yet):
+    /// the message streams from here on, on a connection of its own.
     async fn send_pending(&mut self) -> io::Result<()> {
-        if self.pending.is_empty() {
-            return Ok(());
+        let mut frames = Vec::new();
+        if let Some(submission) = self.begin.take() {
+            if self.kept {
+                // Not retried once it streams: a kept connection stays
+                // with the small messages.
+                let fresh = ipc::connect(&self.connections.socket, self.timeout).await?;
+                let kept = std::mem::replace(&mut self.stream, fresh);
+                self.kept = false;
+                self.connections.put_back(kept);
+            }
+            ipc::append_frame(&mut frames, &CleanupRequest::Begin(*submission))?;
         }
-        let chunk = CleanupRequest::Chunk(std::mem::take(&mut self.pending));
-        bounded(self.timeout, ipc::write_frame(&mut self.stream, &chunk)).await?;
-        // Keep the allocation for the next chunk.
-        if let CleanupRequest::Chunk(mut buffer) = chunk {
-            buffer.clear();
-            self.pending = buffer;
+        if !self.pending.is_empty() {
+            let chunk = CleanupRequest::Chunk(std::mem::take(&mut self.pending));
+            ipc::append_frame(&mut frames, &chunk)?;
+            // Keep the allocation for the next chunk.
+            if let CleanupRequest::Chunk(mut buffer) = chunk {
+                buffer.clear();
+                self.pending = buffer;
+            }
         }
-        Ok(())
+        self.stream.write_all(&frames).await
     }
 
     /// Sends the changes the milters and checks decided, which cleanup
     /// applies before it seals the message.
     pub async fn edits(&mut self, edits: Vec<Edit>) -> io::Result<()> {
+        if self.begin.is_some() {
+            self.edits = Some(edits);
+            return Ok(());
+        }
         let timeout = self.timeout;
         bounded(timeout, async {
             self.send_pending().await?;
@@ -103,23 +235,85 @@ impl CleanupClient {
     pub async fn commit(mut self, metadata: BTreeMap<String, String>) -> io::Result<CleanupReply> {
         let timeout = self.timeout;
         bounded(timeout, async move {
-            self.send_pending().await?;
-            if metadata != self.metadata {
-                ipc::write_frame(&mut self.stream, &CleanupRequest::Metadata(metadata)).await?;
+            let whole = self.begin.is_some();
+            let mut frames = Vec::new();
+            if let Some(submission) = self.begin.take() {
+                ipc::append_frame(&mut frames, &CleanupRequest::Begin(*submission))?;
             }
-            ipc::call(&mut self.stream, &CleanupRequest::End).await
+            if !self.pending.is_empty() {
+                let chunk = CleanupRequest::Chunk(std::mem::take(&mut self.pending));
+                ipc::append_frame(&mut frames, &chunk)?;
+            }
+            if let Some(edits) = self.edits.take() {
+                ipc::append_frame(&mut frames, &CleanupRequest::Edits(edits))?;
+            }
+            if metadata != self.metadata {
+                ipc::append_frame(&mut frames, &CleanupRequest::Metadata(metadata))?;
+            }
+            ipc::append_frame(&mut frames, &CleanupRequest::End)?;
+            match exchange(&mut self.stream, &frames).await {
+                Ok(reply) => {
+                    self.connections.put_back(self.stream);
+                    Ok(reply)
+                }
+                Err(Exchange::Unanswered(error)) if self.kept && whole => {
+                    tracing::debug!(%error, "a kept connection to cleanup was closed; sending on a new one");
+                    let mut fresh = ipc::connect(&self.connections.socket, timeout).await?;
+                    let reply = exchange(&mut fresh, &frames).await.map_err(Exchange::into_error)?;
+                    self.connections.put_back(fresh);
+                    Ok(reply)
+                }
+                Err(failed) => Err(failed.into_error()),
+            }
         })
         .await
     }
 
-    /// Abandons the submission.
+    /// Abandons the submission. One that cleanup has not heard of yet
+    /// leaves its connection clean, for the next message.
     pub async fn abort(mut self) {
+        if self.begin.is_some() {
+            return self.connections.put_back(self.stream);
+        }
         let timeout = self.timeout.min(ABORT_TIMEOUT);
         let _ = bounded(
             timeout,
             ipc::write_frame(&mut self.stream, &CleanupRequest::Abort),
         )
         .await;
+    }
+}
+
+/// How sending a submission and reading the answer failed.
+enum Exchange {
+    /// The connection failed before any of the answer arrived.
+    Unanswered(io::Error),
+    /// Part of an answer, or a broken one.
+    Failed(io::Error),
+}
+
+impl Exchange {
+    fn into_error(self) -> io::Error {
+        match self {
+            Self::Unanswered(error) | Self::Failed(error) => error,
+        }
+    }
+}
+
+/// Writes `frames` and reads cleanup's answer.
+async fn exchange(stream: &mut UnixStream, frames: &[u8]) -> Result<CleanupReply, Exchange> {
+    let unanswered = |error: io::Error| match error.kind() {
+        io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Exchange::Unanswered(error),
+        _ => Exchange::Failed(error),
+    };
+    stream.write_all(frames).await.map_err(unanswered)?;
+    match ipc::read_frame(stream).await {
+        Ok(Some(reply)) => Ok(reply),
+        Ok(None) => Err(Exchange::Unanswered(io::Error::new(
+            io::ErrorKind::UnexpectedEof,
+            "cleanup closed the connection without answering",
+        ))),
+        Err(error) => Err(unanswered(error)),
     }
 }
 
@@ -144,4 +338,155 @@ async fn bounded<T>(
     tokio::time::timeout(timeout, operation)
         .await
         .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "cleanup did not answer in time"))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::queue::{QueueId, Recipient};
+    use tokio::net::UnixListener;
+
+    fn submission() -> Submission {
+        Submission {
+            sender: "a@example.org".into(),
+            recipients: vec![Recipient::new("b@example.com")],
+            client: Default::default(),
+            dsn: Default::default(),
+            metadata: BTreeMap::new(),
+            smtputf8: false,
+            queue_id: None,
+            options: Default::default(),
+        }
+    }
+
+    /// What a fake cleanup does with the submissions on one connection.
+    #[derive(Clone, Copy)]
+    enum Serve {
+        /// Answers this many, then closes.
+        Answer(usize),
+        /// Answers this many, then reads the next and closes without an
+        /// answer (as a connection closed just as the client used it).
+        AnswerThenDrop(usize),
+    }
+
+    /// Accepts connections, serving each as `plan` says in turn; returns
+    /// the content of every submission answered, per connection.
+    async fn fake_cleanup(listener: UnixListener, plan: Vec<Serve>) -> Vec<Vec<usize>> {
+        let mut served = Vec::new();
+        for serve in plan {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            ipc::hello_server(&mut stream, "cleanup").await.unwrap();
+            let (answer, drop_next) = match serve {
+                Serve::Answer(n) => (n, false),
+                Serve::AnswerThenDrop(n) => (n, true),
+            };
+            let mut sizes = Vec::new();
+            for turn in 0..answer + usize::from(drop_next) {
+                let mut size = 0;
+                loop {
+                    let request: CleanupRequest =
+                        ipc::read_frame(&mut stream).await.unwrap().unwrap();
+                    match request {
+                        CleanupRequest::Chunk(bytes) => size += bytes.len(),
+                        CleanupRequest::End => break,
+                        _ => {}
+                    }
+                }
+                if turn == answer {
+                    break;
+                }
+                sizes.push(size);
+                let reply = CleanupReply::Queued {
+                    id: QueueId::generate(),
+                };
+                ipc::write_frame(&mut stream, &reply).await.unwrap();
+            }
+            served.push(sizes);
+        }
+        served
+    }
+
+    async fn send(connections: &CleanupConnections, size: usize) -> CleanupReply {
+        let mut client = connections
+            .begin(submission(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        client.write(&vec![b'x'; size]).await.unwrap();
+        client.commit(BTreeMap::new()).await.unwrap()
+    }
+
+    #[tokio::test]
+    async fn small_messages_share_a_kept_connection_and_survive_its_closing() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("cleanup.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let connections = CleanupConnections::kept(socket);
+        let server = tokio::spawn(fake_cleanup(
+            listener,
+            vec![
+                // Two messages on the first connection, which then closes
+                // while idle (a cleanup retiring after a reload).
+                Serve::Answer(2),
+                // The next takes a new one, which is closed as the
+                // following message is sent on it: that message goes
+                // again, on a new connection.
+                Serve::AnswerThenDrop(1),
+                Serve::Answer(1),
+            ],
+        ));
+        for _ in 0..2 {
+            assert!(matches!(
+                send(&connections, 100).await,
+                CleanupReply::Queued { .. }
+            ));
+        }
+        // Until the closing has been seen, the connection looks open.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        for _ in 0..2 {
+            assert!(matches!(
+                send(&connections, 200).await,
+                CleanupReply::Queued { .. }
+            ));
+        }
+        let served = tokio::time::timeout(Duration::from_secs(5), server)
+            .await
+            .expect("every connection served")
+            .unwrap();
+        assert_eq!(served, [vec![100, 100], vec![200], vec![200]]);
+    }
+
+    #[tokio::test]
+    async fn a_message_that_streams_takes_a_connection_of_its_own() {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("cleanup.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        let connections = CleanupConnections::kept(socket);
+        let large = CHUNK_SIZE * 2 + 10;
+        let server = tokio::spawn(async move {
+            // The first connection answers the small message, then stays
+            // open and idle; the large one must come on a second.
+            let (mut kept, _) = listener.accept().await.unwrap();
+            ipc::hello_server(&mut kept, "cleanup").await.unwrap();
+            let mut requests = 0;
+            while !matches!(
+                ipc::read_frame::<_, CleanupRequest>(&mut kept)
+                    .await
+                    .unwrap(),
+                Some(CleanupRequest::End)
+            ) {
+                requests += 1;
+            }
+            let reply = CleanupReply::Queued {
+                id: QueueId::generate(),
+            };
+            ipc::write_frame(&mut kept, &reply).await.unwrap();
+            let served = fake_cleanup(listener, vec![Serve::Answer(1)]).await;
+            (requests, served, kept)
+        });
+        send(&connections, 10).await;
+        send(&connections, large).await;
+        let (requests, served, _kept) = server.await.unwrap();
+        assert_eq!(requests, 2, "Begin and the one chunk, then End");
+        assert_eq!(served, [vec![large]]);
+    }
 }

@@ -105,21 +105,32 @@ where
     W: AsyncWrite + Unpin,
     T: Serialize,
 {
-    // Serialize straight after room for the length prefix: one buffer, one write.
-    let mut frame = postcard::to_extend(value, vec![0u8; 4])
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let payload_len = frame.len() - 4;
-    if payload_len > MAX_FRAME {
-        return Err(io::Error::new(
-            io::ErrorKind::InvalidInput,
-            "frame too large",
-        ));
-    }
-    let length = u32::try_from(payload_len)
-        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "frame too large"))?;
-    frame[..4].copy_from_slice(&length.to_be_bytes());
+    let mut frame = Vec::new();
+    append_frame(&mut frame, value)?;
     writer.write_all(&frame).await?;
     writer.flush().await
+}
+
+/// Encodes `value` as a frame at the end of `buffer`: several frames can
+/// then go in one write.
+pub fn append_frame<T: Serialize>(buffer: &mut Vec<u8>, value: &T) -> io::Result<()> {
+    // Serialized straight after room for the length prefix: no copy.
+    let start = buffer.len();
+    buffer.extend_from_slice(&[0u8; 4]);
+    let taken = std::mem::take(buffer);
+    *buffer = postcard::to_extend(value, taken)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
+    let payload_len = buffer.len() - start - 4;
+    let length = u32::try_from(payload_len)
+        .ok()
+        .filter(|_| payload_len <= MAX_FRAME)
+        .ok_or_else(|| {
+            buffer.truncate(start);
+            io::Error::new(io::ErrorKind::InvalidInput, "frame too large")
+        });
+    let length = length?;
+    buffer[start..start + 4].copy_from_slice(&length.to_be_bytes());
+    Ok(())
 }
 
 /// Reads one frame. `Ok(None)` means the peer closed the connection cleanly

@@ -676,7 +676,7 @@ impl Connection {
     async fn open_submission(&mut self) -> Option<CleanupClient> {
         let submission = self.submission()?;
         let timeout = self.settings.timeouts.data_termination;
-        match CleanupClient::begin(&self.settings.cleanup_socket, submission, timeout).await {
+        match self.settings.cleanup.begin(submission, timeout).await {
             Ok(sink) => Some(sink),
             Err(error) => {
                 tracing::warn!(client = %self.peer, %error, "cannot reach cleanup");
@@ -834,18 +834,17 @@ impl Connection {
             return self.refuse(refusal);
         }
         let timeout = self.settings.timeouts.data_termination;
-        let sink =
-            match CleanupClient::begin(&self.settings.cleanup_socket, submission, timeout).await {
-                Ok(sink) => sink,
-                Err(error) => {
-                    // Refused before 354, so the client does not send a message
-                    // we cannot keep.
-                    tracing::warn!(client = %self.peer, %error, "cannot reach cleanup");
-                    self.session.finish_transaction();
-                    self.send(&reply::queue_error());
-                    return Ok(());
-                }
-            };
+        let sink = match self.settings.cleanup.begin(submission, timeout).await {
+            Ok(sink) => sink,
+            Err(error) => {
+                // Refused before 354, so the client does not send a message
+                // we cannot keep.
+                tracing::warn!(client = %self.peer, %error, "cannot reach cleanup");
+                self.session.finish_transaction();
+                self.send(&reply::queue_error());
+                return Ok(());
+            }
+        };
         self.send(&reply::start_data());
         self.flush().await?;
         self.data_copy = self.wants_content().then(Vec::new);

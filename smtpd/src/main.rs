@@ -4,6 +4,7 @@
 use std::process::ExitCode;
 use std::sync::Arc;
 
+use empath_common::cleanup_client::CleanupConnections;
 use empath_common::daemon;
 use empath_common::local_recipients::LocalRecipients;
 use empath_common::protocol::{ANVIL, CLEANUP};
@@ -50,7 +51,7 @@ fn main() -> ExitCode {
         }
     };
     let hostname = config.hostname();
-    let cleanup_socket = queue.private_socket(CLEANUP);
+    let cleanup = CleanupConnections::kept(queue.private_socket(CLEANUP));
     let relay = Arc::new(RelayPolicy::new(
         &hostname,
         &config.smtpd,
@@ -85,7 +86,7 @@ fn main() -> ExitCode {
                 hostname.clone(),
                 listener,
                 &config.smtpd,
-                cleanup_socket.clone(),
+                cleanup.clone(),
                 Arc::clone(&relay),
                 auth.clone(),
                 Arc::clone(&modules),

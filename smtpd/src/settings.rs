@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
+use empath_common::cleanup_client::CleanupConnections;
 use empath_common::config::{BareLineEndings, Extension, ListenerFields, ServerTimeouts, Smtpd};
 use empath_modules::Modules;
 
@@ -27,8 +28,9 @@ pub struct Settings {
     pub timeouts: Timeouts,
     /// The listener's `context`, copied into every submission's metadata.
     pub metadata: BTreeMap<String, String>,
-    /// cleanup's socket in `private/`.
-    pub cleanup_socket: PathBuf,
+    /// Connections to cleanup, kept between messages and shared by every
+    /// session of the process.
+    pub cleanup: CleanupConnections,
     /// Who may send to which domains.
     pub relay: Arc<RelayPolicy>,
     /// This host's own recipients and the origin of unqualified addresses.
@@ -81,7 +83,7 @@ impl Settings {
         hostname: String,
         listener: &ListenerFields,
         smtpd: &Smtpd,
-        cleanup_socket: PathBuf,
+        cleanup: CleanupConnections,
         relay: Arc<RelayPolicy>,
         auth: Option<Arc<AuthState>>,
         modules: Arc<Modules>,
@@ -103,7 +105,7 @@ impl Settings {
             max_errors: smtpd.max_errors,
             timeouts: Timeouts::from(&listener.timeouts),
             metadata: listener.context.clone(),
-            cleanup_socket,
+            cleanup,
             relay,
             // Set by the caller that knows the local domains.
             local: LocalPolicy::default(),
@@ -131,7 +133,7 @@ impl Settings {
             max_errors: 20,
             timeouts,
             metadata: BTreeMap::new(),
-            cleanup_socket,
+            cleanup: CleanupConnections::kept(cleanup_socket),
             relay: Arc::new(RelayPolicy::with(&[hostname], &everyone)),
             local: LocalPolicy::default(),
             tls: None,
