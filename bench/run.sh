@@ -573,7 +573,25 @@ ALL_SYSTEMS=$SYSTEMS
 [ "$DIRECT" = 1 ] && ALL_SYSTEMS="$SYSTEMS direct"
 
 log "bench: CASES=\"$CASES\" SYSTEMS=\"$SYSTEMS\" DIRECT=$DIRECT N=$N N_100K=$N_100K N_1M=$N_1M N_RCPT=$N_RCPT"
-log "bench: work dir $WORK on $(stat -f -c %T "$WORK"); $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
+# The filesystem decides what an fsync costs: say which one, and for ext4
+# whether it has a journal (without one, fsync is cheaper but creating
+# files right after deleting thousands is not: see bench/README.md).
+filesystem() {
+    local type source device journal=""
+    type=$(findmnt -no FSTYPE -T "$1" 2>/dev/null) || type=$(stat -f -c %T "$1")
+    source=$(findmnt -no SOURCE -T "$1" 2>/dev/null) || source=""
+    device=${source##*/}
+    # A journaled ext3/ext4 has a jbd2 entry named after its device.
+    if [ -d "/proc/fs/ext4/$device" ]; then
+        if compgen -G "/proc/fs/jbd2/$device-*" >/dev/null; then
+            journal=" with a journal"
+        else
+            journal=" without a journal"
+        fi
+    fi
+    echo "$type$journal${source:+ ($source)}"
+}
+log "bench: work dir $WORK on $(filesystem "$WORK"); $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 cg_init
 for system in $SYSTEMS; do
     "start_$system"

@@ -28,15 +28,33 @@ impl GroupCommit {
         Self { requests }
     }
 
-    /// Waits until the directory entries of everything staged before this
-    /// call are durable.
-    pub async fn sync(&self) -> io::Result<()> {
+    /// Asks for a round making the directory entries of everything staged
+    /// before this call durable, without waiting for it yet: a caller that
+    /// still has work of its own (its file's fsync) does it meanwhile.
+    /// Does not block.
+    pub fn ask(&self) -> Round {
         let (done, wait) = oneshot::channel();
-        self.requests
-            .send(done)
-            .map_err(|_| io::Error::other("group commit task has stopped"))?;
-        wait.await
-            .map_err(|_| io::Error::other("group commit task has stopped"))?
+        let asked = self.requests.send(done).is_ok();
+        Round { wait, asked }
+    }
+}
+
+/// A group commit round asked for with [`GroupCommit::ask`].
+pub struct Round {
+    wait: oneshot::Receiver<Outcome>,
+    asked: bool,
+}
+
+impl Round {
+    /// Waits until the round is done.
+    pub async fn wait(self) -> io::Result<()> {
+        let stopped = || io::Error::other("group commit task has stopped");
+        if !self.asked {
+            return Err(stopped());
+        }
+        self.wait
+            .await
+            .map_err(|_| stopped())?
             .map_err(|(kind, text)| io::Error::new(kind, text))
     }
 }

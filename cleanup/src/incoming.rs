@@ -226,13 +226,15 @@ impl Incoming {
     /// one fsync). The directory entries still need
     /// [`Queue::sync_new_entries`] (group commit) before the message may be
     /// acknowledged. On error nothing of it is left.
-    pub fn stage(mut self, queue: &Queue) -> Result<Envelope, RefusedError> {
+    /// `linked` is called once its directory entries exist (see
+    /// [`Queue::stage_new_then`]).
+    pub fn stage(mut self, queue: &Queue, linked: impl FnOnce()) -> Result<Envelope, RefusedError> {
         if let Err(error) = self.finish() {
             self.abandon(queue);
             return Err(error);
         }
         let envelope = self.envelope();
-        queue.stage_new(self.content, &envelope)?;
+        queue.stage_new_then(self.content, &envelope, linked)?;
         Ok(envelope)
     }
 
@@ -416,7 +418,7 @@ mod tests {
         // Split inside the header section, to exercise the buffering.
         incoming.push(&original[..5]);
         incoming.push(&original[5..]);
-        let envelope = incoming.stage(&queue).unwrap();
+        let envelope = incoming.stage(&queue, || {}).unwrap();
         queue.sync_new_entries().unwrap();
 
         let stored = read_content(&queue, envelope.id);
@@ -443,7 +445,7 @@ mod tests {
         queue.create_dirs().unwrap();
         let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false);
         incoming.push(b"Subject: only headers\r\n");
-        let envelope = incoming.stage(&queue).unwrap();
+        let envelope = incoming.stage(&queue, || {}).unwrap();
         queue.sync_new_entries().unwrap();
         let stored = String::from_utf8(read_content(&queue, envelope.id)).unwrap();
         assert!(stored.contains("Message-ID: <"));
@@ -588,7 +590,7 @@ mod tests {
         for _ in 0..20 {
             incoming.push(&[b'x'; 64 * 1024]);
         }
-        let error = incoming.stage(&queue).unwrap_err();
+        let error = incoming.stage(&queue, || {}).unwrap_err();
         assert_eq!(error.reply().code, 552, "{error}");
         assert!(!queue.content_path(id).exists());
     }
@@ -599,7 +601,7 @@ mod tests {
         let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false);
         incoming.push(&b"Received: from a\r\n".repeat(4));
         incoming.push(b"\r\nbody\r\n");
-        let error = incoming.stage(&queue).unwrap_err();
+        let error = incoming.stage(&queue, || {}).unwrap_err();
         let reply = error.reply();
         assert_eq!(
             (reply.code, reply.enhanced.as_deref()),
@@ -612,7 +614,7 @@ mod tests {
         let (_dir, queue) = queue();
         let mut incoming = Incoming::start(&queue, "mx.test", submission(), LIMITS, false);
         incoming.push(b"just text, no header\r\n");
-        let envelope = incoming.stage(&queue).unwrap();
+        let envelope = incoming.stage(&queue, || {}).unwrap();
         let stored = String::from_utf8(read_content(&queue, envelope.id)).unwrap();
         assert!(
             stored.ends_with("\r\n\r\njust text, no header\r\n"),

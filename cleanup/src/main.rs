@@ -396,20 +396,26 @@ impl Cleanup {
         // One trip off the async thread for the rest of the message: for a
         // small one, creating its file, writing, sealing, linking and the
         // fsync (see `Queue::new_content`).
+        // The group commit round starts as soon as the message is linked,
+        // so that its directory fsyncs run while the file's does.
+        let mut round = None;
         let staged = tokio::task::block_in_place(|| {
             incoming.push(rest);
-            incoming.stage(&self.queue)
+            incoming.stage(&self.queue, || round = Some(self.group_commit.ask()))
         });
         match staged {
-            Ok(envelope) => self.make_durable(envelope).await,
+            Ok(envelope) => {
+                let round = round.unwrap_or_else(|| self.group_commit.ask());
+                self.make_durable(envelope, round).await
+            }
             Err(error) => refused(error),
         }
     }
 
     /// The group commit, then the notice to qmgr: the message is queued.
-    async fn make_durable(&self, envelope: Envelope) -> CleanupReply {
+    async fn make_durable(&self, envelope: Envelope, round: group_commit::Round) -> CleanupReply {
         let id = envelope.id;
-        if let Err(error) = self.group_commit.sync().await {
+        if let Err(error) = round.wait().await {
             self.queue.unstage_new(id);
             return refused(RefusedError::Write(error));
         }
@@ -471,7 +477,10 @@ impl Cleanup {
             })
         });
         match staged {
-            Ok(Staged::Incoming(envelope)) => self.make_durable(envelope).await,
+            Ok(Staged::Incoming(envelope)) => {
+                let round = self.group_commit.ask();
+                self.make_durable(envelope, round).await
+            }
             Ok(Staged::Held { envelope, reason }) => {
                 tracing::warn!(
                     message_id = %id,

@@ -353,6 +353,21 @@ impl Queue {
     /// messages of a group commit) before telling anyone it is queued. On
     /// error nothing of the message is left.
     pub fn stage_new(&self, content: ContentWriter, envelope: &Envelope) -> io::Result<()> {
+        self.stage_new_then(content, envelope, || {})
+    }
+
+    /// As [`Queue::stage_new`], calling `linked` once the message's
+    /// directory entries exist, before its file is fsynced: a group commit
+    /// started then covers them, and its directory fsyncs run while the
+    /// file's does. (Safe in either order: until both are done nobody is
+    /// told the message is queued, and a crash in between leaves at worst
+    /// a truncated file, quarantined as above.)
+    pub fn stage_new_then(
+        &self,
+        content: ContentWriter,
+        envelope: &Envelope,
+        linked: impl FnOnce(),
+    ) -> io::Result<()> {
         let id = envelope.id;
         let staged = content.seal(envelope).and_then(|file| {
             let content = self.content_path(id);
@@ -361,6 +376,7 @@ impl Queue {
                 std::fs::hard_link(&content, &incoming)
             })?;
             self.touched.mark(id.bucket());
+            linked();
             file.sync_all()
         });
         if staged.is_err() {
