@@ -395,9 +395,9 @@ impl Cleanup {
         }
         // One trip off the async thread for the rest of the message: for a
         // small one, creating its file, writing, sealing, linking and the
-        // fsync (see `Queue::new_content`).
-        // The group commit round starts as soon as the message is linked,
-        // so that its directory fsyncs run while the file's does.
+        // fsync (see `Queue::new_content`). The group commit round is asked
+        // for as soon as the message is linked, so that its directory
+        // fsyncs run while the file's does.
         let mut round = None;
         let staged = tokio::task::block_in_place(|| {
             incoming.push(rest);
