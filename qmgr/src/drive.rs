@@ -41,7 +41,9 @@ impl Timers {
             due,
             next_due: now + due,
             sweep: SWEEP_INTERVAL,
-            next_sweep: now + SWEEP_INTERVAL,
+            // Orphans left by the last run (a crash) go at start; the
+            // scans were just done by the recovery.
+            next_sweep: now,
         }
     }
 
