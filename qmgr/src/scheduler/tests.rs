@@ -342,3 +342,64 @@ fn a_message_is_finished_only_after_its_results_so_far_are_written() {
         assert!(store.get(state, id).is_none(), "left in {state}");
     }
 }
+
+#[test]
+fn a_destination_at_its_limit_holds_up_no_other_and_destinations_take_turns() {
+    let mut policy = policy();
+    policy.max_concurrency_per_domain = 1;
+    policy.max_concurrent_deliveries = 2;
+    let mut h = start(policy, Rc::default());
+    // A backlog for busy.test first, then one message each for two others.
+    for n in 0..5 {
+        queue(&mut h, envelope(&[&format!("u{n}@busy.test")]));
+    }
+    queue(&mut h, envelope(&["a@one.test"]));
+    queue(&mut h, envelope(&["b@two.test"]));
+    h.scheduler.run();
+    let first = h.couriers.take_jobs();
+    let domains: Vec<&str> = first.iter().map(|j| j.domain.as_str()).collect();
+    // busy.test takes one slot (its limit); the other goes to the next
+    // destination, not to a second busy.test job.
+    assert_eq!(domains, ["busy.test", "one.test"]);
+
+    // A slot frees up: the destination that has not been served yet goes
+    // before busy.test's next job.
+    let ended = first[0].clone();
+    done(
+        &mut h,
+        ended.clone(),
+        Ok(report(&ended, Outcome::Delivered, 250, false)),
+    );
+    h.scheduler.run();
+    let second = h.couriers.take_jobs();
+    let domains: Vec<&str> = second.iter().map(|j| j.domain.as_str()).collect();
+    assert_eq!(domains, ["two.test"]);
+
+    // Then busy.test's backlog, one at a time, in arrival order.
+    let mut delivered = Vec::new();
+    let mut running = vec![first[1].clone(), second[0].clone()];
+    for _ in 0..10 {
+        for job in std::mem::take(&mut running) {
+            if job.domain == "busy.test" {
+                delivered.push(job.recipients[0].address.clone());
+            }
+            done(
+                &mut h,
+                job.clone(),
+                Ok(report(&job, Outcome::Delivered, 250, false)),
+            );
+        }
+        h.scheduler.run();
+        running = h.couriers.take_jobs();
+        assert!(running.iter().filter(|j| j.domain == "busy.test").count() <= 1);
+    }
+    assert_eq!(
+        delivered,
+        [
+            "u1@busy.test",
+            "u2@busy.test",
+            "u3@busy.test",
+            "u4@busy.test"
+        ]
+    );
+}
