@@ -13,13 +13,12 @@
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
-use std::os::fd::AsRawFd;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Duration;
 
 use crate::edits::Edit;
-use crate::ipc;
+use crate::ipc::{self, IdleConnections};
 use crate::protocol::{CleanupReply, CleanupRequest, Submission};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
@@ -31,12 +30,6 @@ pub const CHUNK_SIZE: usize = 64 * 1024;
 /// The longest we wait to tell cleanup a submission is abandoned; cleanup
 /// drops it anyway when the connection closes.
 const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// A kept connection idle for longer is closed rather than used.
-const MAX_IDLE: Duration = Duration::from_secs(30);
-
-/// At most this many idle connections are kept.
-const MAX_KEPT: usize = 128;
 
 /// Connections to cleanup, and whether they are kept between messages.
 ///
@@ -55,15 +48,12 @@ pub struct CleanupConnections {
     idle: Option<IdleConnections>,
 }
 
-/// Open connections not in use, with the time each became idle.
-type IdleConnections = Arc<Mutex<Vec<(UnixStream, Instant)>>>;
-
 impl CleanupConnections {
     /// Connections to `socket`, kept for the next message: for smtpd.
     pub fn kept(socket: PathBuf) -> Self {
         Self {
             socket: Arc::new(socket),
-            idle: Some(Arc::default()),
+            idle: Some(IdleConnections::default()),
         }
     }
 
@@ -76,10 +66,6 @@ impl CleanupConnections {
         }
     }
 
-    pub fn socket(&self) -> &Path {
-        &self.socket
-    }
-
     /// Starts a submission, on a kept connection if one is idle, else on a
     /// new one (whose connect and hello say at once whether cleanup is
     /// there).
@@ -88,7 +74,8 @@ impl CleanupConnections {
         submission: Submission,
         timeout: Duration,
     ) -> io::Result<CleanupClient> {
-        let (stream, kept) = match self.take_idle() {
+        let kept = self.idle.as_ref().and_then(IdleConnections::take);
+        let (stream, kept) = match kept {
             Some(stream) => (stream, true),
             None => (ipc::connect(&self.socket, timeout).await?, false),
         };
@@ -104,39 +91,11 @@ impl CleanupConnections {
         })
     }
 
-    fn take_idle(&self) -> Option<UnixStream> {
-        let mut idle = self.idle.as_ref()?.lock().ok()?;
-        while let Some((stream, since)) = idle.pop() {
-            if since.elapsed() < MAX_IDLE && still_open(&stream) {
-                return Some(stream);
-            }
-        }
-        None
-    }
-
     fn put_back(&self, stream: UnixStream) {
-        if let Some(idle) = &self.idle
-            && let Ok(mut idle) = idle.lock()
-            && idle.len() < MAX_KEPT
-        {
-            idle.push((stream, Instant::now()));
+        if let Some(idle) = &self.idle {
+            idle.put_back(stream);
         }
     }
-}
-
-/// Whether an idle connection is still open at the other end: a peek that
-/// does not wait, where a closed connection reads as its end at once.
-fn still_open(stream: &UnixStream) -> bool {
-    use nix::sys::socket::{MsgFlags, recv};
-    let mut byte = [0u8; 1];
-    matches!(
-        recv(
-            stream.as_raw_fd(),
-            &mut byte,
-            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
-        ),
-        Err(nix::errno::Errno::EAGAIN)
-    )
 }
 
 /// An open submission to cleanup. Dropping it without [`commit`] closes
@@ -190,28 +149,34 @@ impl CleanupClient {
     /// Sends the content waiting (and `Begin`, if it has not gone yet):
     /// the message streams from here on, on a connection of its own.
     async fn send_pending(&mut self) -> io::Result<()> {
+        if self.begin.is_some() && self.kept {
+            // Not retried once it streams: a kept connection stays with
+            // the small messages.
+            let fresh = ipc::connect(&self.connections.socket, self.timeout).await?;
+            let kept = std::mem::replace(&mut self.stream, fresh);
+            self.kept = false;
+            self.connections.put_back(kept);
+        }
         let mut frames = Vec::new();
+        self.append_begin_and_pending(&mut frames)?;
+        self.stream.write_all(&frames).await
+    }
+
+    /// Appends `Begin`, if it has not gone yet, and the content waiting.
+    fn append_begin_and_pending(&mut self, frames: &mut Vec<u8>) -> io::Result<()> {
         if let Some(submission) = self.begin.take() {
-            if self.kept {
-                // Not retried once it streams: a kept connection stays
-                // with the small messages.
-                let fresh = ipc::connect(&self.connections.socket, self.timeout).await?;
-                let kept = std::mem::replace(&mut self.stream, fresh);
-                self.kept = false;
-                self.connections.put_back(kept);
-            }
-            ipc::append_frame(&mut frames, &CleanupRequest::Begin(*submission))?;
+            ipc::append_frame(frames, &CleanupRequest::Begin(*submission))?;
         }
         if !self.pending.is_empty() {
             let chunk = CleanupRequest::Chunk(std::mem::take(&mut self.pending));
-            ipc::append_frame(&mut frames, &chunk)?;
+            ipc::append_frame(frames, &chunk)?;
             // Keep the allocation for the next chunk.
             if let CleanupRequest::Chunk(mut buffer) = chunk {
                 buffer.clear();
                 self.pending = buffer;
             }
         }
-        self.stream.write_all(&frames).await
+        Ok(())
     }
 
     /// Sends the changes the milters and checks decided, which cleanup
@@ -237,13 +202,7 @@ impl CleanupClient {
         bounded(timeout, async move {
             let whole = self.begin.is_some();
             let mut frames = Vec::new();
-            if let Some(submission) = self.begin.take() {
-                ipc::append_frame(&mut frames, &CleanupRequest::Begin(*submission))?;
-            }
-            if !self.pending.is_empty() {
-                let chunk = CleanupRequest::Chunk(std::mem::take(&mut self.pending));
-                ipc::append_frame(&mut frames, &chunk)?;
-            }
+            self.append_begin_and_pending(&mut frames)?;
             if let Some(edits) = self.edits.take() {
                 ipc::append_frame(&mut frames, &CleanupRequest::Edits(edits))?;
             }
@@ -406,6 +365,14 @@ mod tests {
         served
     }
 
+    /// A socket for a fake cleanup, and kept connections to it.
+    fn listening() -> (tempfile::TempDir, UnixListener, CleanupConnections) {
+        let dir = tempfile::tempdir().unwrap();
+        let socket = dir.path().join("cleanup.sock");
+        let listener = UnixListener::bind(&socket).unwrap();
+        (dir, listener, CleanupConnections::kept(socket))
+    }
+
     async fn send(connections: &CleanupConnections, size: usize) -> CleanupReply {
         let mut client = connections
             .begin(submission(), Duration::from_secs(5))
@@ -417,10 +384,7 @@ mod tests {
 
     #[tokio::test]
     async fn small_messages_share_a_kept_connection_and_survive_its_closing() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("cleanup.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let connections = CleanupConnections::kept(socket);
+        let (_dir, listener, connections) = listening();
         let server = tokio::spawn(fake_cleanup(
             listener,
             vec![
@@ -457,10 +421,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_message_that_streams_takes_a_connection_of_its_own() {
-        let dir = tempfile::tempdir().unwrap();
-        let socket = dir.path().join("cleanup.sock");
-        let listener = UnixListener::bind(&socket).unwrap();
-        let connections = CleanupConnections::kept(socket);
+        let (_dir, listener, connections) = listening();
         let large = CHUNK_SIZE * 2 + 10;
         let server = tokio::spawn(async move {
             // The first connection answers the small message, then stays

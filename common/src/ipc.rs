@@ -10,8 +10,10 @@
 //! server can forget to.
 
 use std::io;
+use std::os::fd::AsRawFd;
 use std::path::Path;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use serde::Serialize;
 use serde::de::DeserializeOwned;
@@ -117,20 +119,22 @@ pub fn append_frame<T: Serialize>(buffer: &mut Vec<u8>, value: &T) -> io::Result
     // Serialized straight after room for the length prefix: no copy.
     let start = buffer.len();
     buffer.extend_from_slice(&[0u8; 4]);
-    let taken = std::mem::take(buffer);
-    *buffer = postcard::to_extend(value, taken)
+    *buffer = postcard::to_extend(value, std::mem::take(buffer))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
     let payload_len = buffer.len() - start - 4;
-    let length = u32::try_from(payload_len)
-        .ok()
-        .filter(|_| payload_len <= MAX_FRAME)
-        .ok_or_else(|| {
+    match u32::try_from(payload_len) {
+        Ok(length) if payload_len <= MAX_FRAME => {
+            buffer[start..start + 4].copy_from_slice(&length.to_be_bytes());
+            Ok(())
+        }
+        _ => {
             buffer.truncate(start);
-            io::Error::new(io::ErrorKind::InvalidInput, "frame too large")
-        });
-    let length = length?;
-    buffer[start..start + 4].copy_from_slice(&length.to_be_bytes());
-    Ok(())
+            Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                "frame too large",
+            ))
+        }
+    }
 }
 
 /// Reads one frame. `Ok(None)` means the peer closed the connection cleanly
@@ -204,6 +208,64 @@ pub async fn connect(path: &Path, timeout: Duration) -> io::Result<UnixStream> {
                 format!("connecting to {}", path.display()),
             )
         })?
+}
+
+/// A kept connection idle for longer is closed rather than used.
+const MAX_IDLE: Duration = Duration::from_secs(30);
+
+/// At most this many idle connections are kept.
+const MAX_KEPT: usize = 1024;
+
+/// Open connections to a daemon that are not in use, kept for the next
+/// request: the daemons serve requests one after another on a connection,
+/// and a new connection costs a connect, the hello and an accept and a
+/// task on the other side. Shared by the clones of one value.
+///
+/// A kept connection may lead to a daemon that has closed it since (it
+/// exited, or retired after a reload): [`IdleConnections::take`] skips the
+/// ones whose end is already readable, but one may still close as it is
+/// used, so a caller sends again on a new connection what got no answer at
+/// all, where that is safe.
+#[derive(Debug, Clone, Default)]
+pub struct IdleConnections {
+    idle: Arc<Mutex<Vec<(UnixStream, Instant)>>>,
+}
+
+impl IdleConnections {
+    /// The connection that became idle last and is still open, if any.
+    pub fn take(&self) -> Option<UnixStream> {
+        let mut idle = self.idle.lock().ok()?;
+        while let Some((stream, since)) = idle.pop() {
+            if since.elapsed() < MAX_IDLE && still_open(&stream) {
+                return Some(stream);
+            }
+        }
+        None
+    }
+
+    /// Keeps `stream`, which has no request in flight, for a later one.
+    pub fn put_back(&self, stream: UnixStream) {
+        if let Ok(mut idle) = self.idle.lock()
+            && idle.len() < MAX_KEPT
+        {
+            idle.push((stream, Instant::now()));
+        }
+    }
+}
+
+/// Whether an idle connection is still open at the other end: a peek that
+/// does not wait, where a closed connection reads as its end at once.
+fn still_open(stream: &UnixStream) -> bool {
+    use nix::sys::socket::{MsgFlags, recv};
+    let mut byte = [0u8; 1];
+    matches!(
+        recv(
+            stream.as_raw_fd(),
+            &mut byte,
+            MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT
+        ),
+        Err(nix::errno::Errno::EAGAIN)
+    )
 }
 
 /// Sends one frame on a fresh connection and does not wait for a reply:

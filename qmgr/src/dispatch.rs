@@ -5,10 +5,10 @@
 
 use std::io;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 use std::time::Duration;
 
-use empath_common::ipc;
+use empath_common::ipc::{self, IdleConnections};
 use empath_common::protocol::{
     self, BounceKind, BounceReply, BounceRequest, DeliveryJob, DeliveryReport,
 };
@@ -20,14 +20,13 @@ use crate::transport::{Router, Transport};
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
-/// Idle connections to smtp-out, kept for the next job: smtp-out serves
-/// jobs one after another on a connection, and a new connection per job
-/// costs a connect, an accept and a task on both sides. At most one per
-/// concurrent delivery exists.
+/// Connections to a delivery agent, kept idle for the next job: smtp-out
+/// and empath-local serve jobs one after another on a connection. At most
+/// one per concurrent delivery exists.
 #[derive(Clone)]
 pub struct SmtpOutConnections {
     socket: Arc<PathBuf>,
-    idle: Arc<Mutex<Vec<UnixStream>>>,
+    idle: IdleConnections,
 }
 
 impl SmtpOutConnections {
@@ -38,23 +37,13 @@ impl SmtpOutConnections {
     fn to(socket: PathBuf) -> Self {
         Self {
             socket: Arc::new(socket),
-            idle: Arc::default(),
-        }
-    }
-
-    fn take(&self) -> Option<UnixStream> {
-        self.idle.lock().ok()?.pop()
-    }
-
-    fn put_back(&self, stream: UnixStream) {
-        if let Ok(mut idle) = self.idle.lock() {
-            idle.push(stream);
+            idle: IdleConnections::default(),
         }
     }
 
     /// Sends `job` and waits for its report.
     async fn call(&self, job: &DeliveryJob) -> Result<DeliveryReport, AgentError> {
-        if let Some(mut kept) = self.take() {
+        if let Some(mut kept) = self.idle.take() {
             // A kept connection may lead to an agent that has exited since:
             // the write may still succeed (into the socket buffer) and the
             // read then finds the connection closed without a byte. Then
@@ -63,7 +52,7 @@ impl SmtpOutConnections {
             if ipc::write_frame(&mut kept, job).await.is_ok() {
                 match ipc::read_frame::<_, DeliveryReport>(&mut kept).await {
                     Ok(Some(report)) => {
-                        self.put_back(kept);
+                        self.idle.put_back(kept);
                         return Ok(report);
                     }
                     Ok(None) => {}
@@ -85,7 +74,7 @@ impl SmtpOutConnections {
                     "the agent closed the connection before reporting",
                 ))
             })?;
-        self.put_back(stream);
+        self.idle.put_back(stream);
         Ok(report)
     }
 
