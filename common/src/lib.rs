@@ -4,6 +4,13 @@
 //! the queue file format and every queue-directory operation, the IPC framing
 //! and message types, logging, and the SMTP types shared by the daemons.
 
+/// Every Empath program allocates through mimalloc. glibc's malloc gave
+/// the daemons' worker threads arenas of their own, which hand the memory
+/// of a freed message buffer back to the kernel (`madvise`) and fault it in
+/// again for the next message: a fifth of cleanup's CPU time at 100 KB.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 pub mod aliases;
 pub mod cleanup_client;
 pub mod config;
