@@ -86,10 +86,8 @@ impl DataDecoder {
             }
             // Fast path: copy the run of ordinary bytes inside a line.
             if self.state == State::Middle {
-                let run = input[index..]
-                    .iter()
-                    .position(|&b| b == b'\r' || b == b'\n')
-                    .unwrap_or(input.len() - index);
+                let run =
+                    memchr::memchr2(b'\r', b'\n', &input[index..]).unwrap_or(input.len() - index);
                 out.extend_from_slice(&input[index..index + run]);
                 index += run;
                 if index == input.len() {

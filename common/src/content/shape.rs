@@ -108,6 +108,9 @@ impl Shaper {
 
     /// Shapes `input`, appending the result to `out`.
     pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        // Shaped output is about as long as the input: one allocation
+        // rather than a doubling for every few lines of a large piece.
+        out.reserve(input.len() + input.len() / 32 + 2);
         let start = out.len();
         let mut rest = input;
         while !rest.is_empty() {
