@@ -9,6 +9,7 @@ use std::time::Duration;
 use empath_common::ipc;
 use empath_common::protocol::QmgrNotice;
 use empath_common::queue::QueueId;
+use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 use tokio::sync::mpsc;
 
@@ -35,40 +36,50 @@ impl Notifier {
 
 async fn run(socket: PathBuf, mut inbox: mpsc::UnboundedReceiver<QueueId>) {
     let mut connection: Option<UnixStream> = None;
-    while let Some(id) = inbox.recv().await {
+    let mut ids = Vec::new();
+    while inbox.recv_many(&mut ids, MAX_BATCH).await > 0 {
         // A kept connection may have died with a restarted qmgr: then the
-        // notice goes again on a fresh one.
+        // notices go again on a fresh one.
         let attempts = if connection.is_some() { 2 } else { 1 };
         for _ in 0..attempts {
-            if send(&socket, &mut connection, id).await {
+            if send(&socket, &mut connection, &ids).await {
                 break;
             }
         }
+        ids.clear();
     }
 }
 
-/// Sends one notice, connecting first if needed. On failure the connection
-/// is dropped and `false` returned.
-async fn send(socket: &Path, connection: &mut Option<UnixStream>, id: QueueId) -> bool {
+/// Notices sent in one write at most: the messages of a group commit are
+/// queued together, and qmgr reads them with one wake-up.
+const MAX_BATCH: usize = 256;
+
+/// Sends the notices of `ids`, connecting first if needed. On failure the
+/// connection is dropped and `false` returned.
+async fn send(socket: &Path, connection: &mut Option<UnixStream>, ids: &[QueueId]) -> bool {
+    let mut frames = Vec::new();
+    for &id in ids {
+        // A notice always encodes; one that did not would be left out
+        // (append_frame leaves the frames before it intact).
+        if let Err(error) = ipc::append_frame(&mut frames, &QmgrNotice::Incoming(id)) {
+            tracing::warn!(%error, message_id = %id, "notice not encoded");
+        }
+    }
     let stream = match connection {
         Some(stream) => stream,
         None => match ipc::connect(socket, CONNECT_TIMEOUT).await {
             Ok(stream) => connection.insert(stream),
             Err(error) => {
-                tracing::debug!(%error, message_id = %id, "qmgr not notified");
+                tracing::debug!(%error, notices = ids.len(), "qmgr not notified");
                 return false;
             }
         },
     };
-    let sent = tokio::time::timeout(
-        WRITE_TIMEOUT,
-        ipc::write_frame(stream, &QmgrNotice::Incoming(id)),
-    )
-    .await;
+    let sent = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frames)).await;
     if matches!(sent, Ok(Ok(()))) {
         return true;
     }
-    tracing::debug!(message_id = %id, "qmgr not notified on the kept connection");
+    tracing::debug!(notices = ids.len(), "qmgr not notified on the kept connection");
     *connection = None;
     false
 }

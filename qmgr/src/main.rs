@@ -155,7 +155,9 @@ async fn answer_control(mut stream: UnixStream, events: scheduler::Events) -> io
 }
 
 /// Reads notifications from cleanup and passes them to the scheduler.
-async fn forward_notices(mut stream: UnixStream, events: scheduler::Events) -> io::Result<()> {
+async fn forward_notices(stream: UnixStream, events: scheduler::Events) -> io::Result<()> {
+    // Buffered: cleanup sends the notices of a group commit in one write.
+    let mut stream = tokio::io::BufReader::new(stream);
     while let Some(notice) = read_frame::<_, QmgrNotice>(&mut stream).await? {
         match notice {
             QmgrNotice::Incoming(id) => {
