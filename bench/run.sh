@@ -37,6 +37,8 @@
 #                        empty (so that no run counts another's messages)
 #   BASE_PORT [25300]    ports BASE..BASE+14 on 127.0.0.1
 #   SKIP_BUILD [0]       1: use the existing target/release binaries
+#   EMPATH_BIN_DIR [target/release]  where the empath binaries are (e.g.
+#                        a build with frame pointers, see bench/profile.sh)
 #   KEEP [0]             1: keep the work dir (configs, logs, spools)
 #   WORK_PARENT [/var/tmp]  where the work dir (all spools) is made; it
 #                        must be a real disk filesystem, or fsync means nothing
@@ -87,6 +89,7 @@ RCPT_COUNT=10
 
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 BENCHTOOL=$ROOT/bench/smtpbench.py
+EMPATH_BIN_DIR=${EMPATH_BIN_DIR:-$ROOT/target/release}
 WORK=$(mktemp -d "$WORK_PARENT/empath-bench.XXXXXX")
 chmod 755 "$WORK"
 PIDS=()
@@ -260,7 +263,7 @@ RON
     cg_make empath
     (
         cg_enter empath
-        exec "${EMPATH_WRAPPER[@]}" "$ROOT/target/release/empath" --config "$dir/empath.config.ron" \
+        exec "${EMPATH_WRAPPER[@]}" "$EMPATH_BIN_DIR/empath" --config "$dir/empath.config.ron" \
             >"$dir/empath.log" 2>&1 </dev/null
     ) &
     PIDS+=($!)
@@ -268,7 +271,7 @@ RON
     # With a wrapper, $! is the wrapper's pid: find the master itself (by
     # this run's unique config path) so that cleanup stops it too.
     local master
-    master=$(pgrep -f -x -- "$ROOT/target/release/empath --config $dir/empath.config.ron" | head -1 || true)
+    master=$(pgrep -f -x -- "$EMPATH_BIN_DIR/empath --config $dir/empath.config.ron" | head -1 || true)
     [ -n "$master" ] && PIDS=("$master" "${PIDS[@]}")
 }
 queue_empath() { find "$WORK/empath/spool/incoming" "$WORK/empath/spool/active" "$WORK/empath/spool/deferred" -type f 2>/dev/null | wc -l; }
