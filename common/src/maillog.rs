@@ -12,11 +12,27 @@
 //! The level follows the outcome: a delivery that will be retried is a
 //! warning, one that failed for good an error.
 
+use std::fmt;
 use std::net::SocketAddr;
 
 use crate::protocol::{DeliveryJob, Outcome};
 use crate::queue::QueueId;
 use crate::smtp::Reply;
+
+/// An event's line as Postfix writes it, formatted only by the log
+/// format that shows it (syslog): the others never pay for it. Written
+/// `%postfix` in an event, with `postfix` made by [`postfix_line`].
+struct PostfixLine<F>(F);
+
+impl<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result> fmt::Display for PostfixLine<F> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        (self.0)(f)
+    }
+}
+
+fn postfix_line<F: Fn(&mut fmt::Formatter<'_>) -> fmt::Result>(write: F) -> PostfixLine<F> {
+    PostfixLine(write)
+}
 
 /// `unknown[192.0.2.1]`: the client as Postfix names it. Empath does not
 /// look up client host names, so the name is always `unknown`.
@@ -30,15 +46,15 @@ pub fn client_name(peer: &str) -> String {
 
 /// A client connected (`connect from unknown[192.0.2.1]`).
 pub fn connect(peer: &str, session: &str) {
-    let postfix = format!("connect from {}", client_name(peer));
-    tracing::info!(postfix, client = peer, session, "connect");
+    let postfix = postfix_line(|f| write!(f, "connect from {}", client_name(peer)));
+    tracing::info!(%postfix, client = peer, session, "connect");
 }
 
 /// A client left (`disconnect from unknown[192.0.2.1]`), and why.
 pub fn disconnect(peer: &str, reason: &str, messages: u64, tls: bool, user: &str) {
-    let postfix = format!("disconnect from {}", client_name(peer));
+    let postfix = postfix_line(|f| write!(f, "disconnect from {}", client_name(peer)));
     tracing::info!(
-        postfix,
+        %postfix,
         client = peer,
         reason,
         messages,
@@ -52,12 +68,15 @@ pub fn disconnect(peer: &str, reason: &str, messages: u64, tls: bool, user: &str
 /// the SASL method and user of an authenticated client): what pflogsumm
 /// counts as received.
 pub fn received(id: QueueId, peer: &str, sasl: Option<(&str, &str)>, sender: &str, nrcpt: usize) {
-    let mut postfix = format!("{id}: client={}", client_name(peer));
-    if let Some((method, user)) = sasl {
-        postfix.push_str(&format!(", sasl_method={method}, sasl_username={user}"));
-    }
+    let postfix = postfix_line(|f| {
+        write!(f, "{id}: client={}", client_name(peer))?;
+        match sasl {
+            Some((method, user)) => write!(f, ", sasl_method={method}, sasl_username={user}"),
+            None => Ok(()),
+        }
+    });
     tracing::info!(
-        postfix,
+        %postfix,
         message_id = %id,
         client = peer,
         sender,
@@ -83,61 +102,68 @@ pub struct Rejection<'a> {
 }
 
 pub fn rejected(rejection: &Rejection<'_>) {
-    let mut postfix = format!(
-        "NOQUEUE: reject: {} from {}: {}; ",
-        rejection.stage,
-        client_name(rejection.peer),
-        rejection.reply
-    );
-    if let Some(sender) = rejection.sender {
-        postfix.push_str(&format!("from=<{sender}> "));
-    }
-    if let Some(recipient) = rejection.recipient {
-        postfix.push_str(&format!("to=<{recipient}> "));
-    }
-    postfix.push_str(if rejection.esmtp {
-        "proto=ESMTP"
-    } else {
-        "proto=SMTP"
+    let postfix = postfix_line(|f| {
+        write!(
+            f,
+            "NOQUEUE: reject: {} from {}: {}; ",
+            rejection.stage,
+            client_name(rejection.peer),
+            rejection.reply
+        )?;
+        if let Some(sender) = rejection.sender {
+            write!(f, "from=<{sender}> ")?;
+        }
+        if let Some(recipient) = rejection.recipient {
+            write!(f, "to=<{recipient}> ")?;
+        }
+        f.write_str(if rejection.esmtp {
+            "proto=ESMTP"
+        } else {
+            "proto=SMTP"
+        })?;
+        match rejection.helo {
+            Some(helo) => write!(f, " helo=<{helo}>"),
+            None => Ok(()),
+        }
     });
-    if let Some(helo) = rejection.helo {
-        postfix.push_str(&format!(" helo=<{helo}>"));
-    }
     let level_warn = rejection.reply.code >= 500;
     let (client, stage, reply) = (rejection.peer, rejection.stage, rejection.reply);
     let sender = rejection.sender.unwrap_or("");
     let recipient = rejection.recipient.unwrap_or("");
     if level_warn {
-        tracing::warn!(postfix, client, stage, smtp_code = reply.code, %reply, sender, recipient, "command rejected");
+        tracing::warn!(%postfix, client, stage, smtp_code = reply.code, %reply, sender, recipient, "command rejected");
     } else {
-        tracing::info!(postfix, client, stage, smtp_code = reply.code, %reply, sender, recipient, "command rejected");
+        tracing::info!(%postfix, client, stage, smtp_code = reply.code, %reply, sender, recipient, "command rejected");
     }
 }
 
 /// A failed AUTH (`warning: unknown[192.0.2.1]: SASL PLAIN authentication
 /// failed: ...`): what fail2ban's filter (etc/fail2ban) watches.
 pub fn auth_failed(peer: &str, mechanism: &str, user: &str) {
-    let postfix = format!(
-        "warning: {}: SASL {mechanism} authentication failed: authentication failure, sasl_username={user}",
-        client_name(peer)
-    );
-    tracing::warn!(postfix, client = peer, %user, mechanism, "authentication failed");
+    let postfix = postfix_line(|f| {
+        write!(
+            f,
+            "warning: {}: SASL {mechanism} authentication failed: authentication failure, sasl_username={user}",
+            client_name(peer)
+        )
+    });
+    tracing::warn!(%postfix, client = peer, %user, mechanism, "authentication failed");
 }
 
 /// cleanup read the header of a message: `QUEUEID: message-id=<...>`,
 /// the line that ties the queue ID to the message's own identity.
 pub fn message_id(id: QueueId, header: &str) {
-    let postfix = format!("{id}: message-id={}", angle(header));
-    tracing::info!(postfix, message_id = %id, message_id_header = header, "message-id");
+    let postfix = postfix_line(|f| write!(f, "{id}: message-id={}", angle(header)));
+    tracing::info!(%postfix, message_id = %id, message_id_header = header, "message-id");
 }
 
 /// A local user submitted a message (sendmail, the maildrop), logged
 /// as Postfix's pickup does: `QUEUEID: uid=1000 from=<user@host>`.
 pub fn picked_up(id: QueueId, uid: Option<u32>, sender: &str) {
     let uid_text = uid.map_or_else(|| "unknown".to_owned(), |uid| uid.to_string());
-    let postfix = format!("{id}: uid={uid_text} from=<{sender}>");
+    let postfix = postfix_line(|f| write!(f, "{id}: uid={uid_text} from=<{sender}>"));
     tracing::info!(
-        postfix,
+        %postfix,
         syslog_program = "pickup",
         message_id = %id,
         uid = uid_text,
@@ -149,9 +175,14 @@ pub fn picked_up(id: QueueId, uid: Option<u32>, sender: &str) {
 /// qmgr took a message in for delivery:
 /// `QUEUEID: from=<...>, size=N, nrcpt=N (queue active)`.
 pub fn activated(id: QueueId, sender: &str, size: u64, nrcpt: usize, attempts: u32) {
-    let postfix = format!("{id}: from=<{sender}>, size={size}, nrcpt={nrcpt} (queue active)");
+    let postfix = postfix_line(|f| {
+        write!(
+            f,
+            "{id}: from=<{sender}>, size={size}, nrcpt={nrcpt} (queue active)"
+        )
+    });
     tracing::info!(
-        postfix,
+        %postfix,
         message_id = %id,
         sender,
         size,
@@ -163,8 +194,8 @@ pub fn activated(id: QueueId, sender: &str, size: u64, nrcpt: usize, attempts: u
 
 /// qmgr is done with a message: `QUEUEID: removed`.
 pub fn removed(id: QueueId) {
-    let postfix = format!("{id}: removed");
-    tracing::info!(postfix, message_id = %id, "message done");
+    let postfix = postfix_line(|f| write!(f, "{id}: removed"));
+    tracing::info!(%postfix, message_id = %id, "message done");
 }
 
 /// Some recipients of a message wait for another attempt at `domain`.
@@ -196,9 +227,9 @@ pub fn notified(
         "double-bounce" => "postmaster non-delivery notification",
         _ => "sender non-delivery notification",
     };
-    let postfix = format!("{id}: {what}: {dsn}");
+    let postfix = postfix_line(|f| write!(f, "{id}: {what}: {dsn}"));
     tracing::info!(
-        postfix,
+        %postfix,
         message_id = %id,
         dsn_id = %dsn,
         original_sender,
@@ -325,19 +356,22 @@ pub fn delivery(result: &Delivered<'_>) {
         Outcome::Failed => "bounced",
     };
     let delays = &result.delays;
-    let postfix = format!(
-        "{}: to=<{}>, relay={}, delay={}, delays={}/{}/{}/{}, dsn={}, status={status} ({})",
-        result.id,
-        result.recipient,
-        result.relay,
-        seconds(delays.total()),
-        seconds(delays.before_active),
-        seconds(delays.in_active),
-        seconds(delays.setup),
-        seconds(delays.transmission),
-        dsn_of(result.reply),
-        result.reply
-    );
+    let postfix = postfix_line(|f| {
+        write!(
+            f,
+            "{}: to=<{}>, relay={}, delay={}, delays={}/{}/{}/{}, dsn={}, status={status} ({})",
+            result.id,
+            result.recipient,
+            result.relay,
+            seconds(delays.total()),
+            seconds(delays.before_active),
+            seconds(delays.in_active),
+            seconds(delays.setup),
+            seconds(delays.transmission),
+            dsn_of(result.reply),
+            result.reply
+        )
+    });
     let (id, recipient, domain) = (result.id, result.recipient, result.domain);
     let server = result.server.unwrap_or("");
     let reply = result.reply;
@@ -347,7 +381,7 @@ pub fn delivery(result: &Delivered<'_>) {
     macro_rules! log {
         ($level:ident, $message:literal) => {
             tracing::$level!(
-                postfix,
+                %postfix,
                 message_id = %id,
                 recipient,
                 domain,

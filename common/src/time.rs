@@ -23,17 +23,29 @@ pub fn unix_now_ms() -> u64 {
 /// Formats Unix microseconds as RFC 3339 in UTC, as the log lines'
 /// timestamps and `next_retry_at`: `2025-11-16T10:30:45.623456+00:00`.
 pub fn rfc3339_micros(unix_micros: u64) -> String {
-    let secs = unix_micros / 1_000_000;
-    let days = secs / 86_400;
-    let secs_of_day = secs % 86_400;
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
-        secs_of_day / 3600,
-        (secs_of_day / 60) % 60,
-        secs_of_day % 60,
-        unix_micros % 1_000_000
-    )
+    Rfc3339Micros(unix_micros).to_string()
+}
+
+/// [`rfc3339_micros`] as it is written, for a log line that is written
+/// without a string of its own.
+pub struct Rfc3339Micros(pub u64);
+
+impl std::fmt::Display for Rfc3339Micros {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let unix_micros = self.0;
+        let secs = unix_micros / 1_000_000;
+        let days = secs / 86_400;
+        let secs_of_day = secs % 86_400;
+        let (year, month, day) = civil_from_days(days as i64);
+        write!(
+            f,
+            "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:06}+00:00",
+            secs_of_day / 3600,
+            (secs_of_day / 60) % 60,
+            secs_of_day % 60,
+            unix_micros % 1_000_000
+        )
+    }
 }
 
 /// [`rfc3339_micros`] of Unix seconds.

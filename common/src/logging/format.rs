@@ -65,7 +65,7 @@ impl Value {
         }
     }
 
-    fn write_text(&self, out: &mut String) {
+    fn write_text(&self, out: &mut impl fmt::Write) {
         let _ = match self {
             Self::Text(text) => write!(out, "{text:?}"),
             Self::Shown(text) => out.write_str(text),
@@ -80,6 +80,8 @@ impl Value {
 /// The fields of one event, in the order they were written.
 #[derive(Default)]
 struct Fields {
+    /// The Postfix line is formatted only for the format that writes it.
+    wants_postfix: bool,
     message: String,
     postfix: Option<String>,
     program: Option<String>,
@@ -87,6 +89,13 @@ struct Fields {
 }
 
 impl Fields {
+    fn for_format(format: LogFormat) -> Self {
+        Self {
+            wants_postfix: format == LogFormat::Syslog,
+            ..Self::default()
+        }
+    }
+
     fn record(&mut self, field: &Field, value: Value) {
         match (field.name(), value) {
             ("message", Value::Text(text) | Value::Shown(text)) => self.message = text,
@@ -167,6 +176,9 @@ fn span_ids_in(fields: &str) -> Option<SpanIds> {
 
 impl Visit for Fields {
     fn record_str(&mut self, field: &Field, value: &str) {
+        if field.name() == POSTFIX_FIELD && !self.wants_postfix {
+            return;
+        }
         self.record(field, Value::Text(value.to_owned()));
     }
     fn record_i64(&mut self, field: &Field, value: i64) {
@@ -182,6 +194,11 @@ impl Visit for Fields {
         self.record(field, Value::Bool(value));
     }
     fn record_debug(&mut self, field: &Field, value: &dyn fmt::Debug) {
+        // The mail log's Postfix lines are lazy (see crate::maillog): not
+        // formatting one is most of what an event costs in other formats.
+        if field.name() == POSTFIX_FIELD && !self.wants_postfix {
+            return;
+        }
         self.record(field, Value::Shown(format!("{value:?}")));
     }
 }
@@ -209,12 +226,17 @@ where
         mut writer: Writer<'_>,
         event: &Event<'_>,
     ) -> fmt::Result {
-        let mut fields = Fields::default();
+        let mut fields = Fields::for_format(self.format);
         event.record(&mut fields);
         fields.add_trace_context(span_ids(ctx));
         let meta = event.metadata();
         let line = match self.format {
-            LogFormat::Human => self.human(meta, &fields),
+            // Written straight into the line: the commonest format, and
+            // one event per message per daemon at least.
+            LogFormat::Human => {
+                self.human(&mut writer, meta, &fields)?;
+                return writeln!(writer);
+            }
             LogFormat::Json => self.json(ctx, meta, &fields),
             LogFormat::Syslog => self.syslog(*meta.level(), &fields),
         };
@@ -228,28 +250,42 @@ impl Style {
     /// `empath_smtp_out::maillog`): all daemons share one stderr, and the
     /// target is what tells them apart.
     fn target(&self, meta: &tracing::Metadata<'_>) -> String {
+        let mut target = String::new();
+        let _ = self.write_target(&mut target, meta);
+        target
+    }
+
+    fn write_target(&self, out: &mut impl fmt::Write, meta: &tracing::Metadata<'_>) -> fmt::Result {
         match meta.target().strip_prefix("empath_common::") {
             Some(module) if self.service != "tool" => {
-                format!("empath_{}::{module}", self.service.replace('-', "_"))
+                out.write_str("empath_")?;
+                for part in self.service.split('-').enumerate() {
+                    match part {
+                        (0, first) => out.write_str(first)?,
+                        (_, next) => write!(out, "_{next}")?,
+                    }
+                }
+                write!(out, "::{module}")
             }
-            _ => meta.target().to_owned(),
+            _ => out.write_str(meta.target()),
         }
     }
 
-    fn human(&self, meta: &tracing::Metadata<'_>, fields: &Fields) -> String {
-        let mut out = crate::time::rfc3339_micros(crate::time::unix_now_micros());
-        let _ = write!(
-            out,
-            " {:>5} {}: {}",
-            meta.level(),
-            self.target(meta),
-            fields.message
-        );
+    fn human(
+        &self,
+        out: &mut impl fmt::Write,
+        meta: &tracing::Metadata<'_>,
+        fields: &Fields,
+    ) -> fmt::Result {
+        let now = crate::time::Rfc3339Micros(crate::time::unix_now_micros());
+        write!(out, "{now} {:>5} ", meta.level())?;
+        self.write_target(out, meta)?;
+        write!(out, ": {}", fields.message)?;
         for (name, value) in &fields.others {
-            let _ = write!(out, " {name}=");
-            value.write_text(&mut out);
+            write!(out, " {name}=")?;
+            value.write_text(out);
         }
-        out
+        Ok(())
     }
 
     /// The layout of tracing-subscriber's JSON lines, which the seeds'

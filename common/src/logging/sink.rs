@@ -1,6 +1,7 @@
 //! Where formatted lines go: standard error, or the local syslog socket
 //! with standard error as the fall-back.
 
+use std::borrow::Cow;
 use std::io::{self, Write};
 use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
@@ -134,7 +135,14 @@ impl Drop for Line {
             return;
         }
         match &self.to {
-            Lines::Stderr(how) => write_stderr(&escape(body, *how)),
+            Lines::Stderr(how) => match (&text, escape(body, *how)) {
+                // Safe as it is, and valid UTF-8: the buffer, newline and
+                // all, is the line.
+                (Cow::Borrowed(_), Cow::Borrowed(_)) if self.buffer.ends_with(b"\n") => {
+                    let _ = io::stderr().lock().write_all(&self.buffer);
+                }
+                (_, escaped) => write_stderr(&escaped),
+            },
             Lines::Syslog(syslog) => {
                 let line = escape(body, Escape::Text);
                 if !syslog.send(line.as_bytes()) {
