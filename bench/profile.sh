@@ -124,7 +124,7 @@ for comm, pid, dsos in samples:
             program_of_pid[pid] = dso
 counts = collections.Counter()
 for comm, pid, dsos in samples:
-    name = program_of_pid.get(pid) or re.sub(r"[/:-].*", "", comm)
+    name = program_of_pid.get(pid) or re.sub(r"[/:].*", "", comm)
     counts[name] += 1
 total = sum(counts.values()) or 1
 print("share of the samples (%d):" % total)

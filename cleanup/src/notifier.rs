@@ -79,7 +79,10 @@ async fn send(socket: &Path, connection: &mut Option<UnixStream>, ids: &[QueueId
     if matches!(sent, Ok(Ok(()))) {
         return true;
     }
-    tracing::debug!(notices = ids.len(), "qmgr not notified on the kept connection");
+    tracing::debug!(
+        notices = ids.len(),
+        "qmgr not notified on the kept connection"
+    );
     *connection = None;
     false
 }
