@@ -7,7 +7,7 @@
 /// Every Empath program allocates through mimalloc. glibc's malloc gave
 /// the daemons' worker threads arenas of their own, which hand the memory
 /// of a freed message buffer back to the kernel (`madvise`) and fault it in
-/// again for the next message: a fifth of cleanup's CPU time at 100 KB.
+/// again for the next message: a sixth of cleanup's CPU time at 100 KB.
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
