@@ -19,6 +19,8 @@
 #                        measured run (the run is made long enough)
 #   FREQUENCY [499]      samples per second and CPU
 #   OUT [bench/flamegraphs/SYSTEM-CASE.svg]  the flame graph
+#   FOLDED []            also keep the folded stacks (one line per stack,
+#                        for grep and sums) in this file
 #   FLAMEGRAPH_DIR []    directory with stackcollapse-perf.pl and
 #                        flamegraph.pl, used when inferno is not installed
 #   WORK_PARENT, BASE_PORT   as for bench/run.sh
@@ -32,6 +34,7 @@ SAMPLE_SECONDS=${SAMPLE_SECONDS:-8}
 FREQUENCY=${FREQUENCY:-499}
 OUT=${OUT:-$ROOT/bench/flamegraphs/$SYSTEM-$CASE.svg}
 FLAMEGRAPH_DIR=${FLAMEGRAPH_DIR:-}
+FOLDED=${FOLDED:-}
 
 die() { printf 'profile: %s\n' "$*" >&2; exit 1; }
 
@@ -90,6 +93,7 @@ grep '^|' "$TMP/run.log" | tail -1 >&2
 
 perf script -i "$TMP/perf.data" 2>/dev/null >"$TMP/perf.script"
 collapse <"$TMP/perf.script" >"$TMP/folded"
+[ -z "$FOLDED" ] || cp "$TMP/folded" "$FOLDED"
 mkdir -p "$(dirname "$OUT")"
 flamegraph "$SYSTEM, $CASE, c=$CONCURRENCY: all CPUs, $SAMPLE_SECONDS s" <"$TMP/folded" >"$OUT"
 printf 'profile: flame graph in %s\n' "$OUT" >&2
