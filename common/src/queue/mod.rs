@@ -347,11 +347,9 @@ impl Queue {
     /// Opens a message's content and says how long it is. For async
     /// readers, which wrap the file themselves.
     pub fn open_content_with_len(&self, id: QueueId) -> io::Result<(File, u64)> {
-        let mut file = File::open(self.content_path(id))?;
-        let len = match sealed::content_len(&mut file)? {
-            Some(len) => len,
-            None => file.metadata()?.len(),
-        };
+        let file = File::open(self.content_path(id))?;
+        let size = file.metadata()?.len();
+        let len = sealed::content_len(&file, size)?.unwrap_or(size);
         Ok((file, len))
     }
 

@@ -9,7 +9,8 @@
 //! bytes tell the two apart.
 
 use std::fs::File;
-use std::io::{self, Read, Seek, SeekFrom};
+use std::io::{self, Read};
+use std::os::unix::fs::FileExt;
 
 use super::Envelope;
 use super::codec::{self, DecodeError};
@@ -25,17 +26,16 @@ pub fn tail(envelope: &Envelope, content_len: u64) -> Vec<u8> {
     out
 }
 
-/// The content length recorded in a sealed file's trailer, or `None` if the
-/// file is not sealed (a plain envelope file, or content still being written).
-pub fn content_len(file: &mut File) -> io::Result<Option<u64>> {
-    let size = file.metadata()?.len();
+/// The content length recorded in the trailer of a sealed file of `size`
+/// bytes, or `None` if the file is not sealed (a plain envelope file, or
+/// content still being written). Reads at an offset (`pread`): the file's
+/// position is left alone.
+pub fn content_len(file: &File, size: u64) -> io::Result<Option<u64>> {
     if size < TRAILER_LEN {
         return Ok(None);
     }
-    file.seek(SeekFrom::Start(size - TRAILER_LEN))?;
     let mut trailer = [0u8; TRAILER_LEN as usize];
-    file.read_exact(&mut trailer)?;
-    file.seek(SeekFrom::Start(0))?;
+    file.read_exact_at(&mut trailer, size - TRAILER_LEN)?;
     if &trailer[8..] != MAGIC {
         return Ok(None);
     }
@@ -45,18 +45,19 @@ pub fn content_len(file: &mut File) -> io::Result<Option<u64>> {
     Ok((length <= size - TRAILER_LEN).then_some(length))
 }
 
-/// Reads the envelope of an envelope file or of a sealed content file.
+/// Reads the envelope of an envelope file or of a sealed content file (a
+/// file just opened: an envelope file is read from its position). Three
+/// system calls for a sealed file: its size, its trailer, its envelope.
 pub fn read_envelope(file: &mut File) -> Result<Envelope, ReadEnvelopeError> {
     let size = file.metadata()?.len();
-    let Some(content_len) = content_len(file)? else {
+    let Some(content_len) = content_len(file, size)? else {
         let mut bytes = Vec::with_capacity(usize::try_from(size).unwrap_or(0));
         file.read_to_end(&mut bytes)?;
         return Ok(codec::decode(&bytes)?);
     };
     let record_len = size - TRAILER_LEN - content_len;
-    file.seek(SeekFrom::Start(content_len))?;
     let mut record = vec![0u8; usize::try_from(record_len).map_err(|_| DecodeError::Truncated(0))?];
-    file.read_exact(&mut record)?;
+    file.read_exact_at(&mut record, content_len)?;
     Ok(codec::decode(&record)?)
 }
 
