@@ -8,24 +8,37 @@
 //! `Begin` waits until there is content to send with it: a message that
 //! fits in one chunk goes to cleanup whole at commit, in one write, and
 //! smtpd sends it over a connection kept from an earlier message
-//! ([`CleanupConnections`]) rather than a new one with its own hello.
+//! ([`CleanupConnections`]) rather than a new one with its own hello. So
+//! does one of up to [`WHOLE_LIMIT`] while the memory all of smtpd's
+//! sessions hold for such messages stays within a budget.
 
 use std::collections::BTreeMap;
 use std::future::Future;
 use std::io;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use crate::edits::Edit;
 use crate::ipc::{self, IdleConnections};
-use crate::protocol::{CleanupReply, CleanupRequest, Submission};
+use crate::protocol::{CleanupChunk, CleanupReply, CleanupRequest, Submission};
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// Content is sent in frames of this size: large enough to keep framing
 /// overhead small, small enough to bound the memory of every session.
 pub const CHUNK_SIZE: usize = 64 * 1024;
+
+/// A message up to this size is held whole and sent at its end over a
+/// kept connection, when the budget below allows: most mail with an
+/// attachment is larger than a chunk, and streaming costs a connection of
+/// its own.
+pub const WHOLE_LIMIT: usize = 256 * 1024;
+
+/// What the sessions of one process may hold together, beyond a chunk
+/// each, for messages held whole: a message that finds it spent streams.
+const WHOLE_BUDGET: usize = 32 * 1024 * 1024;
 
 /// The longest we wait to tell cleanup a submission is abandoned; cleanup
 /// drops it anyway when the connection closes.
@@ -37,8 +50,9 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 /// retiring after a reload closes its idle connections. A connection is
 /// checked before it is used, and a message whose submission fails on a
 /// kept connection before cleanup answered anything goes once more on a
-/// new one; a message larger than one chunk, which has to stream, always
-/// gets a new one. (cleanup acts on a submission only at its `End`, and
+/// new one; a message that has to stream (larger than [`WHOLE_LIMIT`], or
+/// larger than a chunk when the budget for whole messages is spent)
+/// always gets a new one. (cleanup acts on a submission only at its `End`, and
 /// never closes a connection on which a request has arrived without
 /// answering it, so a submission lost on a closing connection was not
 /// queued.)
@@ -46,14 +60,24 @@ const ABORT_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct CleanupConnections {
     socket: Arc<PathBuf>,
     idle: Option<IdleConnections>,
+    /// For messages held whole beyond a chunk; only with kept connections.
+    whole_budget: Option<Arc<WholeBudget>>,
 }
 
 impl CleanupConnections {
     /// Connections to `socket`, kept for the next message: for smtpd.
     pub fn kept(socket: PathBuf) -> Self {
+        Self::kept_with_budget(socket, WHOLE_BUDGET)
+    }
+
+    fn kept_with_budget(socket: PathBuf, whole_budget: usize) -> Self {
         Self {
             socket: Arc::new(socket),
             idle: Some(IdleConnections::default()),
+            whole_budget: Some(Arc::new(WholeBudget {
+                limit: whole_budget,
+                held: AtomicUsize::new(0),
+            })),
         }
     }
 
@@ -63,7 +87,26 @@ impl CleanupConnections {
         Self {
             socket: Arc::new(socket.to_owned()),
             idle: None,
+            whole_budget: None,
         }
+    }
+
+    /// Room to hold a message whole up to [`WHOLE_LIMIT`], if the budget
+    /// has it.
+    fn reserve_whole(&self) -> Option<WholeReservation> {
+        let budget = self.whole_budget.as_ref()?;
+        let bytes = WHOLE_LIMIT - CHUNK_SIZE;
+        budget
+            .held
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |held| {
+                held.checked_add(bytes)
+                    .filter(|&after| after <= budget.limit)
+            })
+            .ok()?;
+        Some(WholeReservation {
+            budget: Arc::clone(budget),
+            bytes,
+        })
     }
 
     /// Starts a submission, on a kept connection if one is idle, else on a
@@ -87,6 +130,7 @@ impl CleanupConnections {
             begin: Some(Box::new(submission)),
             edits: None,
             pending: Vec::with_capacity(CHUNK_SIZE),
+            whole: None,
             timeout,
         })
     }
@@ -95,6 +139,26 @@ impl CleanupConnections {
         if let Some(idle) = &self.idle {
             idle.put_back(stream);
         }
+    }
+}
+
+/// The memory the sessions of a process hold for messages held whole.
+#[derive(Debug)]
+struct WholeBudget {
+    limit: usize,
+    held: AtomicUsize,
+}
+
+/// A share of the [`WholeBudget`], given back when dropped.
+#[derive(Debug)]
+struct WholeReservation {
+    budget: Arc<WholeBudget>,
+    bytes: usize,
+}
+
+impl Drop for WholeReservation {
+    fn drop(&mut self) {
+        self.budget.held.fetch_sub(self.bytes, Ordering::AcqRel);
     }
 }
 
@@ -114,6 +178,9 @@ pub struct CleanupClient {
     /// The message's changes, when they came before `Begin` was sent.
     edits: Option<Vec<Edit>>,
     pending: Vec<u8>,
+    /// Room for `pending` to grow to [`WHOLE_LIMIT`] (else it is sent at
+    /// [`CHUNK_SIZE`]).
+    whole: Option<WholeReservation>,
     timeout: Duration,
     /// The metadata sent with `Begin`.
     metadata: BTreeMap<String, String>,
@@ -132,16 +199,32 @@ impl CleanupClient {
             .await
     }
 
-    /// Adds content, sending full chunks as they fill up.
+    /// Adds content, sending full chunks as they fill up. A message that
+    /// fills its first chunk is held whole up to [`WHOLE_LIMIT`] instead,
+    /// if the budget has room.
     pub async fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let take = (CHUNK_SIZE - self.pending.len()).min(data.len());
-            self.pending.extend_from_slice(&data[..take]);
-            data = &data[take..];
-            if self.pending.len() >= CHUNK_SIZE {
-                let timeout = self.timeout;
-                bounded(timeout, self.send_pending()).await?;
+            let limit = if self.whole.is_some() {
+                WHOLE_LIMIT
+            } else {
+                CHUNK_SIZE
+            };
+            if self.pending.len() < limit {
+                let take = (limit - self.pending.len()).min(data.len());
+                self.pending.extend_from_slice(&data[..take]);
+                data = &data[take..];
+                continue;
             }
+            // Full, and more to come: hold more if the budget allows, else
+            // send what waits.
+            if self.whole.is_none() && self.begin.is_some() {
+                self.whole = self.connections.reserve_whole();
+                if self.whole.is_some() {
+                    continue;
+                }
+            }
+            let timeout = self.timeout;
+            bounded(timeout, self.send_pending()).await?;
         }
         Ok(())
     }
@@ -159,6 +242,10 @@ impl CleanupClient {
         }
         let mut frames = Vec::new();
         self.append_begin_and_pending(&mut frames)?;
+        if self.whole.take().is_some() {
+            // Streaming from here on: chunks, in a buffer of a chunk's size.
+            self.pending = Vec::with_capacity(CHUNK_SIZE);
+        }
         self.stream.write_all(&frames).await
     }
 
@@ -167,15 +254,11 @@ impl CleanupClient {
         if let Some(submission) = self.begin.take() {
             ipc::append_frame(frames, &CleanupRequest::Begin(*submission))?;
         }
-        if !self.pending.is_empty() {
-            let chunk = CleanupRequest::Chunk(std::mem::take(&mut self.pending));
-            ipc::append_frame(frames, &chunk)?;
-            // Keep the allocation for the next chunk.
-            if let CleanupRequest::Chunk(mut buffer) = chunk {
-                buffer.clear();
-                self.pending = buffer;
-            }
+        // In frames of a chunk at most, also for a message held whole.
+        for piece in self.pending.chunks(CHUNK_SIZE) {
+            ipc::append_frame(frames, &CleanupChunk::Chunk(piece))?;
         }
+        self.pending.clear();
         Ok(())
     }
 
@@ -420,9 +503,80 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn a_message_up_to_the_whole_limit_goes_whole_on_the_kept_connection() {
+        let (_dir, listener, connections) = listening();
+        let server = tokio::spawn(async move {
+            // One connection for both; a second would never be accepted.
+            let (mut stream, _) = listener.accept().await.unwrap();
+            ipc::hello_server(&mut stream, "cleanup").await.unwrap();
+            let mut submissions = Vec::new();
+            for _ in 0..2 {
+                let mut frames = Vec::new();
+                loop {
+                    match ipc::read_frame::<_, CleanupRequest>(&mut stream)
+                        .await
+                        .unwrap()
+                        .unwrap()
+                    {
+                        CleanupRequest::Chunk(bytes) => frames.push(bytes.len()),
+                        CleanupRequest::End => break,
+                        _ => {}
+                    }
+                }
+                submissions.push(frames);
+                let reply = CleanupReply::Queued {
+                    id: QueueId::generate(),
+                };
+                ipc::write_frame(&mut stream, &reply).await.unwrap();
+            }
+            submissions
+        });
+        send(&connections, 10).await;
+        tokio::time::timeout(Duration::from_secs(5), send(&connections, WHOLE_LIMIT))
+            .await
+            .expect("sent on the kept connection");
+        let submissions = server.await.unwrap();
+        assert_eq!(submissions[0], [10]);
+        // Whole, in frames of a chunk at most.
+        assert_eq!(submissions[1].iter().sum::<usize>(), WHOLE_LIMIT);
+        assert!(submissions[1].iter().all(|&size| size <= CHUNK_SIZE));
+        let budget = connections.whole_budget.as_ref().unwrap();
+        assert_eq!(budget.held.load(Ordering::Acquire), 0, "budget given back");
+    }
+
+    #[tokio::test]
+    async fn with_the_budget_spent_a_message_over_a_chunk_streams() {
+        let (dir, listener, _) = listening();
+        let connections = CleanupConnections::kept_with_budget(dir.path().join("cleanup.sock"), 0);
+        let large = CHUNK_SIZE * 2 + 10;
+        let server = tokio::spawn(async move {
+            // The small message's connection stays open and idle; the
+            // large one must come on a second.
+            let (mut kept, _) = listener.accept().await.unwrap();
+            ipc::hello_server(&mut kept, "cleanup").await.unwrap();
+            while !matches!(
+                ipc::read_frame::<_, CleanupRequest>(&mut kept)
+                    .await
+                    .unwrap(),
+                Some(CleanupRequest::End)
+            ) {}
+            let reply = CleanupReply::Queued {
+                id: QueueId::generate(),
+            };
+            ipc::write_frame(&mut kept, &reply).await.unwrap();
+            let served = fake_cleanup(listener, vec![Serve::Answer(1)]).await;
+            (served, kept)
+        });
+        send(&connections, 10).await;
+        send(&connections, large).await;
+        let (served, _kept) = server.await.unwrap();
+        assert_eq!(served, [vec![large]]);
+    }
+
+    #[tokio::test]
     async fn a_message_that_streams_takes_a_connection_of_its_own() {
         let (_dir, listener, connections) = listening();
-        let large = CHUNK_SIZE * 2 + 10;
+        let large = WHOLE_LIMIT + 10;
         let server = tokio::spawn(async move {
             // The first connection answers the small message, then stays
             // open and idle; the large one must come on a second.

@@ -72,6 +72,17 @@ pub enum CleanupRequest {
     Abort,
 }
 
+/// A [`CleanupRequest::Chunk`] of borrowed content: it encodes to the same
+/// bytes as the owned request (the same variant, the same bytes), so a
+/// client can frame content without copying it into a request first.
+#[derive(Debug, Serialize)]
+pub enum CleanupChunk<'a> {
+    /// Stands for [`CleanupRequest::Begin`], so that `Chunk` has the same
+    /// variant index; never sent.
+    Begin,
+    Chunk(#[serde(with = "serde_bytes")] &'a [u8]),
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Submission {
     pub sender: String,
@@ -341,6 +352,18 @@ pub enum ShowqReply {
 mod tests {
     use super::*;
     use std::net::{IpAddr, Ipv4Addr};
+
+    #[test]
+    fn a_borrowed_chunk_encodes_as_the_owned_one() {
+        let content = b"Subject: x\r\n\r\nbody\r\n".repeat(300);
+        let owned = postcard::to_stdvec(&CleanupRequest::Chunk(content.clone())).unwrap();
+        let borrowed = postcard::to_stdvec(&CleanupChunk::Chunk(&content)).unwrap();
+        assert_eq!(owned, borrowed);
+        match postcard::from_bytes(&borrowed).unwrap() {
+            CleanupRequest::Chunk(bytes) => assert_eq!(bytes, content),
+            other => panic!("decoded as {other:?}"),
+        }
+    }
 
     /// The anvil's frames cross between an smtpd and an anvil of different
     /// versions during a rolling restart: the variants keep their numbers.
