@@ -21,6 +21,8 @@
 #   OUT [bench/flamegraphs/SYSTEM-CASE.svg]  the flame graph
 #   FOLDED []            also keep the folded stacks (one line per stack,
 #                        for grep and sums) in this file
+#   MINWIDTH [2]         frames narrower than this many pixels (of 1200)
+#                        are left out of the graph, which keeps it small
 #   FLAMEGRAPH_DIR []    directory with stackcollapse-perf.pl and
 #                        flamegraph.pl, used when inferno is not installed
 #   WORK_PARENT, BASE_PORT   as for bench/run.sh
@@ -35,6 +37,7 @@ FREQUENCY=${FREQUENCY:-499}
 OUT=${OUT:-$ROOT/bench/flamegraphs/$SYSTEM-$CASE.svg}
 FLAMEGRAPH_DIR=${FLAMEGRAPH_DIR:-}
 FOLDED=${FOLDED:-}
+MINWIDTH=${MINWIDTH:-2}
 
 die() { printf 'profile: %s\n' "$*" >&2; exit 1; }
 
@@ -42,10 +45,10 @@ case $SYSTEM in empath | postfix) ;; *) die "SYSTEM must be empath or postfix" ;
 command -v perf >/dev/null || die "perf not found (apt-get install linux-perf)"
 if command -v inferno-collapse-perf >/dev/null && command -v inferno-flamegraph >/dev/null; then
     collapse() { inferno-collapse-perf; }
-    flamegraph() { inferno-flamegraph --title "$1"; }
+    flamegraph() { inferno-flamegraph --minwidth "$MINWIDTH" --title "$1"; }
 elif [ -n "$FLAMEGRAPH_DIR" ] && [ -f "$FLAMEGRAPH_DIR/flamegraph.pl" ]; then
     collapse() { perl "$FLAMEGRAPH_DIR/stackcollapse-perf.pl"; }
-    flamegraph() { perl "$FLAMEGRAPH_DIR/flamegraph.pl" --title "$1"; }
+    flamegraph() { perl "$FLAMEGRAPH_DIR/flamegraph.pl" --minwidth "$MINWIDTH" --title "$1"; }
 else
     die "no flame graph maker: cargo install inferno, or set FLAMEGRAPH_DIR"
 fi
