@@ -38,11 +38,12 @@ async fn run(socket: PathBuf, mut inbox: mpsc::UnboundedReceiver<QueueId>) {
     let mut connection: Option<UnixStream> = None;
     let mut ids = Vec::new();
     while inbox.recv_many(&mut ids, MAX_BATCH).await > 0 {
+        let frames = frames_of(&ids);
         // A kept connection may have died with a restarted qmgr: then the
         // notices go again on a fresh one.
         let attempts = if connection.is_some() { 2 } else { 1 };
         for _ in 0..attempts {
-            if send(&socket, &mut connection, &ids).await {
+            if send(&socket, &mut connection, &frames, ids.len()).await {
                 break;
             }
         }
@@ -54,9 +55,8 @@ async fn run(socket: PathBuf, mut inbox: mpsc::UnboundedReceiver<QueueId>) {
 /// queued together, and qmgr reads them with one wake-up.
 const MAX_BATCH: usize = 256;
 
-/// Sends the notices of `ids`, connecting first if needed. On failure the
-/// connection is dropped and `false` returned.
-async fn send(socket: &Path, connection: &mut Option<UnixStream>, ids: &[QueueId]) -> bool {
+/// The notices of `ids`, framed back to back for one write.
+fn frames_of(ids: &[QueueId]) -> Vec<u8> {
     let mut frames = Vec::new();
     for &id in ids {
         // A notice always encodes; one that did not would be left out
@@ -65,24 +65,32 @@ async fn send(socket: &Path, connection: &mut Option<UnixStream>, ids: &[QueueId
             tracing::warn!(%error, message_id = %id, "notice not encoded");
         }
     }
+    frames
+}
+
+/// Sends `frames` (`notices` of them), connecting first if needed. On
+/// failure the connection is dropped and `false` returned.
+async fn send(
+    socket: &Path,
+    connection: &mut Option<UnixStream>,
+    frames: &[u8],
+    notices: usize,
+) -> bool {
     let stream = match connection {
         Some(stream) => stream,
         None => match ipc::connect(socket, CONNECT_TIMEOUT).await {
             Ok(stream) => connection.insert(stream),
             Err(error) => {
-                tracing::debug!(%error, notices = ids.len(), "qmgr not notified");
+                tracing::debug!(%error, notices, "qmgr not notified");
                 return false;
             }
         },
     };
-    let sent = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(&frames)).await;
+    let sent = tokio::time::timeout(WRITE_TIMEOUT, stream.write_all(frames)).await;
     if matches!(sent, Ok(Ok(()))) {
         return true;
     }
-    tracing::debug!(
-        notices = ids.len(),
-        "qmgr not notified on the kept connection"
-    );
+    tracing::debug!(notices, "qmgr not notified on the kept connection");
     *connection = None;
     false
 }

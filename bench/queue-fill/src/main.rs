@@ -3,7 +3,7 @@
 //! queue. Not installed; not for production spools.
 //!
 //! Each message goes in the way cleanup queues one, through
-//! [`Queue::create_content`], [`Queue::stage_new`] (content and first
+//! [`Queue::new_content`], [`Queue::stage_new`] (content and first
 //! envelope sealed into one file, fsynced, hard-linked into `incoming/`)
 //! and [`Queue::sync_new_entries`] (one group commit per batch). With
 //! `--state deferred` each is then deferred the way qmgr defers one after
@@ -182,9 +182,7 @@ fn fill(
 fn stage(queue: &Queue, args: &Args, to: &str, n: u64) -> Result<Envelope, String> {
     let id = QueueId::generate();
     let now = unix_now();
-    let mut content = queue
-        .create_content(id)
-        .map_err(|e| format!("cannot create the content of {id}: {e}"))?;
+    let mut content = queue.new_content(id);
     let headers = format!(
         "Received: from bench.client.test (localhost [127.0.0.1])\r\n\tby bench.empath.test with ESMTP id {id};\r\n\t{date}\r\n\
          Message-ID: <{id}@bench.empath.test>\r\nDate: {date}\r\nFrom: <{from}>\r\nTo: <{to}>\r\n\

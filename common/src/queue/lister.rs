@@ -384,7 +384,7 @@ mod tests {
 
     fn stage(queue: &Queue, recipients: &[&str]) -> QueueId {
         let id = QueueId::generate();
-        let mut content = queue.create_content(id).unwrap();
+        let mut content = queue.new_content(id);
         content
             .write_all(b"Subject: hi\r\nFrom: a@example.org\r\n\r\nthe body\r\n")
             .unwrap();

@@ -130,7 +130,7 @@ mod tests {
     fn flat_message(queue: &Queue, state: QueueState) -> QueueId {
         let id = QueueId::generate();
         // Stage it hashed, then move both names to the flat places.
-        let mut content = queue.create_content(id).unwrap();
+        let mut content = queue.new_content(id);
         content.write_all(b"hello").unwrap();
         queue.stage_new(content, &envelope(id)).unwrap();
         if state != QueueState::Incoming {

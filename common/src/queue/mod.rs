@@ -256,7 +256,7 @@ impl Queue {
         let root = self.root.as_os_str();
         let mut path = std::ffi::OsString::with_capacity(root.len() + dir.len() + 40);
         path.push(root);
-        let separator = if self.root.as_os_str().as_encoded_bytes().ends_with(b"/") {
+        let separator = if root.as_encoded_bytes().ends_with(b"/") {
             ""
         } else {
             "/"
@@ -313,13 +313,6 @@ impl Queue {
             }
             result => result,
         }
-    }
-
-    /// Starts the content file of a new message, on disk at once.
-    pub fn create_content(&self, id: QueueId) -> io::Result<ContentWriter> {
-        let mut content = self.new_content(id);
-        content.open()?;
-        Ok(content)
     }
 
     /// Starts the content of a new message, in memory: the file is created
@@ -727,7 +720,6 @@ pub struct Listing {
     pub strays: Vec<String>,
 }
 
-/// The content file of a message being received.
 /// Content held in memory before it is written: writes reach the file in
 /// pieces of about this size.
 pub const CONTENT_BUFFER: usize = 64 * 1024;
@@ -778,14 +770,6 @@ impl ContentWriter {
             .ok_or_else(|| io::Error::other("content file not open"))
     }
 
-    fn write_buffer(&mut self) -> io::Result<()> {
-        let buffer = std::mem::take(&mut self.buffer);
-        self.open()?.write_all(&buffer)?;
-        self.buffer = buffer;
-        self.buffer.clear();
-        Ok(())
-    }
-
     /// Ends the content: appends the message's first envelope and the
     /// trailer (see [`sealed`]), and hands back the file, not yet fsynced.
     /// `envelope.content_size` must be [`ContentWriter::written`].
@@ -800,8 +784,8 @@ impl ContentWriter {
                 ),
             ));
         }
-        self.buffer.extend_from_slice(&sealed::tail(envelope, size));
-        self.write_buffer()?;
+        let waiting = std::mem::take(&mut self.buffer);
+        write_both(self.open()?, &waiting, &sealed::tail(envelope, size))?;
         self.file
             .take()
             .ok_or_else(|| io::Error::other("content file not open"))
@@ -935,7 +919,7 @@ mod tests {
     /// into one file, hard-linked into incoming/.
     fn sealed(queue: &Queue, body: &[u8]) -> Envelope {
         let id = QueueId::generate();
-        let mut content = queue.create_content(id).unwrap();
+        let mut content = queue.new_content(id);
         content.write_all(body).unwrap();
         let mut sealed = envelope(id);
         sealed.content_size = content.written();
@@ -958,7 +942,7 @@ mod tests {
     fn a_quarantined_message_is_queued_in_hold_and_released_to_incoming() {
         let (_dir, queue) = queue();
         let id = QueueId::generate();
-        let mut content = queue.create_content(id).unwrap();
+        let mut content = queue.new_content(id);
         content.write_all(b"Subject: held\r\n\r\n").unwrap();
         let mut held = envelope(id);
         held.content_size = content.written();
@@ -1007,7 +991,7 @@ mod tests {
     fn a_failed_staging_leaves_nothing() {
         let (_dir, queue) = queue();
         let id = QueueId::generate();
-        let mut content = queue.create_content(id).unwrap();
+        let mut content = queue.new_content(id);
         content.write_all(b"four").unwrap();
         // The envelope claims 5 bytes: sealing refuses it.
         assert!(queue.stage_new(content, &envelope(id)).is_err());
@@ -1124,7 +1108,7 @@ mod tests {
         let ids: Vec<QueueId> = (0..50)
             .map(|_| {
                 let id = QueueId::generate();
-                let mut content = clone.create_content(id).unwrap();
+                let mut content = clone.new_content(id);
                 content.write_all(b"hello").unwrap();
                 clone.stage_new(content, &envelope(id)).unwrap();
                 id
@@ -1149,7 +1133,11 @@ mod tests {
         let (_dir, queue) = queue();
         let queued = sealed(&queue, b"hello").id;
         let orphan = QueueId::generate();
-        drop(queue.create_content(orphan).unwrap());
+        // Content past the buffer, never sealed: a file no envelope names.
+        let mut content = queue.new_content(orphan);
+        content.write_all(&vec![b'x'; CONTENT_BUFFER]).unwrap();
+        drop(content);
+        assert!(queue.content_path(orphan).exists());
         assert_eq!(queue.sweep_orphan_content(Duration::ZERO).unwrap(), 1);
         assert!(queue.content_path(queued).exists());
         assert!(!queue.content_path(orphan).exists());
