@@ -74,7 +74,7 @@ pub struct Incoming {
     submission: Submission,
     content: ContentWriter,
     shaper: Shaper,
-    /// Shaped content not yet written.
+    /// Shaped content not yet written (see [`Incoming::shape`]).
     shaped: Vec<u8>,
     /// The start of the message (shaped), held until its header section is
     /// complete, or all of it when `hold_all`.
@@ -151,11 +151,19 @@ impl Incoming {
         self.submission.metadata = metadata;
     }
 
-    /// Adds content. Once the message is refused (too big, too many hops,
-    /// a write error), the rest is not written; [`Self::stage`] then
+    /// Adds content and writes it: [`Self::shape`], then
+    /// [`Self::write_shaped`].
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.shape(bytes);
+        self.write_shaped();
+    }
+
+    /// Adds content, shaped into memory until [`Self::write_shaped`]
+    /// writes it: no I/O. Once the message is refused (too big, too many
+    /// hops, a write error), the rest is only counted; [`Self::stage`] then
     /// returns why. The header section is held until it is complete, so
     /// that the added headers can be decided before anything is written.
-    pub fn push(&mut self, bytes: &[u8]) {
+    pub fn shape(&mut self, bytes: &[u8]) {
         if self.refused.is_some() {
             return;
         }
@@ -166,14 +174,26 @@ impl Incoming {
             });
             return;
         }
-        self.shaped.clear();
         self.shaper.push(bytes, &mut self.shaped);
-        if let Err(error) = self.write_shaped() {
-            self.refused = Some(error);
-        }
     }
 
-    fn write_shaped(&mut self) -> Result<(), RefusedError> {
+    /// Shaped content not written yet.
+    pub fn unwritten(&self) -> usize {
+        self.shaped.len()
+    }
+
+    /// Writes the shaped content: to the file (which may block), or into
+    /// the held start of the message.
+    pub fn write_shaped(&mut self) {
+        if self.refused.is_none()
+            && let Err(error) = self.write_out()
+        {
+            self.refused = Some(error);
+        }
+        self.shaped.clear();
+    }
+
+    fn write_out(&mut self) -> Result<(), RefusedError> {
         match &mut self.head {
             None => Ok(self.content.write_all(&self.shaped)?),
             Some(head) => {
@@ -347,9 +367,9 @@ impl Incoming {
         if let Some(refused) = self.refused.take() {
             return Err(refused);
         }
-        self.shaped.clear();
         self.shaper.finish(&mut self.shaped);
-        self.write_shaped()?;
+        self.write_out()?;
+        self.shaped.clear();
         self.write_head()?;
         if self.shaper.bare_line_endings() > 0 {
             tracing::info!(

@@ -17,10 +17,10 @@ use std::time::Duration;
 use empath_common::config::LocalDomains;
 use empath_common::daemon;
 use empath_common::edits::Edit;
-use empath_common::ipc::{read_frame, write_frame};
+use empath_common::ipc::{self, write_frame};
 use empath_common::maildrop::DropError;
 use empath_common::maillog;
-use empath_common::protocol::{self, CleanupReply, CleanupRequest, Submission};
+use empath_common::protocol::{self, CleanupFrame, CleanupReply, CleanupRequest, Submission};
 use empath_common::queue::{ClientInfo, DsnParams, Envelope, Queue, QueueId, Recipient};
 use empath_common::smtp::Reply;
 use empath_common::traces::{self, Kind as SpanKind, Span};
@@ -204,33 +204,38 @@ impl Cleanup {
         let mut span = Span::start("queue", SpanKind::Internal, incoming.id());
         span.text("empath.sender", &sender)
             .number("empath.recipient_count", recipients);
-        // Content is gathered in memory and written in batches: each write
+        // Content is shaped as it comes and written in batches: each write
         // leaves the async thread (block_in_place), which costs more than
-        // the write itself for a typical message of a few kilobytes.
-        let mut unwritten = Vec::new();
+        // the write itself for a typical message of a few kilobytes. Each
+        // frame is read into `frame`, and a chunk is shaped from there.
+        let mut frame = Vec::new();
         loop {
-            let request = match read_frame::<_, CleanupRequest>(reader).await {
-                Ok(Some(request)) => request,
-                Ok(None) | Err(_) => {
+            let request = match ipc::read_payload(reader, &mut frame, ipc::MAX_FRAME).await {
+                Ok(true) => CleanupFrame::decode(&frame),
+                Ok(false) | Err(_) => {
+                    incoming.abandon(&self.queue);
+                    return None;
+                }
+            };
+            let request = match request {
+                Ok(CleanupFrame::Chunk(content)) => {
+                    // A refused message (too big, say) is still read to its
+                    // end, so the client hears why at the end of data.
+                    incoming.shape(content);
+                    if incoming.unwritten() >= WRITE_BATCH {
+                        tokio::task::block_in_place(|| incoming.write_shaped());
+                    }
+                    continue;
+                }
+                Ok(CleanupFrame::Request(request)) => request,
+                Err(_) => {
                     incoming.abandon(&self.queue);
                     return None;
                 }
             };
             match request {
-                CleanupRequest::Chunk(bytes) => {
-                    if unwritten.is_empty() {
-                        unwritten = bytes;
-                    } else {
-                        unwritten.extend_from_slice(&bytes);
-                    }
-                    if unwritten.len() < WRITE_BATCH {
-                        continue;
-                    }
-                    // A refused message (too big, say) is still read to its
-                    // end, so the client hears why at the end of data.
-                    tokio::task::block_in_place(|| incoming.push(&unwritten));
-                    unwritten.clear();
-                }
+                // Chunks decode borrowed, above.
+                CleanupRequest::Chunk(content) => incoming.shape(&content),
                 CleanupRequest::Metadata(metadata) if trusted => incoming.set_metadata(metadata),
                 CleanupRequest::Metadata(_) => {
                     tracing::warn!("metadata from a local client ignored");
@@ -246,7 +251,7 @@ impl Cleanup {
                         Source::Sendmail
                     };
                     let reply = self
-                        .commit(incoming, &unwritten, from)
+                        .commit(incoming, from)
                         .instrument(span.log_context())
                         .await;
                     end_queue_span(span, &reply);
@@ -353,7 +358,7 @@ impl Cleanup {
             incoming.abandon(&self.queue);
             return Err(unusable(error.to_string()));
         }
-        match self.commit(incoming, &[], Source::Maildrop).await {
+        match self.commit(incoming, Source::Maildrop).await {
             CleanupReply::Queued { id } => Ok(id),
             CleanupReply::Rejected(reply) if reply.is_permanent() => {
                 Err(unusable(reply.to_string()))
@@ -387,10 +392,10 @@ impl Cleanup {
     /// file here, the directory entries in a shared group commit) and only
     /// then answers `Queued`. A message held whole first goes through the
     /// local milters (for local mail), its edits and DKIM signing.
-    async fn commit(&self, mut incoming: Incoming, rest: &[u8], from: Source) -> CleanupReply {
+    async fn commit(&self, mut incoming: Incoming, from: Source) -> CleanupReply {
         if incoming.is_holding() {
             // Held whole in memory: nothing of it is written yet.
-            incoming.push(rest);
+            incoming.write_shaped();
             return self.commit_edited(incoming, from).await;
         }
         // One trip off the async thread for the rest of the message: for a
@@ -400,7 +405,7 @@ impl Cleanup {
         // fsyncs run while the file's does.
         let mut round = None;
         let staged = tokio::task::block_in_place(|| {
-            incoming.push(rest);
+            incoming.write_shaped();
             incoming.stage(&self.queue, || round = Some(self.group_commit.ask()))
         });
         match staged {

@@ -14,7 +14,8 @@
 
 use std::collections::BTreeMap;
 use std::future::Future;
-use std::io;
+use std::io::{self, IoSlice};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -22,7 +23,8 @@ use std::time::Duration;
 
 use crate::edits::Edit;
 use crate::ipc::{self, IdleConnections};
-use crate::protocol::{CleanupChunk, CleanupReply, CleanupRequest, Submission};
+use crate::protocol::{self, CleanupReply, CleanupRequest, Submission};
+use serde::Serialize;
 use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
@@ -129,6 +131,7 @@ impl CleanupConnections {
             metadata: submission.metadata.clone(),
             begin: Some(Box::new(submission)),
             edits: None,
+            held: Vec::new(),
             pending: Vec::with_capacity(CHUNK_SIZE),
             whole: None,
             timeout,
@@ -177,9 +180,13 @@ pub struct CleanupClient {
     begin: Option<Box<Submission>>,
     /// The message's changes, when they came before `Begin` was sent.
     edits: Option<Vec<Edit>>,
+    /// Full chunks of a message held whole, not sent yet: each is sent as
+    /// it is, never copied into a larger buffer.
+    held: Vec<Vec<u8>>,
+    /// The chunk being filled.
     pending: Vec<u8>,
-    /// Room for `pending` to grow to [`WHOLE_LIMIT`] (else it is sent at
-    /// [`CHUNK_SIZE`]).
+    /// Room to hold chunks up to [`WHOLE_LIMIT`] in all (else a full chunk
+    /// is sent).
     whole: Option<WholeReservation>,
     timeout: Duration,
     /// The metadata sent with `Begin`.
@@ -204,29 +211,36 @@ impl CleanupClient {
     /// if the budget has room.
     pub async fn write(&mut self, mut data: &[u8]) -> io::Result<()> {
         while !data.is_empty() {
-            let limit = if self.whole.is_some() {
-                WHOLE_LIMIT
-            } else {
-                CHUNK_SIZE
-            };
-            if self.pending.len() < limit {
-                let take = (limit - self.pending.len()).min(data.len());
+            if self.pending.len() < CHUNK_SIZE {
+                let take = (CHUNK_SIZE - self.pending.len()).min(data.len());
                 self.pending.extend_from_slice(&data[..take]);
                 data = &data[take..];
                 continue;
             }
-            // Full, and more to come: hold more if the budget allows, else
-            // send what waits.
-            if self.whole.is_none() && self.begin.is_some() {
-                self.whole = self.connections.reserve_whole();
-                if self.whole.is_some() {
-                    continue;
-                }
+            // A full chunk, and more to come: hold it if the message may
+            // still go whole, else send what waits.
+            if self.may_hold_another_chunk() {
+                let full = std::mem::replace(&mut self.pending, Vec::with_capacity(CHUNK_SIZE));
+                self.held.push(full);
+                continue;
             }
             let timeout = self.timeout;
             bounded(timeout, self.send_pending()).await?;
         }
         Ok(())
+    }
+
+    /// Whether the full chunk in `pending` may be held, reserving room in
+    /// the budget for the first one: the chunks held and one more being
+    /// filled stay within [`WHOLE_LIMIT`].
+    fn may_hold_another_chunk(&mut self) -> bool {
+        if self.begin.is_none() || (self.held.len() + 2) * CHUNK_SIZE > WHOLE_LIMIT {
+            return false;
+        }
+        if self.whole.is_none() {
+            self.whole = self.connections.reserve_whole();
+        }
+        self.whole.is_some()
     }
 
     /// Sends the content waiting (and `Begin`, if it has not gone yet):
@@ -240,25 +254,16 @@ impl CleanupClient {
             self.kept = false;
             self.connections.put_back(kept);
         }
-        let mut frames = Vec::new();
-        self.append_begin_and_pending(&mut frames)?;
-        if self.whole.take().is_some() {
-            // Streaming from here on: chunks, in a buffer of a chunk's size.
-            self.pending = Vec::with_capacity(CHUNK_SIZE);
-        }
-        self.stream.write_all(&frames).await
-    }
-
-    /// Appends `Begin`, if it has not gone yet, and the content waiting.
-    fn append_begin_and_pending(&mut self, frames: &mut Vec<u8>) -> io::Result<()> {
+        let held = std::mem::take(&mut self.held);
+        let mut frames = Frames::default();
         if let Some(submission) = self.begin.take() {
-            ipc::append_frame(frames, &CleanupRequest::Begin(*submission))?;
+            frames.frame(&CleanupRequest::Begin(*submission))?;
         }
-        // In frames of a chunk at most, also for a message held whole.
-        for piece in self.pending.chunks(CHUNK_SIZE) {
-            ipc::append_frame(frames, &CleanupChunk::Chunk(piece))?;
-        }
+        frames.content(&held, &self.pending);
+        frames.send(&mut self.stream).await?;
         self.pending.clear();
+        // Streaming from here on: chunk by chunk.
+        self.whole = None;
         Ok(())
     }
 
@@ -284,15 +289,20 @@ impl CleanupClient {
         let timeout = self.timeout;
         bounded(timeout, async move {
             let whole = self.begin.is_some();
-            let mut frames = Vec::new();
-            self.append_begin_and_pending(&mut frames)?;
+            let held = std::mem::take(&mut self.held);
+            let pending = std::mem::take(&mut self.pending);
+            let mut frames = Frames::default();
+            if let Some(submission) = self.begin.take() {
+                frames.frame(&CleanupRequest::Begin(*submission))?;
+            }
+            frames.content(&held, &pending);
             if let Some(edits) = self.edits.take() {
-                ipc::append_frame(&mut frames, &CleanupRequest::Edits(edits))?;
+                frames.frame(&CleanupRequest::Edits(edits))?;
             }
             if metadata != self.metadata {
-                ipc::append_frame(&mut frames, &CleanupRequest::Metadata(metadata))?;
+                frames.frame(&CleanupRequest::Metadata(metadata))?;
             }
-            ipc::append_frame(&mut frames, &CleanupRequest::End)?;
+            frames.frame(&CleanupRequest::End)?;
             match exchange(&mut self.stream, &frames).await {
                 Ok(reply) => {
                     self.connections.put_back(self.stream);
@@ -342,13 +352,77 @@ impl Exchange {
     }
 }
 
+/// Frames for one write: requests encoded here, content chunks framed
+/// around the caller's buffers, uncopied.
+#[derive(Default)]
+struct Frames<'a> {
+    encoded: Vec<u8>,
+    /// In order: a range of `encoded`, or content.
+    pieces: Vec<Piece<'a>>,
+}
+
+enum Piece<'a> {
+    Encoded(Range<usize>),
+    Content(&'a [u8]),
+}
+
+impl<'a> Frames<'a> {
+    fn frame<T: Serialize>(&mut self, value: &T) -> io::Result<()> {
+        let start = self.encoded.len();
+        ipc::append_frame(&mut self.encoded, value)?;
+        self.encoded_since(start);
+        Ok(())
+    }
+
+    /// `Chunk` frames of the `held` chunks, then of `pending` (in frames
+    /// of a chunk at most).
+    fn content(&mut self, held: &'a [Vec<u8>], pending: &'a [u8]) {
+        let pieces = held.iter().map(Vec::as_slice).chain([pending]);
+        for piece in pieces.flat_map(|chunk| chunk.chunks(CHUNK_SIZE)) {
+            let start = self.encoded.len();
+            protocol::append_chunk_frame_head(&mut self.encoded, piece.len());
+            self.encoded_since(start);
+            self.pieces.push(Piece::Content(piece));
+        }
+    }
+
+    fn encoded_since(&mut self, start: usize) {
+        let end = self.encoded.len();
+        match self.pieces.last_mut() {
+            Some(Piece::Encoded(range)) if range.end == start => range.end = end,
+            _ => self.pieces.push(Piece::Encoded(start..end)),
+        }
+    }
+
+    /// Writes every frame, in as few writes as the socket allows.
+    async fn send(&self, stream: &mut UnixStream) -> io::Result<()> {
+        let mut slices: Vec<IoSlice<'_>> = self
+            .pieces
+            .iter()
+            .map(|piece| match piece {
+                Piece::Encoded(range) => IoSlice::new(&self.encoded[range.clone()]),
+                Piece::Content(content) => IoSlice::new(content),
+            })
+            .collect();
+        let mut unsent = slices.as_mut_slice();
+        while !unsent.is_empty() {
+            let written = stream.write_vectored(unsent).await?;
+            if written == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            IoSlice::advance_slices(&mut unsent, written);
+        }
+        Ok(())
+    }
+}
+
 /// Writes `frames` and reads cleanup's answer.
-async fn exchange(stream: &mut UnixStream, frames: &[u8]) -> Result<CleanupReply, Exchange> {
+async fn exchange(stream: &mut UnixStream, frames: &Frames<'_>) -> Result<CleanupReply, Exchange> {
     let unanswered = |error: io::Error| match error.kind() {
         io::ErrorKind::BrokenPipe | io::ErrorKind::ConnectionReset => Exchange::Unanswered(error),
         _ => Exchange::Failed(error),
     };
-    stream.write_all(frames).await.map_err(unanswered)?;
+    frames.send(stream).await.map_err(unanswered)?;
     match ipc::read_frame(stream).await {
         Ok(Some(reply)) => Ok(reply),
         Ok(None) => Err(Exchange::Unanswered(io::Error::new(
@@ -540,6 +614,68 @@ mod tests {
         // Whole, in frames of a chunk at most.
         assert_eq!(submissions[1].iter().sum::<usize>(), WHOLE_LIMIT);
         assert!(submissions[1].iter().all(|&size| size <= CHUNK_SIZE));
+        let budget = connections.whole_budget.as_ref().unwrap();
+        assert_eq!(budget.held.load(Ordering::Acquire), 0, "budget given back");
+    }
+
+    /// Whatever its size, and however smtpd's writes cut it, cleanup gets
+    /// the content byte for byte, in frames of a chunk at most: held whole
+    /// on the kept connection or streamed on a new one.
+    #[tokio::test]
+    async fn content_arrives_byte_for_byte_in_frames_of_a_chunk_at_most() {
+        let (_dir, listener, connections) = listening();
+        let (received_tx, mut received) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            loop {
+                let (mut stream, _) = listener.accept().await.unwrap();
+                let received_tx = received_tx.clone();
+                tokio::spawn(async move {
+                    ipc::hello_server(&mut stream, "cleanup").await.unwrap();
+                    let mut content = Vec::new();
+                    while let Ok(Some(request)) =
+                        ipc::read_frame::<_, CleanupRequest>(&mut stream).await
+                    {
+                        match request {
+                            CleanupRequest::Chunk(bytes) => {
+                                assert!(bytes.len() <= CHUNK_SIZE, "a frame of {}", bytes.len());
+                                content.extend_from_slice(&bytes);
+                            }
+                            CleanupRequest::End => {
+                                received_tx.send(std::mem::take(&mut content)).unwrap();
+                                let reply = CleanupReply::Queued {
+                                    id: QueueId::generate(),
+                                };
+                                ipc::write_frame(&mut stream, &reply).await.unwrap();
+                            }
+                            _ => {}
+                        }
+                    }
+                });
+            }
+        });
+        for size in [
+            0,
+            CHUNK_SIZE - 1,
+            CHUNK_SIZE,
+            CHUNK_SIZE + 1,
+            3 * CHUNK_SIZE + 5,
+            WHOLE_LIMIT,
+            WHOLE_LIMIT + 1,
+            2 * WHOLE_LIMIT + 7,
+        ] {
+            let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let mut client = connections
+                .begin(submission(), Duration::from_secs(5))
+                .await
+                .unwrap();
+            for piece in content.chunks(7_777) {
+                client.write(piece).await.unwrap();
+            }
+            let reply = client.commit(BTreeMap::new()).await.unwrap();
+            assert!(matches!(reply, CleanupReply::Queued { .. }));
+            let got = received.recv().await.unwrap();
+            assert!(got == content, "{size} bytes: {} arrived", got.len());
+        }
         let budget = connections.whole_budget.as_ref().unwrap();
         assert_eq!(budget.held.load(Ordering::Acquire), 0, "budget given back");
     }

@@ -154,10 +154,27 @@ where
     R: AsyncRead + Unpin,
     T: DeserializeOwned,
 {
+    let mut payload = Vec::new();
+    if !read_payload(reader, &mut payload, max).await? {
+        return Ok(None);
+    }
+    postcard::from_bytes(&payload)
+        .map(Some)
+        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+}
+
+/// Reads the payload of one frame of at most `max` bytes into `payload`
+/// (replacing what it held), for a reader that decodes it in place:
+/// content borrowed from the frame is never copied out of it. `false`
+/// means the peer closed the connection cleanly between frames.
+pub async fn read_payload<R>(reader: &mut R, payload: &mut Vec<u8>, max: usize) -> io::Result<bool>
+where
+    R: AsyncRead + Unpin,
+{
     let mut header = [0u8; 4];
     match reader.read_exact(&mut header).await {
         Ok(_) => {}
-        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::UnexpectedEof => return Ok(false),
         Err(e) => return Err(e),
     }
     let length = u32::from_be_bytes(header) as usize;
@@ -167,11 +184,16 @@ where
             format!("frame of {length} bytes exceeds the limit"),
         ));
     }
-    let mut payload = vec![0u8; length];
-    reader.read_exact(&mut payload).await?;
-    postcard::from_bytes(&payload)
-        .map(Some)
-        .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))
+    payload.clear();
+    payload.reserve_exact(length);
+    // Read into the spare capacity: a frame's memory is not zeroed first.
+    while payload.len() < length {
+        let wanted = (length - payload.len()) as u64;
+        if (&mut *reader).take(wanted).read_buf(payload).await? == 0 {
+            return Err(io::ErrorKind::UnexpectedEof.into());
+        }
+    }
+    Ok(true)
 }
 
 /// Sends a request and waits for its reply on an open connection.
@@ -334,6 +356,40 @@ mod tests {
         assert_eq!(value, Some(("hello".to_owned(), 42)));
         let end: Option<(String, u32)> = read_frame(&mut b).await.unwrap();
         assert_eq!(end, None);
+    }
+
+    /// A large frame through a small pipe arrives in many reads; the
+    /// buffer is reused from frame to frame, and a frame cut short by the
+    /// peer closing is an error, not a shorter frame.
+    #[tokio::test]
+    async fn payloads_arrive_whole_through_a_small_pipe_and_cut_short_is_an_error() {
+        let (mut a, mut b) = tokio::io::duplex(1000);
+        let large: Vec<u8> = (0..200_000).map(|i| (i % 253) as u8).collect();
+        let writer = tokio::spawn(async move {
+            write_frame(&mut a, &large).await.unwrap();
+            write_frame(&mut a, &vec![7u8; 10]).await.unwrap();
+            // A header promising more than follows.
+            a.write_all(&100u32.to_be_bytes()).await.unwrap();
+            a.write_all(&[1, 2, 3]).await.unwrap();
+        });
+        let mut payload = Vec::new();
+        assert!(read_payload(&mut b, &mut payload, MAX_FRAME).await.unwrap());
+        let decoded: Vec<u8> = postcard::from_bytes(&payload).unwrap();
+        assert_eq!(decoded.len(), 200_000);
+        assert!(
+            decoded
+                .iter()
+                .enumerate()
+                .all(|(i, &b)| b == (i % 253) as u8)
+        );
+        assert!(read_payload(&mut b, &mut payload, MAX_FRAME).await.unwrap());
+        assert_eq!(
+            postcard::from_bytes::<Vec<u8>>(&payload).unwrap(),
+            [7u8; 10]
+        );
+        writer.await.unwrap();
+        let cut = read_payload(&mut b, &mut payload, MAX_FRAME).await;
+        assert_eq!(cut.unwrap_err().kind(), io::ErrorKind::UnexpectedEof);
     }
 
     #[tokio::test]

@@ -72,15 +72,64 @@ pub enum CleanupRequest {
     Abort,
 }
 
-/// A [`CleanupRequest::Chunk`] of borrowed content: it encodes to the same
-/// bytes as the owned request (the same variant, the same bytes), so a
-/// client can frame content without copying it into a request first.
-#[derive(Debug, Serialize)]
-pub enum CleanupChunk<'a> {
-    /// Stands for [`CleanupRequest::Begin`], so that `Chunk` has the same
-    /// variant index; never sent.
-    Begin,
-    Chunk(#[serde(with = "serde_bytes")] &'a [u8]),
+/// The variant number of [`CleanupRequest::Chunk`], postcard's first byte
+/// of its encoding.
+const CHUNK_VARIANT: u8 = 1;
+
+/// Appends the frame of a [`CleanupRequest::Chunk`] of `content_len` bytes
+/// up to its content (the frame's length, as [`crate::ipc`] frames it, then
+/// the variant and the content's length as postcard encodes them): the
+/// content follows it uncopied, in the same write.
+pub fn append_chunk_frame_head(out: &mut Vec<u8>, content_len: usize) {
+    // postcard's varint: seven bits at a time, least significant first,
+    // the high bit set on every byte but the last.
+    let mut length = [0u8; 10];
+    let mut used = 0;
+    let mut rest = content_len;
+    loop {
+        let low = (rest & 0x7f) as u8;
+        rest >>= 7;
+        if rest == 0 {
+            length[used] = low;
+            used += 1;
+            break;
+        }
+        length[used] = low | 0x80;
+        used += 1;
+    }
+    let payload = 1 + used + content_len;
+    out.extend_from_slice(&(payload as u32).to_be_bytes());
+    out.push(CHUNK_VARIANT);
+    out.extend_from_slice(&length[..used]);
+}
+
+/// A frame cleanup reads: content, borrowed from the frame it came in, or
+/// another request.
+#[derive(Debug)]
+// Decoded and matched at once, one at a time: its size does not matter.
+#[allow(clippy::large_enum_variant)]
+pub enum CleanupFrame<'a> {
+    Chunk(&'a [u8]),
+    Request(CleanupRequest),
+}
+
+impl<'a> CleanupFrame<'a> {
+    /// Decodes a frame's payload without copying the content of a chunk.
+    pub fn decode(payload: &'a [u8]) -> Result<Self, postcard::Error> {
+        if payload.first() == Some(&CHUNK_VARIANT) {
+            #[derive(Deserialize)]
+            enum Borrowed<'a> {
+                #[allow(dead_code)]
+                Begin,
+                Chunk(#[serde(borrow)] &'a [u8]),
+            }
+            match postcard::from_bytes::<Borrowed<'_>>(payload)? {
+                Borrowed::Chunk(content) => return Ok(Self::Chunk(content)),
+                Borrowed::Begin => return Err(postcard::Error::DeserializeBadEnum),
+            }
+        }
+        postcard::from_bytes(payload).map(Self::Request)
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -354,15 +403,47 @@ mod tests {
     use std::net::{IpAddr, Ipv4Addr};
 
     #[test]
-    fn a_borrowed_chunk_encodes_as_the_owned_one() {
-        let content = b"Subject: x\r\n\r\nbody\r\n".repeat(300);
-        let owned = postcard::to_stdvec(&CleanupRequest::Chunk(content.clone())).unwrap();
-        let borrowed = postcard::to_stdvec(&CleanupChunk::Chunk(&content)).unwrap();
-        assert_eq!(owned, borrowed);
-        match postcard::from_bytes(&borrowed).unwrap() {
-            CleanupRequest::Chunk(bytes) => assert_eq!(bytes, content),
+    fn a_chunk_framed_around_its_content_is_the_framed_request() {
+        for size in [
+            0, 1, 127, 128, 300, 16_383, 16_384, 65_536, 300_000, 2_097_152,
+        ] {
+            let content: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+            let mut framed = Vec::new();
+            crate::ipc::append_frame(&mut framed, &CleanupRequest::Chunk(content.clone())).unwrap();
+            let mut by_head = Vec::new();
+            append_chunk_frame_head(&mut by_head, size);
+            by_head.extend_from_slice(&content);
+            assert_eq!(by_head, framed, "{size} bytes");
+        }
+    }
+
+    #[test]
+    fn a_chunk_decodes_borrowed_and_other_requests_owned() {
+        let content = b"Subject: x\r\n\r\nbody\r\n".repeat(10);
+        let chunk = postcard::to_stdvec(&CleanupRequest::Chunk(content.clone())).unwrap();
+        match CleanupFrame::decode(&chunk).unwrap() {
+            CleanupFrame::Chunk(bytes) => {
+                assert_eq!(bytes, content);
+                // Borrowed from the frame, not copied.
+                assert!(chunk.as_ptr_range().contains(&bytes.as_ptr()));
+            }
             other => panic!("decoded as {other:?}"),
         }
+        let end = postcard::to_stdvec(&CleanupRequest::End).unwrap();
+        assert!(matches!(
+            CleanupFrame::decode(&end),
+            Ok(CleanupFrame::Request(CleanupRequest::End))
+        ));
+        let metadata = BTreeMap::from([("k".to_owned(), "v".to_owned())]);
+        let encoded = postcard::to_stdvec(&CleanupRequest::Metadata(metadata.clone())).unwrap();
+        match CleanupFrame::decode(&encoded).unwrap() {
+            CleanupFrame::Request(CleanupRequest::Metadata(decoded)) => {
+                assert_eq!(decoded, metadata)
+            }
+            other => panic!("decoded as {other:?}"),
+        }
+        // A chunk cut short is an error, not a shorter chunk.
+        assert!(CleanupFrame::decode(&chunk[..chunk.len() - 1]).is_err());
     }
 
     /// The anvil's frames cross between an smtpd and an anvil of different

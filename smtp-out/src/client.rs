@@ -1,7 +1,7 @@
 //! The outbound SMTP client: one transaction to one host, with a timeout on
 //! every phase, and one result per recipient.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -415,6 +415,36 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
     ) -> Result<(), SessionError> {
         let write = async {
             self.stream.get_mut().write_all(bytes).await?;
+            self.stream.get_mut().flush().await
+        };
+        tokio::time::timeout(Duration::from_secs(secs), write)
+            .await
+            .map_err(|_| SessionError::Timeout { phase, secs })?
+            .map_err(|e| SessionError::Io {
+                phase,
+                detail: e.to_string(),
+            })
+    }
+
+    /// Sends `parts` one after another, in as few writes as the stream
+    /// allows.
+    pub async fn send_parts(
+        &mut self,
+        phase: &'static str,
+        secs: u64,
+        parts: &[&[u8]],
+    ) -> Result<(), SessionError> {
+        let write = async {
+            let mut slices: Vec<IoSlice<'_>> =
+                parts.iter().map(|part| IoSlice::new(part)).collect();
+            let mut unsent = slices.as_mut_slice();
+            while !unsent.is_empty() {
+                let written = self.stream.get_mut().write_vectored(unsent).await?;
+                if written == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                IoSlice::advance_slices(&mut unsent, written);
+            }
             self.stream.get_mut().flush().await
         };
         tokio::time::timeout(Duration::from_secs(secs), write)

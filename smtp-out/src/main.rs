@@ -315,7 +315,11 @@ impl SmtpOut {
             phase: "opening queued content",
             detail: e.to_string(),
         })?;
-        transaction::run(connection, job, &mut content, remote, reuse, dialect).await
+        let content = match &mut content {
+            QueuedContent::Whole(whole) => transaction::Content::Whole(whole),
+            QueuedContent::Streamed(file) => transaction::Content::Streamed(file),
+        };
+        transaction::run(connection, job, content, remote, reuse, dialect).await
     }
 }
 
@@ -325,18 +329,23 @@ impl SmtpOut {
 /// messages of a few kilobytes.
 const READ_WHOLE_LIMIT: u64 = 1 << 20;
 
-type QueuedContent = Box<dyn tokio::io::AsyncRead + Unpin + Send>;
+enum QueuedContent {
+    Whole(Vec<u8>),
+    Streamed(tokio::io::Take<tokio::fs::File>),
+}
 
 /// Opens a message's content, without the sealed envelope that may follow it.
 fn read_queued_content(queue: &Queue, id: QueueId) -> std::io::Result<QueuedContent> {
     let (file, len) = queue.open_content_with_len(id)?;
     if len > READ_WHOLE_LIMIT {
         let file = tokio::fs::File::from_std(file);
-        return Ok(Box::new(tokio::io::AsyncReadExt::take(file, len)));
+        return Ok(QueuedContent::Streamed(tokio::io::AsyncReadExt::take(
+            file, len,
+        )));
     }
     let mut content = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut content)?;
-    Ok(Box::new(std::io::Cursor::new(content)))
+    Ok(QueuedContent::Whole(content))
 }
 
 /// The report of a finished transaction. `received` is when the job

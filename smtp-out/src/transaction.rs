@@ -12,7 +12,7 @@ use empath_common::protocol::{DeliveryJob, JobRecipient, Outcome, RecipientResul
 use empath_common::smtp::Reply;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite};
 
-use empath_common::content::wire::DataEncoder;
+use empath_common::content::wire::{self, DataEncoder};
 
 use crate::client::{Connection, SessionError, Unread};
 use crate::params::{self, Offered};
@@ -97,17 +97,16 @@ fn data_reply(reply: Reply) -> Result<DataReply, SessionError> {
 /// Runs the transaction. A [`SessionError`] means the connection failed
 /// before every recipient had a trustworthy answer; results known so far
 /// are dropped, and the caller defers the job.
-pub async fn run<S, C>(
+pub async fn run<S>(
     connection: &mut Connection<S>,
     job: &DeliveryJob,
-    content: &mut C,
+    content: Content<'_>,
     remote: &str,
     reuse: Reuse,
     dialect: Dialect,
 ) -> Result<Finished, SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    C: AsyncRead + Unpin,
 {
     let timeouts = connection.timeouts().clone();
     let result = |index, outcome, reply: &Reply| RecipientResult {
@@ -451,18 +450,73 @@ where
     })
 }
 
+/// A message's content, as a transaction sends it.
+pub enum Content<'a> {
+    /// Read whole into memory.
+    Whole(&'a [u8]),
+    /// Read from the file as it is sent (large content).
+    Streamed(&'a mut (dyn AsyncRead + Unpin + Send)),
+}
+
 /// Writes the dot-stuffed content and the end-of-data marker. Before each
 /// piece, checks that the server has not replied yet: a reply during the
 /// content is premature, and taking it as the answer to the end of data
 /// would record a delivery the server never made.
-async fn send_content<S, C>(
+async fn send_content<S>(
     connection: &mut Connection<S>,
-    content: &mut C,
+    content: Content<'_>,
     secs: u64,
 ) -> Result<(), SessionError>
 where
     S: AsyncRead + AsyncWrite + Unpin,
-    C: AsyncRead + Unpin,
+{
+    match content {
+        // Most queued content is in its wire form already: it goes as it
+        // is, with no copy.
+        Content::Whole(whole) if wire::is_wire_ready(whole) => {
+            let mut pieces = whole.chunks(CHUNK).peekable();
+            while let Some(piece) = pieces.next() {
+                connection.expect_silence("DATA").await?;
+                if pieces.peek().is_none() {
+                    return connection
+                        .send_parts("DATA", secs, &[piece, END_OF_DATA])
+                        .await;
+                }
+                connection.send("DATA", secs, piece).await?;
+            }
+            connection.expect_silence("DATA").await?;
+            connection.send("DATA", secs, END_OF_DATA).await
+        }
+        Content::Whole(whole) => {
+            let mut encoder = DataEncoder::new();
+            let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
+            let mut pieces = whole.chunks(CHUNK).peekable();
+            while let Some(piece) = pieces.next() {
+                encoder.encode(piece, &mut out);
+                if pieces.peek().is_some() {
+                    connection.expect_silence("DATA").await?;
+                    connection.send("DATA", secs, &out).await?;
+                    out.clear();
+                }
+            }
+            encoder.finish(&mut out);
+            connection.expect_silence("DATA").await?;
+            connection.send("DATA", secs, &out).await
+        }
+        Content::Streamed(reader) => send_streamed(connection, reader, secs).await,
+    }
+}
+
+/// The end-of-data marker after content that ends with its line.
+const END_OF_DATA: &[u8] = b".\r\n";
+
+async fn send_streamed<S>(
+    connection: &mut Connection<S>,
+    content: &mut (dyn AsyncRead + Unpin + Send),
+    secs: u64,
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
 {
     let mut encoder = DataEncoder::new();
     let mut buffer = vec![0u8; CHUNK];
@@ -524,6 +578,21 @@ mod tests {
             line.trim_end().to_owned()
         }
 
+        /// Reads the content after the 354, as it came, up to and
+        /// including the end-of-data line.
+        async fn raw_content(&mut self) -> Vec<u8> {
+            let mut raw = Vec::new();
+            loop {
+                let start = raw.len();
+                if self.0.read_until(b'\n', &mut raw).await.unwrap() == 0 {
+                    return raw;
+                }
+                if raw[start..] == *b".\r\n" {
+                    return raw;
+                }
+            }
+        }
+
         async fn lines(&mut self, count: usize) -> Vec<String> {
             let mut lines = Vec::new();
             for _ in 0..count {
@@ -573,6 +642,7 @@ mod tests {
             reuse,
             content,
             buffer,
+            streamed: false,
         };
         session.run(script).await
     }
@@ -585,6 +655,8 @@ mod tests {
         reuse: Reuse,
         content: &'a [u8],
         buffer: usize,
+        /// Sent as content read from a file, not held whole.
+        streamed: bool,
     }
 
     impl Session<'_> {
@@ -596,11 +668,16 @@ mod tests {
             let (client, server) = tokio::io::duplex(self.buffer);
             let server = tokio::spawn(script(Server(BufReader::new(server))));
             let mut connection = Connection::over(client, self.extensions);
-            let mut content = self.content;
+            let mut streamed = self.content;
+            let content = if self.streamed {
+                Content::Streamed(&mut streamed)
+            } else {
+                Content::Whole(self.content)
+            };
             let result = run(
                 &mut connection,
                 &self.job,
-                &mut content,
+                content,
                 "mx:25",
                 self.reuse,
                 self.dialect,
@@ -637,6 +714,7 @@ mod tests {
             reuse: Reuse::Fresh,
             content: b"x\r\n",
             buffer: 4096,
+            streamed: false,
         };
         session.run(script).await
     }
@@ -807,30 +885,92 @@ mod tests {
         }
     }
 
+    /// What the next hop receives after its 354, byte for byte, for
+    /// content held whole (sent as it is when it is in wire form) and for
+    /// content streamed from its file: what the encoder makes of it.
+    #[tokio::test]
+    async fn the_next_hop_receives_the_encoded_content_byte_for_byte() {
+        let long_line = "x".repeat(2500);
+        let contents: Vec<Vec<u8>> = vec![
+            b"Subject: a\r\n\r\nbody\r\n".to_vec(),
+            b"a\r\n.\r\nb\r\n".to_vec(),
+            b"a\n.\nb\r\n".to_vec(),
+            b"a\r.\rb".to_vec(),
+            b"no final line end".to_vec(),
+            Vec::new(),
+            "line\r\n".repeat(30_000).into_bytes(),
+            format!("{long_line}\r\n").repeat(100).into_bytes(),
+            ["line\r\n".repeat(20_000), ".dot\r\n".to_owned()]
+                .concat()
+                .into_bytes(),
+        ];
+        for content in &contents {
+            let mut expected = Vec::new();
+            let mut encoder = DataEncoder::new();
+            encoder.encode(content, &mut expected);
+            encoder.finish(&mut expected);
+            for streamed in [false, true] {
+                let (received_tx, received) = tokio::sync::oneshot::channel();
+                let session = Session {
+                    dialect: Dialect::Smtp,
+                    job: job(),
+                    extensions: &["PIPELINING"],
+                    reuse: Reuse::Fresh,
+                    content,
+                    buffer: 4096,
+                    streamed,
+                };
+                let result = session
+                    .run(|mut s| async move {
+                        s.lines(3).await;
+                        s.say(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+                        let raw = s.raw_content().await;
+                        s.say(b"250 queued\r\n").await;
+                        let _ = received_tx.send(raw);
+                    })
+                    .await
+                    .unwrap();
+                assert_eq!(outcomes(&result), [(0, Outcome::Delivered, 250)]);
+                let raw = received.await.unwrap();
+                assert_eq!(wire::check_stream(&raw), Ok(()));
+                assert!(
+                    raw == expected,
+                    "{} bytes of content, streamed: {streamed}",
+                    content.len()
+                );
+            }
+        }
+    }
+
     /// A reply that arrives while the content is still being sent is not
     /// the answer to the end of data.
     #[tokio::test]
     async fn a_reply_during_the_content_is_a_protocol_error() {
         // Larger than one write, through a small pipe: the client is still
-        // writing when the early reply arrives.
-        let content = "line of content\r\n".repeat(20_000);
-        let result = transact(
-            &["PIPELINING"],
-            Reuse::Fresh,
-            content.as_bytes(),
-            1024,
-            |mut s| async move {
-                s.lines(3).await;
-                s.say(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
-                s.line().await;
-                s.say(b"250 ok early\r\n").await;
-                // Read on, so the client is not stuck writing.
-                let mut sink = Vec::new();
-                let _ = tokio::io::AsyncReadExt::read_to_end(&mut s.0, &mut sink).await;
-            },
-        )
-        .await;
-        assert!(is_protocol_error(&result), "{result:?}");
+        // writing when the early reply arrives. Content in wire form (sent
+        // as it is) and content the encoder changes (a bare LF).
+        for content in [
+            "line of content\r\n".repeat(20_000),
+            "line of content\n".repeat(20_000),
+        ] {
+            let result = transact(
+                &["PIPELINING"],
+                Reuse::Fresh,
+                content.as_bytes(),
+                1024,
+                |mut s| async move {
+                    s.lines(3).await;
+                    s.say(b"250 ok\r\n250 ok\r\n354 go\r\n").await;
+                    s.line().await;
+                    s.say(b"250 ok early\r\n").await;
+                    // Read on, so the client is not stuck writing.
+                    let mut sink = Vec::new();
+                    let _ = tokio::io::AsyncReadExt::read_to_end(&mut s.0, &mut sink).await;
+                },
+            )
+            .await;
+            assert!(is_protocol_error(&result), "{result:?}");
+        }
     }
 
     /// Two replies after the end of data: the first was premature.

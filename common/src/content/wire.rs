@@ -86,6 +86,29 @@ impl DataEncoder {
     }
 }
 
+/// Whether `content` is already as [`DataEncoder`] would send it (the
+/// end marker aside): CRLF line endings only, the last line ended too, no
+/// line that starts with a dot or is longer than [`MAX_LINE`]. cleanup
+/// queues most messages in that shape, and they can then go on the wire
+/// as they are, uncopied.
+pub fn is_wire_ready(content: &[u8]) -> bool {
+    let mut line_start = 0;
+    let mut ends = memchr::memchr2_iter(b'\r', b'\n', content);
+    while let Some(at) = ends.next() {
+        // Only CR LF ends a line; the LF found next is this one.
+        if content[at] != b'\r' || content.get(at + 1) != Some(&b'\n') {
+            return false;
+        }
+        ends.next();
+        let line = &content[line_start..at];
+        if line.len() > MAX_LINE || line.first() == Some(&b'.') {
+            return false;
+        }
+        line_start = at + 2;
+    }
+    line_start == content.len()
+}
+
 /// Checks a DATA stream, as a next hop gets it after its 354, up to and
 /// including the end marker: CRLF line endings only (no bare CR, no bare
 /// LF), no text line over [`MAX_LINE`] octets (a stuffing dot aside), and
@@ -140,6 +163,7 @@ pub fn unstuff(raw: &[u8]) -> Vec<u8> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     fn encode(chunks: &[&[u8]]) -> Vec<u8> {
         let mut encoder = DataEncoder::new();
@@ -189,6 +213,47 @@ mod tests {
             encode(&[&line]),
             [b".", line.as_slice(), b"\r\n.\r\n"].concat()
         );
+    }
+
+    #[test]
+    fn wire_ready_content_is_the_content_the_encoder_would_send() {
+        assert!(is_wire_ready(b""));
+        assert!(is_wire_ready(b"a\r\n\r\nb.c\r\n"));
+        assert!(is_wire_ready(
+            &[&b"x".repeat(MAX_LINE)[..], b"\r\n"].concat()
+        ));
+        assert!(!is_wire_ready(
+            &[&b"x".repeat(MAX_LINE + 1)[..], b"\r\n"].concat()
+        ));
+        assert!(!is_wire_ready(b"a\r\n.b\r\n"));
+        assert!(!is_wire_ready(b"a\r\nb"));
+        assert!(!is_wire_ready(b"a\nb\r\n"));
+        assert!(!is_wire_ready(b"a\rb\r\n"));
+        assert!(!is_wire_ready(b"a\r\r\n"));
+        assert!(!is_wire_ready(b"a\r"));
+    }
+
+    proptest! {
+        /// Exactly the content that encodes to itself (and the end
+        /// marker) is wire ready.
+        #[test]
+        fn wire_ready_is_exactly_unchanged_by_encoding(
+            pieces in proptest::collection::vec(
+                prop_oneof![
+                    Just(b"\r\n".to_vec()),
+                    Just(b"\r".to_vec()),
+                    Just(b"\n".to_vec()),
+                    Just(b".".to_vec()),
+                    Just(b"ab".to_vec()),
+                    (0usize..1100).prop_map(|n| vec![b'y'; n]),
+                ],
+                0..12,
+            )
+        ) {
+            let content = pieces.concat();
+            let unchanged = encode(&[&content]) == [content.as_slice(), b".\r\n"].concat();
+            prop_assert_eq!(is_wire_ready(&content), unchanged);
+        }
     }
 
     #[test]
