@@ -413,17 +413,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         secs: u64,
         bytes: &[u8],
     ) -> Result<(), SessionError> {
-        let write = async {
-            self.stream.get_mut().write_all(bytes).await?;
-            self.stream.get_mut().flush().await
-        };
-        tokio::time::timeout(Duration::from_secs(secs), write)
-            .await
-            .map_err(|_| SessionError::Timeout { phase, secs })?
-            .map_err(|e| SessionError::Io {
-                phase,
-                detail: e.to_string(),
-            })
+        self.send_parts(phase, secs, &[bytes]).await
     }
 
     /// Sends `parts` one after another, in as few writes as the stream

@@ -476,41 +476,25 @@ where
         Content::Whole(whole) if wire::is_wire_ready(whole) => {
             let mut pieces = whole.chunks(CHUNK).peekable();
             while let Some(piece) = pieces.next() {
-                connection.expect_silence("DATA").await?;
                 if pieces.peek().is_none() {
-                    return connection
-                        .send_parts("DATA", secs, &[piece, END_OF_DATA])
-                        .await;
+                    return send_piece(connection, secs, &[piece, END_OF_DATA]).await;
                 }
-                connection.send("DATA", secs, piece).await?;
+                send_piece(connection, secs, &[piece]).await?;
             }
-            connection.expect_silence("DATA").await?;
-            connection.send("DATA", secs, END_OF_DATA).await
+            send_piece(connection, secs, &[END_OF_DATA]).await
         }
-        Content::Whole(whole) => {
-            let mut encoder = DataEncoder::new();
-            let mut out = Vec::with_capacity(CHUNK + CHUNK / 8);
-            let mut pieces = whole.chunks(CHUNK).peekable();
-            while let Some(piece) = pieces.next() {
-                encoder.encode(piece, &mut out);
-                if pieces.peek().is_some() {
-                    connection.expect_silence("DATA").await?;
-                    connection.send("DATA", secs, &out).await?;
-                    out.clear();
-                }
-            }
-            encoder.finish(&mut out);
-            connection.expect_silence("DATA").await?;
-            connection.send("DATA", secs, &out).await
-        }
-        Content::Streamed(reader) => send_streamed(connection, reader, secs).await,
+        // Rare (an older queue file): encoded as content read from a file.
+        Content::Whole(mut whole) => send_encoded(connection, &mut whole, secs).await,
+        Content::Streamed(reader) => send_encoded(connection, reader, secs).await,
     }
 }
 
 /// The end-of-data marker after content that ends with its line.
 const END_OF_DATA: &[u8] = b".\r\n";
 
-async fn send_streamed<S>(
+/// Sends content as [`DataEncoder`] encodes it, piece by piece as it is
+/// read.
+async fn send_encoded<S>(
     connection: &mut Connection<S>,
     content: &mut (dyn AsyncRead + Unpin + Send),
     secs: u64,
@@ -534,13 +518,25 @@ where
         }
         out.clear();
         encoder.encode(&buffer[..read], &mut out);
-        connection.expect_silence("DATA").await?;
-        connection.send("DATA", secs, &out).await?;
+        send_piece(connection, secs, &[&out]).await?;
     }
     out.clear();
     encoder.finish(&mut out);
+    send_piece(connection, secs, &[&out]).await
+}
+
+/// Sends a piece of the content, once sure that the server has not
+/// replied during it.
+async fn send_piece<S>(
+    connection: &mut Connection<S>,
+    secs: u64,
+    parts: &[&[u8]],
+) -> Result<(), SessionError>
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     connection.expect_silence("DATA").await?;
-    connection.send("DATA", secs, &out).await
+    connection.send_parts("DATA", secs, parts).await
 }
 
 #[cfg(test)]
