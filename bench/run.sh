@@ -167,6 +167,17 @@ cg_remove() {
 
 # Busy and total jiffies of the whole machine, for its load during a run.
 cpu_jiffies() { awk '$1 == "cpu" { t = 0; for (i = 2; i <= NF; i++) t += $i; print t - $5 - $6, t }' /proc/stat; }
+# Commits of the work dir's filesystem journal so far (jbd2, ext3/ext4),
+# or "-": each fsync waits for one, and on this kind of VM each costs a
+# cache flush of the disk. JOURNAL_INFO is set once the work dir exists.
+JOURNAL_INFO=""
+journal_commits() {
+    if [ -n "$JOURNAL_INFO" ] && [ -r "$JOURNAL_INFO" ]; then
+        awk 'NR == 1 { print $1 }' "$JOURNAL_INFO"
+    else
+        echo -
+    fi
+}
 
 cleanup() {
     local status=$?
@@ -451,8 +462,8 @@ start_direct() { :; }
 
 # ---------------------------------------------------------------- a run
 # run_once SYSTEM COUNT SIZE SESSIONS REUSE RCPTS
-#   sets RUN_RESULT="accepted_s e2e_s cpu_ns busy_percent" ("-" for what
-#   failed). Not called in a subshell, so that SINKS and die work.
+#   sets RUN_RESULT="accepted_s e2e_s cpu_ns busy_percent journal_commits"
+#   ("-" for what failed or is not known). Not called in a subshell, so that SINKS and die work.
 run_once() {
     local system=$1 count=$2 size=$3 sessions=$4 reuse=$5 rcpts=$6
     local dir=$WORK/runs/$system-n$count-s$size-c$sessions-r$reuse-t$rcpts-$RANDOM
@@ -484,12 +495,13 @@ run_once() {
             --size "$size" --rcpts "$rcpts" --domains "$RCPT_DOMAINS")
         [ "$reuse" = 1 ] && sender+=(--reuse)
     fi
-    local cpu0 cpu1 busy0 total0 busy1 total1 start end_accept acc="-" e2e="-"
+    local cpu0 cpu1 busy0 total0 busy1 total1 commits0 commits1 start end_accept acc="-" e2e="-"
     # The watcher runs from before the first message, so that its start-up
     # is not counted and it notes the very moment the sinks are done.
     python3 "$BENCHTOOL" wait --timeout $((2 * TIMEOUT)) "${waits[@]}" >"$dir/delivered" 2>"$dir/wait.err" &
     WATCHER=$!
     cpu0=$(cg_usage_ns "$system")
+    commits0=$(journal_commits)
     read -r busy0 total0 < <(cpu_jiffies)
     start=$(now)
     if timeout "$TIMEOUT" "${sender[@]}" >"$dir/source.out" 2>&1; then
@@ -518,6 +530,7 @@ run_once() {
     done
     [ "$left" = 0 ] || log "bench: $system: $left messages still queued $DRAIN_WAIT s after the run; later runs may count them"
     cpu1=$(cg_usage_ns "$system")
+    commits1=$(journal_commits)
     read -r busy1 total1 < <(cpu_jiffies)
     local got
     got=$(python3 "$BENCHTOOL" count "${waits[@]%=*}")
@@ -529,8 +542,10 @@ run_once() {
     SINKS=()
     local cpu=-
     [ "$cpu0" != - ] && [ -n "$cpu0" ] && [ -n "$cpu1" ] && cpu=$((cpu1 - cpu0))
+    local commits=-
+    [ "$commits0" != - ] && [ "$commits1" != - ] && commits=$((commits1 - commits0))
     RUN_RESULT="$acc $e2e $cpu $(awk -v b="$((busy1 - busy0))" -v t="$((total1 - total0))" \
-        'BEGIN { if (t > 0) printf "%.0f", 100 * b / t; else print "-" }')"
+        'BEGIN { if (t > 0) printf "%.0f", 100 * b / t; else print "-" }') $commits"
 }
 
 # Sequential write rate of the work dir's filesystem (MB/s, 10^6 bytes),
@@ -583,7 +598,8 @@ filesystem() {
     local type source device journal=""
     type=$(findmnt -no FSTYPE -T "$1" 2>/dev/null) || type=$(stat -f -c %T "$1")
     source=$(findmnt -no SOURCE -T "$1" 2>/dev/null) || source=""
-    device=${source##*/}
+    device=$(readlink -f "$source" 2>/dev/null) || device=$source
+    device=${device##*/}
     # A journaled ext3/ext4 has a jbd2 entry named after its device.
     if [ -d "/proc/fs/ext4/$device" ]; then
         if compgen -G "/proc/fs/jbd2/$device-*" >/dev/null; then
@@ -594,6 +610,13 @@ filesystem() {
     fi
     echo "$type$journal${source:+ ($source)}"
 }
+# The jbd2 statistics of the filesystem under DIR, if it has a journal.
+journal_info_of() {
+    local device
+    device=$(readlink -f "$(findmnt -no SOURCE -T "$1" 2>/dev/null)" 2>/dev/null) || return 0
+    compgen -G "/proc/fs/jbd2/${device##*/}-*/info" | head -1 || true
+}
+JOURNAL_INFO=$(journal_info_of "$WORK")
 log "bench: work dir $WORK on $(filesystem "$WORK"); $(nproc) CPUs; load average $(cut -d' ' -f1-3 /proc/loadavg)"
 cg_init
 for system in $SYSTEMS; do
@@ -618,7 +641,7 @@ for run in "${RUNS[@]}"; do
         log "bench: $label: $system, $count messages"
         run_once "$system" "$count" "$size" "$sessions" "$reuse" "$rcpts"
         RESULT[$label/$system]=$RUN_RESULT
-        log "bench:   accepted in / delivered in (s) / CPU ns / machine busy %: ${RESULT[$label/$system]}"
+        log "bench:   accepted in / delivered in (s) / CPU ns / machine busy % / journal commits: ${RESULT[$label/$system]}"
     done
     LOADS+=("$(cut -d' ' -f1 /proc/loadavg)")
 done
@@ -632,23 +655,23 @@ times() { [ "$1" = - ] && echo - || echo "$1x"; }
 printf '\n%s, %s CPUs, load average %s at the start; after each case: %s\n' \
     "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" "${LOADS[*]}"
 [ -n "$DD_RATE" ] && printf 'dd (%s MiB, oflag=direct conv=fsync, same filesystem): %s MB/s\n' "$DD_MB" "$DD_RATE"
-printf '\n| case | system | N | accepted msg/s | e2e msg/s | e2e MB/s | CPU ms/msg | machine busy | e2e / no-MTA |\n'
-printf '|---|---|---|---|---|---|---|---|---|\n'
+printf '\n| case | system | N | accepted msg/s | e2e msg/s | e2e MB/s | CPU ms/msg | machine busy | e2e / no-MTA | journal commits/msg |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|\n'
 for run in "${RUNS[@]}"; do
     read -r label size _ _ _ count <<<"$run"
     direct_e2e=-
     [ "$DIRECT" = 1 ] && read -r _ direct_e2e _ _ <<<"${RESULT[$label/direct]}"
     for system in $ALL_SYSTEMS; do
-        read -r acc e2e cpu busy <<<"${RESULT[$label/$system]}"
+        read -r acc e2e cpu busy commits <<<"${RESULT[$label/$system]}"
         ratio=-
         [ "$system" != direct ] && ratio=$(fmt "$direct_e2e" "$e2e" "" 0 '100 * a / b')
         [ "$ratio" != - ] && ratio+=%
         [ "$busy" != - ] && busy+=%
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$system" "$count" \
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$system" "$count" \
             "$(fmt "$count" "$acc" "" 0 'a / b')" "$(fmt "$count" "$e2e" "" 0 'a / b')" \
             "$(fmt "$count" "$e2e" "$size" 1 'a * d / 1e6 / b')" \
             "$(if [ "$system" = direct ]; then echo -; else fmt "$cpu" "$count" "" 3 'a / 1e6 / b'; fi)" \
-            "$busy" "$ratio"
+            "$busy" "$ratio" "$(fmt "${commits:--}" "$count" "" 2 'a / b')"
     done
 done
 

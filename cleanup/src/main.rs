@@ -210,15 +210,12 @@ impl Cleanup {
         // frame is read into `frame`, and a chunk is shaped from there.
         let mut frame = Vec::new();
         loop {
-            let request = match ipc::read_payload(reader, &mut frame, ipc::MAX_FRAME).await {
-                Ok(true) => CleanupFrame::decode(&frame),
-                Ok(false) | Err(_) => {
-                    incoming.abandon(&self.queue);
-                    return None;
-                }
+            let decoded = match ipc::read_payload(reader, &mut frame, ipc::MAX_FRAME).await {
+                Ok(true) => CleanupFrame::decode(&frame).ok(),
+                Ok(false) | Err(_) => None,
             };
-            let request = match request {
-                Ok(CleanupFrame::Chunk(content)) => {
+            let request = match decoded {
+                Some(CleanupFrame::Chunk(content)) => {
                     // A refused message (too big, say) is still read to its
                     // end, so the client hears why at the end of data.
                     incoming.shape(content);
@@ -227,8 +224,9 @@ impl Cleanup {
                     }
                     continue;
                 }
-                Ok(CleanupFrame::Request(request)) => request,
-                Err(_) => {
+                Some(CleanupFrame::Request(request)) => request,
+                // Gone, or broken: the submission is dropped.
+                None => {
                     incoming.abandon(&self.queue);
                     return None;
                 }

@@ -98,6 +98,11 @@ pub fn append_chunk_frame_head(out: &mut Vec<u8>, content_len: usize) {
         used += 1;
     }
     let payload = 1 + used + content_len;
+    // Callers send chunks of at most `cleanup_client::CHUNK_SIZE`.
+    debug_assert!(
+        payload <= crate::ipc::MAX_FRAME,
+        "a chunk frame over the limit"
+    );
     out.extend_from_slice(&(payload as u32).to_be_bytes());
     out.push(CHUNK_VARIANT);
     out.extend_from_slice(&length[..used]);

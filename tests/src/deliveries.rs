@@ -145,6 +145,10 @@ fn check_copy(message: &TestMessage, copy: &SinkMessage, sender: &str) -> Result
             copy.mail_from
         ));
     }
+    // What came over the wire, dot-stuffed: CRLF only, short lines, and
+    // one end of data, the last line.
+    empath_common::content::wire::check_stream(&copy.raw)
+        .map_err(|problem| format!("not RFC 5321 DATA on the wire: {problem}"))?;
     let added = mail::added_headers(&copy.data, &message.bytes)?;
     let expected = [
         ("Received", 1),
@@ -209,13 +213,18 @@ mod tests {
             data.extend_from_slice(b"Date: Tue, 1 Apr 2025 12:00:00 +0000\r\n");
         }
         data.extend_from_slice(&message.bytes);
+        // As a client sends it: dot-stuffed, then the end of data.
+        let mut raw = Vec::new();
+        let mut encoder = empath_common::content::wire::DataEncoder::new();
+        encoder.encode(&data, &mut raw);
+        encoder.finish(&mut raw);
         SinkMessage {
             helo: "mx.empath.test".to_owned(),
             mail_from: SENDER.to_owned(),
             rcpt_to: rcpt_to.iter().map(|r| (*r).to_owned()).collect(),
             mail_command: String::new(),
             rcpt_commands: Vec::new(),
-            raw: Vec::new(),
+            raw,
             data,
         }
     }
@@ -271,5 +280,18 @@ mod tests {
             .check_content(&sent, SENDER)
             .expect_err("Message-ID and Date missing");
         assert!(error.contains("Message-ID"), "{error}");
+    }
+
+    #[test]
+    fn content_that_broke_the_wire_format_is_reported() {
+        let sent = mail::generate(1, SENDER, &TO);
+        let mut copy = delivered(&sent[0], &TO);
+        // A bare LF before the end of data, as a smuggling client sends.
+        copy.raw = [&copy.raw[..copy.raw.len() - 3], b"\n.\r\n"].concat();
+        let arrived = [copy];
+        let error = Deliveries::new(&arrived)
+            .check_content(&sent, SENDER)
+            .expect_err("bare LF on the wire");
+        assert!(error.contains("not RFC 5321 DATA"), "{error}");
     }
 }
