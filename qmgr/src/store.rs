@@ -21,8 +21,12 @@ pub trait Store {
     fn move_to(&self, id: QueueId, from: QueueState, to: QueueState) -> io::Result<()>;
     /// Replaces the envelope in `state`, durably.
     fn rewrite(&self, state: QueueState, envelope: &Envelope) -> io::Result<()>;
-    /// As [`Store::rewrite`], but without waiting for it: `done` gets the
-    /// outcome. The caller keeps at most one write per message in flight.
+    /// Replaces the envelope in `state` without waiting for it, for a
+    /// checkpoint: `done` gets the outcome. The new envelope is complete on
+    /// disk before it replaces the old, but the replacement is made durable
+    /// by the filesystem's next commit, not at once (see
+    /// [`Queue::rewrite_unsynced`]). The caller keeps at most one write per
+    /// message in flight.
     fn rewrite_later(&self, state: QueueState, envelope: Envelope, done: WriteDone);
     /// Replaces the envelope and moves it, durably.
     fn rewrite_and_move(
@@ -67,7 +71,7 @@ impl Store for Queue {
     /// hold up the scheduler's other decisions.
     fn rewrite_later(&self, state: QueueState, envelope: Envelope, done: WriteDone) {
         let queue = self.clone();
-        tokio::task::spawn_blocking(move || done(queue.rewrite(state, &envelope)));
+        tokio::task::spawn_blocking(move || done(queue.rewrite_unsynced(state, &envelope)));
     }
 
     fn rewrite_and_move(

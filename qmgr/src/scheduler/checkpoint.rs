@@ -2,6 +2,14 @@
 //! still run (a checkpoint), as soon as each job ends, so that a crash does
 //! not deliver to those recipients again.
 //!
+//! A checkpoint survives any process's crash (a kill -9 of qmgr, say) as
+//! soon as it is written, and reaches the disk with the filesystem's next
+//! journal commit, as the message's removal after its last delivery does:
+//! like that removal it skips the directory fsync (see
+//! `Queue::rewrite_unsynced`), so a power failure just after can repeat
+//! deliveries, never lose a message. Its envelope is fsynced before it
+//! replaces the old one.
+//!
 //! The write runs on a blocking thread, so its fsyncs hold up no other
 //! decision, and one message has at most one write at a time: a later
 //! write must not be overtaken by an earlier one, nor the message's final
