@@ -25,7 +25,6 @@ use crate::edits::Edit;
 use crate::ipc::{self, IdleConnections};
 use crate::protocol::{self, CleanupReply, CleanupRequest, Submission};
 use serde::Serialize;
-use tokio::io::AsyncWriteExt;
 use tokio::net::UnixStream;
 
 /// Content is sent in frames of this size: large enough to keep framing
@@ -259,7 +258,7 @@ impl CleanupClient {
         if let Some(submission) = self.begin.take() {
             frames.frame(&CleanupRequest::Begin(*submission))?;
         }
-        frames.content(&held, &self.pending);
+        frames.content(&held, &self.pending)?;
         frames.send(&mut self.stream).await?;
         self.pending.clear();
         // Streaming from here on: chunk by chunk.
@@ -295,7 +294,7 @@ impl CleanupClient {
             if let Some(submission) = self.begin.take() {
                 frames.frame(&CleanupRequest::Begin(*submission))?;
             }
-            frames.content(&held, &pending);
+            frames.content(&held, &pending)?;
             if let Some(edits) = self.edits.take() {
                 frames.frame(&CleanupRequest::Edits(edits))?;
             }
@@ -376,14 +375,15 @@ impl<'a> Frames<'a> {
 
     /// `Chunk` frames of the `held` chunks, then of `pending` (in frames
     /// of a chunk at most).
-    fn content(&mut self, held: &'a [Vec<u8>], pending: &'a [u8]) {
+    fn content(&mut self, held: &'a [Vec<u8>], pending: &'a [u8]) -> io::Result<()> {
         let pieces = held.iter().map(Vec::as_slice).chain([pending]);
         for piece in pieces.flat_map(|chunk| chunk.chunks(CHUNK_SIZE)) {
             let start = self.encoded.len();
-            protocol::append_chunk_frame_head(&mut self.encoded, piece.len());
+            protocol::append_chunk_frame_head(&mut self.encoded, piece.len())?;
             self.encoded_since(start);
             self.pieces.push(Piece::Content(piece));
         }
+        Ok(())
     }
 
     fn encoded_since(&mut self, start: usize) {
@@ -404,15 +404,7 @@ impl<'a> Frames<'a> {
                 Piece::Content(content) => IoSlice::new(content),
             })
             .collect();
-        let mut unsent = slices.as_mut_slice();
-        while !unsent.is_empty() {
-            let written = stream.write_vectored(unsent).await?;
-            if written == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            IoSlice::advance_slices(&mut unsent, written);
-        }
-        Ok(())
+        ipc::write_all_vectored(stream, &mut slices).await
     }
 }
 

@@ -9,7 +9,7 @@
 //! [`connect`] and `daemon::serve` exchange it, so no protocol client or
 //! server can forget to.
 
-use std::io;
+use std::io::{self, IoSlice};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 use std::sync::{Arc, Mutex};
@@ -113,15 +113,43 @@ where
     writer.flush().await
 }
 
+/// Writes all of `slices`, in as few writes as `writer` allows (one
+/// `writev` for a socket that takes them whole).
+pub async fn write_all_vectored<W>(writer: &mut W, slices: &mut [IoSlice<'_>]) -> io::Result<()>
+where
+    W: AsyncWrite + Unpin,
+{
+    let mut unsent = slices;
+    while !unsent.is_empty() {
+        let written = writer.write_vectored(unsent).await?;
+        if written == 0 {
+            return Err(io::ErrorKind::WriteZero.into());
+        }
+        IoSlice::advance_slices(&mut unsent, written);
+    }
+    Ok(())
+}
+
 /// Encodes `value` as a frame at the end of `buffer`: several frames can
 /// then go in one write.
 pub fn append_frame<T: Serialize>(buffer: &mut Vec<u8>, value: &T) -> io::Result<()> {
+    append_frame_head(buffer, value, 0)
+}
+
+/// Encodes the start of a frame whose payload is `head` followed by
+/// `tail_len` more bytes, which the caller sends right after it (content,
+/// uncopied, in a vectored write).
+pub fn append_frame_head<T: Serialize>(
+    buffer: &mut Vec<u8>,
+    head: &T,
+    tail_len: usize,
+) -> io::Result<()> {
     // Serialized straight after room for the length prefix: no copy.
     let start = buffer.len();
     buffer.extend_from_slice(&[0u8; 4]);
-    *buffer = postcard::to_extend(value, std::mem::take(buffer))
+    *buffer = postcard::to_extend(head, std::mem::take(buffer))
         .map_err(|e| io::Error::new(io::ErrorKind::InvalidData, e))?;
-    let payload_len = buffer.len() - start - 4;
+    let payload_len = buffer.len() - start - 4 + tail_len;
     match u32::try_from(payload_len) {
         Ok(length) if payload_len <= MAX_FRAME => {
             buffer[start..start + 4].copy_from_slice(&length.to_be_bytes());

@@ -77,35 +77,13 @@ pub enum CleanupRequest {
 const CHUNK_VARIANT: u8 = 1;
 
 /// Appends the frame of a [`CleanupRequest::Chunk`] of `content_len` bytes
-/// up to its content (the frame's length, as [`crate::ipc`] frames it, then
-/// the variant and the content's length as postcard encodes them): the
-/// content follows it uncopied, in the same write.
-pub fn append_chunk_frame_head(out: &mut Vec<u8>, content_len: usize) {
-    // postcard's varint: seven bits at a time, least significant first,
-    // the high bit set on every byte but the last.
-    let mut length = [0u8; 10];
-    let mut used = 0;
-    let mut rest = content_len;
-    loop {
-        let low = (rest & 0x7f) as u8;
-        rest >>= 7;
-        if rest == 0 {
-            length[used] = low;
-            used += 1;
-            break;
-        }
-        length[used] = low | 0x80;
-        used += 1;
-    }
-    let payload = 1 + used + content_len;
-    // Callers send chunks of at most `cleanup_client::CHUNK_SIZE`.
-    debug_assert!(
-        payload <= crate::ipc::MAX_FRAME,
-        "a chunk frame over the limit"
-    );
-    out.extend_from_slice(&(payload as u32).to_be_bytes());
-    out.push(CHUNK_VARIANT);
-    out.extend_from_slice(&length[..used]);
+/// up to its content (the frame's length, the variant, the content's
+/// length): the content follows it uncopied, in the same write.
+pub fn append_chunk_frame_head(out: &mut Vec<u8>, content_len: usize) -> std::io::Result<()> {
+    // postcard encodes the variant and a byte string's length as varints,
+    // as it encodes these two numbers.
+    let head = (u32::from(CHUNK_VARIANT), content_len);
+    crate::ipc::append_frame_head(out, &head, content_len)
 }
 
 /// A frame cleanup reads: content, borrowed from the frame it came in, or
@@ -416,7 +394,7 @@ mod tests {
             let mut framed = Vec::new();
             crate::ipc::append_frame(&mut framed, &CleanupRequest::Chunk(content.clone())).unwrap();
             let mut by_head = Vec::new();
-            append_chunk_frame_head(&mut by_head, size);
+            append_chunk_frame_head(&mut by_head, size).unwrap();
             by_head.extend_from_slice(&content);
             assert_eq!(by_head, framed, "{size} bytes");
         }

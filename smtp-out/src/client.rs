@@ -9,6 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use empath_common::config::ClientTimeouts;
+use empath_common::ipc;
 use empath_common::smtp::{Reply, ReplyLine};
 use rustls::pki_types::ServerName;
 use tokio::io::{
@@ -427,14 +428,7 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Connection<S> {
         let write = async {
             let mut slices: Vec<IoSlice<'_>> =
                 parts.iter().map(|part| IoSlice::new(part)).collect();
-            let mut unsent = slices.as_mut_slice();
-            while !unsent.is_empty() {
-                let written = self.stream.get_mut().write_vectored(unsent).await?;
-                if written == 0 {
-                    return Err(io::ErrorKind::WriteZero.into());
-                }
-                IoSlice::advance_slices(&mut unsent, written);
-            }
+            ipc::write_all_vectored(self.stream.get_mut(), &mut slices).await?;
             self.stream.get_mut().flush().await
         };
         tokio::time::timeout(Duration::from_secs(secs), write)

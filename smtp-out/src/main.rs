@@ -311,14 +311,10 @@ impl SmtpOut {
             .await
             .map_err(std::io::Error::other)
             .and_then(|opened| opened);
-        let mut content = opened.map_err(|e| SessionError::Io {
+        let content = opened.map_err(|e| SessionError::Io {
             phase: "opening queued content",
             detail: e.to_string(),
         })?;
-        let content = match &mut content {
-            QueuedContent::Whole(whole) => transaction::Content::Whole(whole),
-            QueuedContent::Streamed(file) => transaction::Content::Streamed(file),
-        };
         transaction::run(connection, job, content, remote, reuse, dialect).await
     }
 }
@@ -329,23 +325,18 @@ impl SmtpOut {
 /// messages of a few kilobytes.
 const READ_WHOLE_LIMIT: u64 = 1 << 20;
 
-enum QueuedContent {
-    Whole(Vec<u8>),
-    Streamed(tokio::io::Take<tokio::fs::File>),
-}
-
 /// Opens a message's content, without the sealed envelope that may follow it.
-fn read_queued_content(queue: &Queue, id: QueueId) -> std::io::Result<QueuedContent> {
+fn read_queued_content(queue: &Queue, id: QueueId) -> std::io::Result<transaction::Content> {
     let (file, len) = queue.open_content_with_len(id)?;
     if len > READ_WHOLE_LIMIT {
         let file = tokio::fs::File::from_std(file);
-        return Ok(QueuedContent::Streamed(tokio::io::AsyncReadExt::take(
-            file, len,
+        return Ok(transaction::Content::Streamed(Box::new(
+            tokio::io::AsyncReadExt::take(file, len),
         )));
     }
     let mut content = Vec::with_capacity(usize::try_from(len).unwrap_or(0));
     std::io::Read::read_to_end(&mut std::io::Read::take(file, len), &mut content)?;
-    Ok(QueuedContent::Whole(content))
+    Ok(transaction::Content::Whole(content))
 }
 
 /// The report of a finished transaction. `received` is when the job

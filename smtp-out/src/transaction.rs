@@ -100,7 +100,7 @@ fn data_reply(reply: Reply) -> Result<DataReply, SessionError> {
 pub async fn run<S>(
     connection: &mut Connection<S>,
     job: &DeliveryJob,
-    content: Content<'_>,
+    content: Content,
     remote: &str,
     reuse: Reuse,
     dialect: Dialect,
@@ -451,11 +451,11 @@ where
 }
 
 /// A message's content, as a transaction sends it.
-pub enum Content<'a> {
+pub enum Content {
     /// Read whole into memory.
-    Whole(&'a [u8]),
+    Whole(Vec<u8>),
     /// Read from the file as it is sent (large content).
-    Streamed(&'a mut (dyn AsyncRead + Unpin + Send)),
+    Streamed(Box<dyn AsyncRead + Unpin + Send>),
 }
 
 /// Writes the dot-stuffed content and the end-of-data marker. Before each
@@ -464,7 +464,7 @@ pub enum Content<'a> {
 /// would record a delivery the server never made.
 async fn send_content<S>(
     connection: &mut Connection<S>,
-    content: Content<'_>,
+    content: Content,
     secs: u64,
 ) -> Result<(), SessionError>
 where
@@ -473,7 +473,7 @@ where
     match content {
         // Most queued content is in its wire form already: it goes as it
         // is, with no copy.
-        Content::Whole(whole) if wire::is_wire_ready(whole) => {
+        Content::Whole(whole) if wire::is_wire_ready(&whole) => {
             let mut pieces = whole.chunks(CHUNK).peekable();
             while let Some(piece) = pieces.next() {
                 if pieces.peek().is_none() {
@@ -484,8 +484,8 @@ where
             send_piece(connection, secs, &[END_OF_DATA]).await
         }
         // Rare (an older queue file): encoded as content read from a file.
-        Content::Whole(mut whole) => send_encoded(connection, &mut whole, secs).await,
-        Content::Streamed(reader) => send_encoded(connection, reader, secs).await,
+        Content::Whole(whole) => send_encoded(connection, &mut whole.as_slice(), secs).await,
+        Content::Streamed(mut reader) => send_encoded(connection, &mut reader, secs).await,
     }
 }
 
@@ -664,11 +664,10 @@ mod tests {
             let (client, server) = tokio::io::duplex(self.buffer);
             let server = tokio::spawn(script(Server(BufReader::new(server))));
             let mut connection = Connection::over(client, self.extensions);
-            let mut streamed = self.content;
             let content = if self.streamed {
-                Content::Streamed(&mut streamed)
+                Content::Streamed(Box::new(std::io::Cursor::new(self.content.to_vec())))
             } else {
-                Content::Whole(self.content)
+                Content::Whole(self.content.to_vec())
             };
             let result = run(
                 &mut connection,

@@ -259,11 +259,8 @@ impl Style {
         match meta.target().strip_prefix("empath_common::") {
             Some(module) if self.service != "tool" => {
                 out.write_str("empath_")?;
-                for part in self.service.split('-').enumerate() {
-                    match part {
-                        (0, first) => out.write_str(first)?,
-                        (_, next) => write!(out, "_{next}")?,
-                    }
+                for c in self.service.chars() {
+                    out.write_char(if c == '-' { '_' } else { c })?;
                 }
                 write!(out, "::{module}")
             }

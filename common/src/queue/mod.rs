@@ -706,23 +706,18 @@ fn names_in(dir: &Path) -> io::Result<Vec<std::ffi::OsString>> {
 
 /// Writes `first` then `second` to `file`, in one system call when the
 /// file takes both whole.
-fn write_both(file: &mut File, mut first: &[u8], mut second: &[u8]) -> io::Result<()> {
-    while !first.is_empty() {
-        let wrote = match file.write_vectored(&[io::IoSlice::new(first), io::IoSlice::new(second)])
-        {
+fn write_both(file: &mut File, first: &[u8], second: &[u8]) -> io::Result<()> {
+    let mut slices = [io::IoSlice::new(first), io::IoSlice::new(second)];
+    let mut unsent = &mut slices[..];
+    while !unsent.is_empty() {
+        match file.write_vectored(unsent) {
             Ok(0) => return Err(io::ErrorKind::WriteZero.into()),
-            Ok(wrote) => wrote,
-            Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+            Ok(wrote) => io::IoSlice::advance_slices(&mut unsent, wrote),
+            Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
             Err(e) => return Err(e),
-        };
-        if wrote < first.len() {
-            first = &first[wrote..];
-        } else {
-            second = &second[wrote - first.len()..];
-            first = &[];
         }
     }
-    file.write_all(second)
+    Ok(())
 }
 
 /// Result of [`Queue::list`].
