@@ -25,6 +25,8 @@
 #                        are left out of the graph, which keeps it small
 #   FLAMEGRAPH_DIR []    directory with stackcollapse-perf.pl and
 #                        flamegraph.pl, used when inferno is not installed
+#   SKIP_BUILD [0]       1: profile the frame-pointer build already in
+#                        target/profiling, without building it again
 #   WORK_PARENT, BASE_PORT   as for bench/run.sh
 set -euo pipefail
 
@@ -38,6 +40,7 @@ OUT=${OUT:-$ROOT/bench/flamegraphs/$SYSTEM-$CASE.svg}
 FLAMEGRAPH_DIR=${FLAMEGRAPH_DIR:-}
 FOLDED=${FOLDED:-}
 MINWIDTH=${MINWIDTH:-2}
+SKIP_BUILD=${SKIP_BUILD:-0}
 
 die() { printf 'profile: %s\n' "$*" >&2; exit 1; }
 
@@ -62,10 +65,12 @@ finish() {
 trap finish EXIT
 
 if [ "$SYSTEM" = empath ]; then
-    printf 'profile: building Empath with frame pointers (target/profiling)\n' >&2
-    (cd "$ROOT" && RUSTFLAGS="-C force-frame-pointers=yes" \
-        CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
-        cargo build --release --workspace --bins --target-dir target/profiling >&2)
+    if [ "$SKIP_BUILD" != 1 ]; then
+        printf 'profile: building Empath with frame pointers (target/profiling)\n' >&2
+        (cd "$ROOT" && RUSTFLAGS="-C force-frame-pointers=yes" \
+            CARGO_PROFILE_RELEASE_DEBUG=line-tables-only \
+            cargo build --release --workspace --bins --target-dir target/profiling >&2)
+    fi
     export EMPATH_BIN_DIR=$ROOT/target/profiling/release
 fi
 

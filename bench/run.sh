@@ -31,6 +31,10 @@
 #   DD_MB [512]          MiB written by the disk write test (1m case)
 #   SMOKE [0]            1: a quick check that everything runs: N=500,
 #                        N_1M=20, WARMUP=20, DD_MB=64 unless set
+#   STRICT [SMOKE]       1: exit with status 1 (after the report) if any
+#                        run failed: the sender failed, the sinks did not
+#                        get every message, or a queue did not empty (as
+#                        .ci/bench-smoke runs it in CI)
 #   WARMUP [200]         messages sent once to each MTA before measuring
 #   TIMEOUT [900]        seconds allowed per run before it counts as failed
 #   DRAIN_WAIT [30]      seconds to wait after a run for the MTA's queue to
@@ -55,6 +59,7 @@ if [ "$SMOKE" = 1 ]; then
     WARMUP=${WARMUP:-20}
     DD_MB=${DD_MB:-64}
 fi
+STRICT=${STRICT:-$SMOKE}
 N=${N:-10000}
 N_100K=${N_100K:-$((N / 4))}
 N_1M=${N_1M:-$((N / 20))}
@@ -101,6 +106,14 @@ CG_KIND=""
 CG_DIR=""
 
 log() { printf '%s\n' "$*" >&2; }
+# What went wrong in the runs, each with its case: reported at the end
+# (and the exit status with STRICT=1). CURRENT names the run.
+FAILURES=()
+CURRENT=""
+failed() {
+    log "bench: $*"
+    FAILURES+=("${CURRENT:+$CURRENT: }$*")
+}
 die() { log "bench: $*"; exit 1; }
 
 # Ports: a block of four per system (its smtpd, then sinks A, B, C), and
@@ -463,7 +476,8 @@ start_direct() { :; }
 # ---------------------------------------------------------------- a run
 # run_once SYSTEM COUNT SIZE SESSIONS REUSE RCPTS
 #   sets RUN_RESULT="accepted_s e2e_s cpu_ns busy_percent journal_commits"
-#   ("-" for what failed or is not known). Not called in a subshell, so that SINKS and die work.
+#   ("-" for what failed or is not known), and adds what went wrong, if
+#   anything, to FAILURES. Not called in a subshell, so that SINKS and die work.
 run_once() {
     local system=$1 count=$2 size=$3 sessions=$4 reuse=$5 rcpts=$6
     local dir=$WORK/runs/$system-n$count-s$size-c$sessions-r$reuse-t$rcpts-$RANDOM
@@ -510,10 +524,10 @@ run_once() {
         if wait "$WATCHER"; then
             e2e=$(elapsed "$start" "$(cat "$dir/delivered")")
         else
-            log "bench: $system: the sinks did not get all $count messages in time: $(cat "$dir/wait.err")"
+            failed "$system: the sinks did not get all $count messages in time: $(cat "$dir/wait.err")"
         fi
     else
-        log "bench: the sender failed ($system, c=$sessions): $(tail -3 "$dir/source.out")"
+        failed "the sender failed ($system, c=$sessions): $(tail -3 "$dir/source.out")"
         kill "$WATCHER" 2>/dev/null || true
         wait "$WATCHER" 2>/dev/null || true
     fi
@@ -528,14 +542,14 @@ run_once() {
         [ "$left" = 0 ] && break
         sleep 0.1
     done
-    [ "$left" = 0 ] || log "bench: $system: $left messages still queued $DRAIN_WAIT s after the run; later runs may count them"
+    [ "$left" = 0 ] || failed "$system: $left messages still queued $DRAIN_WAIT s after the run; later runs may count them"
     cpu1=$(cg_usage_ns "$system")
     commits1=$(journal_commits)
     read -r busy1 total1 < <(cpu_jiffies)
     local got
     got=$(python3 "$BENCHTOOL" count "${waits[@]%=*}")
     if [ "$e2e" != - ] && [ "$got" != $((count * ${#sink_ports[@]})) ]; then
-        log "bench: $system: the sinks counted $got transactions, expected $((count * ${#sink_ports[@]})) (one per message and destination)"
+        failed "$system: the sinks counted $got transactions, expected $((count * ${#sink_ports[@]})) (one per message and destination)"
     fi
     kill "${SINKS[@]}" 2>/dev/null || true
     wait "${SINKS[@]}" 2>/dev/null || true
@@ -623,6 +637,7 @@ for system in $SYSTEMS; do
     "start_$system"
     if [ "$WARMUP" -gt 0 ]; then
         log "bench: warming up $system with $WARMUP messages"
+        CURRENT="warm-up"
         run_once "$system" "$WARMUP" 5120 10 1 1
     fi
 done
@@ -639,6 +654,7 @@ for run in "${RUNS[@]}"; do
     # Interleaved, so that all see the same (shared) machine.
     for system in $ALL_SYSTEMS; do
         log "bench: $label: $system, $count messages"
+        CURRENT=$label
         run_once "$system" "$count" "$size" "$sessions" "$reuse" "$rcpts"
         RESULT[$label/$system]=$RUN_RESULT
         log "bench:   accepted in / delivered in (s) / CPU ns / machine busy % / journal commits: ${RESULT[$label/$system]}"
@@ -706,4 +722,13 @@ if [ -n "$DD_RATE" ]; then
                 "$(fmt "$count" "$e2e" "$size" 2 "a * d / 1e6 / b / $DD_RATE")"
         done
     done
+fi
+
+if [ "${#FAILURES[@]}" -gt 0 ]; then
+    printf '\n%s run(s) went wrong; their figures are "-" or not to be trusted:\n' "${#FAILURES[@]}"
+    printf -- '- %s\n' "${FAILURES[@]}"
+    if [ "$STRICT" = 1 ]; then
+        log "bench: failed (STRICT=1): ${#FAILURES[@]} run(s) went wrong, see above"
+        exit 1
+    fi
 fi
