@@ -36,6 +36,10 @@
 #                        get every message, or a queue did not empty (as
 #                        .ci/bench-smoke runs it in CI)
 #   WARMUP [200]         messages sent once to each MTA before measuring
+#   REPEAT [1]           runs of each case and system, interleaved; every
+#                        figure is from the median run by end-to-end time
+#                        (of an even number, the slower middle one), and
+#                        all runs' times are listed under the report
 #   TIMEOUT [900]        seconds allowed per run before it counts as failed
 #   DRAIN_WAIT [30]      seconds to wait after a run for the MTA's queue to
 #                        empty (so that no run counts another's messages)
@@ -72,6 +76,7 @@ SYSTEMS=${SYSTEMS:-"empath postfix"}
 DIRECT=${DIRECT:-1}
 DD_MB=${DD_MB:-512}
 WARMUP=${WARMUP:-200}
+REPEAT=${REPEAT:-1}
 TIMEOUT=${TIMEOUT:-900}
 DRAIN_WAIT=${DRAIN_WAIT:-30}
 BASE_PORT=${BASE_PORT:-25300}
@@ -642,7 +647,15 @@ for system in $SYSTEMS; do
     fi
 done
 
-declare -A RESULT
+# The run whose end-to-end time is the median of one case and system's
+# (the slower middle one of an even number); a failed run ("-") counts as
+# the slowest.
+median_run() { # newline-separated RUN_RESULTs -> one of them
+    printf '%s' "$1" | awk '{ print ($2 == "-" ? 1e18 : $2) "\t" $0 }' | sort -g -k1,1 |
+        awk -F '\t' '{ line[NR] = $2 } END { print line[int(NR / 2) + 1] }'
+}
+
+declare -A RESULT TRIES
 DD_RATE=""
 LOADS=()
 for run in "${RUNS[@]}"; do
@@ -652,12 +665,17 @@ for run in "${RUNS[@]}"; do
         log "bench: dd: $DD_MB MiB with oflag=direct conv=fsync: $DD_RATE MB/s"
     fi
     # Interleaved, so that all see the same (shared) machine.
+    for try in $(seq "$REPEAT"); do
+        for system in $ALL_SYSTEMS; do
+            log "bench: $label: $system, $count messages$([ "$REPEAT" = 1 ] || echo ", run $try of $REPEAT")"
+            CURRENT=$label
+            run_once "$system" "$count" "$size" "$sessions" "$reuse" "$rcpts"
+            TRIES[$label/$system]+="$RUN_RESULT"$'\n'
+            log "bench:   accepted in / delivered in (s) / CPU ns / machine busy % / journal commits: $RUN_RESULT"
+        done
+    done
     for system in $ALL_SYSTEMS; do
-        log "bench: $label: $system, $count messages"
-        CURRENT=$label
-        run_once "$system" "$count" "$size" "$sessions" "$reuse" "$rcpts"
-        RESULT[$label/$system]=$RUN_RESULT
-        log "bench:   accepted in / delivered in (s) / CPU ns / machine busy % / journal commits: ${RESULT[$label/$system]}"
+        RESULT[$label/$system]=$(median_run "${TRIES[$label/$system]}")
     done
     LOADS+=("$(cut -d' ' -f1 /proc/loadavg)")
 done
@@ -720,6 +738,20 @@ if [ -n "$DD_RATE" ]; then
             read -r _ e2e _ _ <<<"${RESULT[$label/$system]}"
             printf '| %s | %s | %s | %s |\n' "$label" "$system" "$(fmt "$count" "$e2e" "$size" 1 'a * d / 1e6 / b')" \
                 "$(fmt "$count" "$e2e" "$size" 2 "a * d / 1e6 / b / $DD_RATE")"
+        done
+    done
+fi
+
+if [ "$REPEAT" -gt 1 ]; then
+    printf '\nEvery figure above is from the median of %s runs by end-to-end time. All runs, end-to-end msg/s in order:\n\n' "$REPEAT"
+    printf '| case | system | runs |\n|---|---|---|\n'
+    for run in "${RUNS[@]}"; do
+        read -r label size _ _ _ count <<<"$run"
+        for system in $ALL_SYSTEMS; do
+            rates=$(printf '%s' "${TRIES[$label/$system]}" | while read -r _ e2e _; do
+                echo "$(fmt "$count" "$e2e" "" 0 'a / b')"
+            done | paste -sd, - | sed 's/,/, /g')
+            printf '| %s | %s | %s |\n' "$label" "$system" "$rates"
         done
     done
 fi
