@@ -77,6 +77,10 @@ DIRECT=${DIRECT:-1}
 DD_MB=${DD_MB:-512}
 WARMUP=${WARMUP:-200}
 REPEAT=${REPEAT:-1}
+if ! [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]]; then
+    echo "bench: REPEAT must be a whole number of runs, 1 or more (not '$REPEAT')" >&2
+    exit 2
+fi
 TIMEOUT=${TIMEOUT:-900}
 DRAIN_WAIT=${DRAIN_WAIT:-30}
 BASE_PORT=${BASE_PORT:-25300}
