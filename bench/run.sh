@@ -40,6 +40,11 @@
 #                        figure is from the median run by end-to-end time
 #                        (of an even number, the slower middle one), and
 #                        all runs' times are listed under the report
+#   PIN [0]              1: the MTA runs on the first half of the CPUs and
+#                        the load generator, the sinks and the watcher on
+#                        the other half (taskset), so that neither takes
+#                        the other's CPU time; the kernel's threads run
+#                        anywhere. Needs 2 CPUs or more
 #   TIMEOUT [900]        seconds allowed per run before it counts as failed
 #   DRAIN_WAIT [30]      seconds to wait after a run for the MTA's queue to
 #                        empty (so that no run counts another's messages)
@@ -77,6 +82,7 @@ DIRECT=${DIRECT:-1}
 DD_MB=${DD_MB:-512}
 WARMUP=${WARMUP:-200}
 REPEAT=${REPEAT:-1}
+PIN=${PIN:-0}
 if ! [[ "$REPEAT" =~ ^[1-9][0-9]*$ ]]; then
     echo "bench: REPEAT must be a whole number of runs, 1 or more (not '$REPEAT')" >&2
     exit 2
@@ -89,6 +95,21 @@ KEEP=${KEEP:-0}
 WORK_PARENT=${WORK_PARENT:-/var/tmp}
 EXIM_CACHE=${EXIM_CACHE:-$WORK_PARENT/empath-bench-exim}
 read -r -a EMPATH_WRAPPER <<<"${EMPATH_WRAPPER:-}"
+# Command prefixes that put the MTA and the load on their CPUs (PIN=1).
+MTA_PIN=()
+LOAD_PIN=()
+if [ "$PIN" = 1 ]; then
+    cpus=$(nproc)
+    if [ "$cpus" -lt 2 ] || ! command -v taskset >/dev/null; then
+        echo "bench: PIN=1 needs 2 CPUs or more and taskset (util-linux)" >&2
+        exit 2
+    fi
+    span() { if [ "$1" = "$2" ]; then echo "$1"; else echo "$1-$2"; fi; }
+    MTA_CPUS=$(span 0 $((cpus / 2 - 1)))
+    LOAD_CPUS=$(span $((cpus / 2)) $((cpus - 1)))
+    MTA_PIN=(taskset -c "$MTA_CPUS")
+    LOAD_PIN=(taskset -c "$LOAD_CPUS")
+fi
 
 # Both MTAs may run this many deliveries to one destination at once
 # (Postfix's default_destination_concurrency_limit), and this many in all
@@ -296,7 +317,7 @@ RON
     cg_make empath
     (
         cg_enter empath
-        exec "${EMPATH_WRAPPER[@]}" "$EMPATH_BIN_DIR/empath" --config "$dir/empath.config.ron" \
+        exec "${MTA_PIN[@]}" "${EMPATH_WRAPPER[@]}" "$EMPATH_BIN_DIR/empath" --config "$dir/empath.config.ron" \
             >"$dir/empath.log" 2>&1 </dev/null
     ) &
     PIDS+=($!)
@@ -348,7 +369,7 @@ CF
     postconf -c "$dir/etc" -M "127.0.0.1:$smtp/inet=127.0.0.1:$smtp inet n - n - - smtpd"
     postconf -c "$dir/etc" -F '*/*/chroot = n'
     cg_make postfix
-    if ! (cg_enter postfix; exec postfix -c "$dir/etc" start) >&2; then
+    if ! (cg_enter postfix; exec "${MTA_PIN[@]}" postfix -c "$dir/etc" start) >&2; then
         # Postfix prints its errors only to a tty or to the log.
         command -v script >/dev/null && script -qc "postfix -c $dir/etc check" /dev/null >&2
         die "postfix did not start; see $dir/maillog"
@@ -472,7 +493,7 @@ CONF
         export LD_LIBRARY_PATH=$EXIM_LIBS
         # -bd daemonizes; the namespace lives on with it.
         # shellcheck disable=SC2016 # expanded by the inner sh
-        exec unshare -m sh -c 'mount --make-rprivate / &&
+        exec "${MTA_PIN[@]}" unshare -m sh -c 'mount --make-rprivate / &&
             mount --bind "$1" /etc/passwd && mount --bind "$2" /etc/group &&
             exec "$3" -C "$4" -bd -q30s' sh "$dir/passwd" "$dir/group" "$EXIM_BIN" "$dir/exim.conf"
     ) >&2 || die "exim did not start; see $dir/log/paniclog"
@@ -502,7 +523,7 @@ run_once() {
     local sink_ports=("$a") waits=() port
     [ "$rcpts" -gt 1 ] && [ "$system" != direct ] && sink_ports=("$a" "$b" "$c")
     for port in "${sink_ports[@]}"; do
-        smtp-sink -c -u nobody -m 512 "127.0.0.1:$port" 1024 \
+        "${LOAD_PIN[@]}" smtp-sink -c -u nobody -m 512 "127.0.0.1:$port" 1024 \
             >"$dir/sink-$port.out" 2>&1 </dev/null &
         SINKS+=($!)
         waits+=("$dir/sink-$port.out=$count")
@@ -521,13 +542,13 @@ run_once() {
     local cpu0 cpu1 busy0 total0 busy1 total1 commits0 commits1 start end_accept acc="-" e2e="-"
     # The watcher runs from before the first message, so that its start-up
     # is not counted and it notes the very moment the sinks are done.
-    python3 "$BENCHTOOL" wait --timeout $((2 * TIMEOUT)) "${waits[@]}" >"$dir/delivered" 2>"$dir/wait.err" &
+    "${LOAD_PIN[@]}" python3 "$BENCHTOOL" wait --timeout $((2 * TIMEOUT)) "${waits[@]}" >"$dir/delivered" 2>"$dir/wait.err" &
     WATCHER=$!
     cpu0=$(cg_usage_ns "$system")
     commits0=$(journal_commits)
     read -r busy0 total0 < <(cpu_jiffies)
     start=$(now)
-    if timeout "$TIMEOUT" "${sender[@]}" >"$dir/source.out" 2>&1; then
+    if timeout "$TIMEOUT" "${LOAD_PIN[@]}" "${sender[@]}" >"$dir/source.out" 2>&1; then
         end_accept=$(now)
         acc=$(elapsed "$start" "$end_accept")
         if wait "$WATCHER"; then
@@ -692,6 +713,7 @@ times() { [ "$1" = - ] && echo - || echo "$1x"; }
 
 printf '\n%s, %s CPUs, load average %s at the start; after each case: %s\n' \
     "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" "${LOADS[*]}"
+[ "$PIN" = 1 ] && printf 'PIN=1: the MTAs on CPU %s, the load generator and the sinks on CPU %s\n' "$MTA_CPUS" "$LOAD_CPUS"
 [ -n "$DD_RATE" ] && printf 'dd (%s MiB, oflag=direct conv=fsync, same filesystem): %s MB/s\n' "$DD_MB" "$DD_RATE"
 printf '\n| case | system | N | accepted msg/s | e2e msg/s | e2e MB/s | CPU ms/msg | machine busy | e2e / no-MTA | journal commits/msg |\n'
 printf '|---|---|---|---|---|---|---|---|---|---|\n'
