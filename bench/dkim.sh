@@ -121,7 +121,7 @@ run() {
     [ -n "${5:-}" ] && { dump=(-d "$dir/message."); chmod 777 "$dir"; }
     smtp-sink -u nobody "${dump[@]}" -M "$4" -m 512 "127.0.0.1:$3" 1024 >"$dir/sink.out" 2>&1 </dev/null &
     local sink=$!
-    PIDS+=($sink)
+    PIDS+=("$sink")
     wait_port "$3" 10
     local start
     start=$(now)
@@ -139,7 +139,10 @@ run() {
         sleep 0.02
     done
     elapsed "$start" "$(now)"
-    [ -n "${5:-}" ] && cp "$(ls "$dir"/message.* | head -1)" "$WORK/$1.sample"
+    if [ -n "${5:-}" ]; then
+        local dumped=("$dir"/message.*)
+        cp "${dumped[0]}" "$WORK/$1.sample"
+    fi
     true
 }
 

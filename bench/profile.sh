@@ -85,11 +85,11 @@ RUN=$!
 # The measured run starts when run.sh names it ("bench: 5k-reuse-c10:
 # empath, N messages"), after the warm-up.
 for _ in $(seq 600); do
-    grep -q "^bench: $CASE[^ ]*: $SYSTEM, " "$TMP/run.log" && break
+    grep -q "^bench: ${CASE}[^ ]*: $SYSTEM, " "$TMP/run.log" && break
     kill -0 "$RUN" 2>/dev/null || { cat "$TMP/run.log" >&2; die "bench/run.sh ended first"; }
     sleep 0.5
 done
-grep -q "^bench: $CASE[^ ]*: $SYSTEM, " "$TMP/run.log" || die "the measured run did not start"
+grep -q "^bench: ${CASE}[^ ]*: $SYSTEM, " "$TMP/run.log" || die "the measured run did not start"
 sleep 1
 perf record -F "$FREQUENCY" -a -g -o "$TMP/perf.data" -- sleep "$SAMPLE_SECONDS" 2>/dev/null
 if ! kill -0 "$RUN" 2>/dev/null || grep -q '^| ' "$TMP/run.log"; then

@@ -775,7 +775,8 @@ if [ "$REPEAT" -gt 1 ]; then
         read -r label size _ _ _ count <<<"$run"
         for system in $ALL_SYSTEMS; do
             rates=$(printf '%s' "${TRIES[$label/$system]}" | while read -r _ e2e _; do
-                echo "$(fmt "$count" "$e2e" "" 0 'a / b')"
+                fmt "$count" "$e2e" "" 0 'a / b'
+                echo
             done | paste -sd, - | sed 's/,/, /g')
             printf '| %s | %s | %s |\n' "$label" "$system" "$rates"
         done
