@@ -114,7 +114,8 @@ where
 }
 
 /// Writes all of `slices`, in as few writes as `writer` allows (one
-/// `writev` for a socket that takes them whole).
+/// `writev` for a socket that takes them whole). Not only for IPC:
+/// smtp-out's SMTP connection sends content through it too.
 pub async fn write_all_vectored<W>(writer: &mut W, slices: &mut [IoSlice<'_>]) -> io::Result<()>
 where
     W: AsyncWrite + Unpin,
