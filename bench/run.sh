@@ -187,15 +187,16 @@ cg_make() { [ -z "$CG_DIR" ] || mkdir -p "$CG_DIR/$1"; }
 # Moves the calling (sub)shell into the system's cgroup; what it execs and
 # forks stays there.
 cg_enter() { [ -z "$CG_DIR" ] || echo "$BASHPID" >"$CG_DIR/$1/cgroup.procs"; }
-cg_usage_ns() { # system -> nanoseconds of CPU, or "-"
+cg_usage_ns() { # system -> "total kernel" nanoseconds of CPU, or "- -"
     local dir
-    [ -n "$CG_DIR" ] || { echo -; return; }
+    [ -n "$CG_DIR" ] || { echo - -; return; }
     dir=$CG_DIR/$1
-    [ -d "$dir" ] || { echo -; return; }
+    [ -d "$dir" ] || { echo - -; return; }
     if [ "$CG_KIND" = v2 ]; then
-        awk '$1 == "usage_usec" { printf "%.0f", $2 * 1000 }' "$dir/cpu.stat"
+        awk '$1 == "usage_usec" { t = $2 } $1 == "system_usec" { s = $2 }
+            END { printf "%.0f %.0f\n", t * 1000, s * 1000 }' "$dir/cpu.stat"
     else
-        cat "$dir/cpuacct.usage"
+        printf '%s %s\n' "$(cat "$dir/cpuacct.usage")" "$(cat "$dir/cpuacct.usage_sys" 2>/dev/null || echo -)"
     fi
 }
 cg_procs() { [ -z "$CG_DIR" ] || cat "$CG_DIR/$1/cgroup.procs" 2>/dev/null || true; }
@@ -505,7 +506,7 @@ start_direct() { :; }
 
 # ---------------------------------------------------------------- a run
 # run_once SYSTEM COUNT SIZE SESSIONS REUSE RCPTS
-#   sets RUN_RESULT="accepted_s e2e_s cpu_ns busy_percent journal_commits"
+#   sets RUN_RESULT="accepted_s e2e_s cpu_ns busy_percent journal_commits kernel_cpu_ns"
 #   ("-" for what failed or is not known), and adds what went wrong, if
 #   anything, to FAILURES. Not called in a subshell, so that SINKS and die work.
 run_once() {
@@ -539,12 +540,12 @@ run_once() {
             --size "$size" --rcpts "$rcpts" --domains "$RCPT_DOMAINS")
         [ "$reuse" = 1 ] && sender+=(--reuse)
     fi
-    local cpu0 cpu1 busy0 total0 busy1 total1 commits0 commits1 start end_accept acc="-" e2e="-"
+    local cpu0 cpu1 sys0 sys1 busy0 total0 busy1 total1 commits0 commits1 start end_accept acc="-" e2e="-"
     # The watcher runs from before the first message, so that its start-up
     # is not counted and it notes the very moment the sinks are done.
     "${LOAD_PIN[@]}" python3 "$BENCHTOOL" wait --timeout $((2 * TIMEOUT)) "${waits[@]}" >"$dir/delivered" 2>"$dir/wait.err" &
     WATCHER=$!
-    cpu0=$(cg_usage_ns "$system")
+    read -r cpu0 sys0 < <(cg_usage_ns "$system")
     commits0=$(journal_commits)
     read -r busy0 total0 < <(cpu_jiffies)
     start=$(now)
@@ -573,7 +574,7 @@ run_once() {
         sleep 0.1
     done
     [ "$left" = 0 ] || failed "$system: $left messages still queued $DRAIN_WAIT s after the run; later runs may count them"
-    cpu1=$(cg_usage_ns "$system")
+    read -r cpu1 sys1 < <(cg_usage_ns "$system")
     commits1=$(journal_commits)
     read -r busy1 total1 < <(cpu_jiffies)
     local got
@@ -586,10 +587,12 @@ run_once() {
     SINKS=()
     local cpu=-
     [ "$cpu0" != - ] && [ -n "$cpu0" ] && [ -n "$cpu1" ] && cpu=$((cpu1 - cpu0))
+    local kernel=-
+    [ "$sys0" != - ] && [ "$sys1" != - ] && [ -n "$sys0" ] && [ -n "$sys1" ] && kernel=$((sys1 - sys0))
     local commits=-
     [ "$commits0" != - ] && [ "$commits1" != - ] && commits=$((commits1 - commits0))
     RUN_RESULT="$acc $e2e $cpu $(awk -v b="$((busy1 - busy0))" -v t="$((total1 - total0))" \
-        'BEGIN { if (t > 0) printf "%.0f", 100 * b / t; else print "-" }') $commits"
+        'BEGIN { if (t > 0) printf "%.0f", 100 * b / t; else print "-" }') $commits $kernel"
 }
 
 # Sequential write rate of the work dir's filesystem (MB/s, 10^6 bytes),
@@ -696,7 +699,7 @@ for run in "${RUNS[@]}"; do
             CURRENT=$label
             run_once "$system" "$count" "$size" "$sessions" "$reuse" "$rcpts"
             TRIES[$label/$system]+="$RUN_RESULT"$'\n'
-            log "bench:   accepted in / delivered in (s) / CPU ns / machine busy % / journal commits: $RUN_RESULT"
+            log "bench:   accepted in / delivered in (s) / CPU ns / machine busy % / journal commits / kernel CPU ns: $RUN_RESULT"
         done
     done
     for system in $ALL_SYSTEMS; do
@@ -715,23 +718,26 @@ printf '\n%s, %s CPUs, load average %s at the start; after each case: %s\n' \
     "$(date -u '+%Y-%m-%d %H:%M UTC')" "$(nproc)" "$(cut -d' ' -f1-3 /proc/loadavg)" "${LOADS[*]}"
 [ "$PIN" = 1 ] && printf 'PIN=1: the MTAs on CPU %s, the load generator and the sinks on CPU %s\n' "$MTA_CPUS" "$LOAD_CPUS"
 [ -n "$DD_RATE" ] && printf 'dd (%s MiB, oflag=direct conv=fsync, same filesystem): %s MB/s\n' "$DD_MB" "$DD_RATE"
-printf '\n| case | system | N | accepted msg/s | e2e msg/s | e2e MB/s | CPU ms/msg | machine busy | e2e / no-MTA | journal commits/msg |\n'
-printf '|---|---|---|---|---|---|---|---|---|---|\n'
+printf '\n| case | system | N | accepted msg/s | e2e msg/s | e2e MB/s | CPU ms/msg | of it in the kernel | machine busy | e2e / no-MTA | journal commits/msg |\n'
+printf '|---|---|---|---|---|---|---|---|---|---|---|\n'
 for run in "${RUNS[@]}"; do
     read -r label size _ _ _ count <<<"$run"
     direct_e2e=-
     [ "$DIRECT" = 1 ] && read -r _ direct_e2e _ _ <<<"${RESULT[$label/direct]}"
     for system in $ALL_SYSTEMS; do
-        read -r acc e2e cpu busy commits <<<"${RESULT[$label/$system]}"
+        read -r acc e2e cpu busy commits kernel <<<"${RESULT[$label/$system]}"
         ratio=-
         [ "$system" != direct ] && ratio=$(fmt "$direct_e2e" "$e2e" "" 0 '100 * a / b')
         [ "$ratio" != - ] && ratio+=%
         [ "$busy" != - ] && busy+=%
-        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$system" "$count" \
+        share=-
+        [ "$system" != direct ] && share=$(fmt "${kernel:--}" "$cpu" "" 0 '100 * a / b')
+        [ "$share" != - ] && share+=%
+        printf '| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n' "$label" "$system" "$count" \
             "$(fmt "$count" "$acc" "" 0 'a / b')" "$(fmt "$count" "$e2e" "" 0 'a / b')" \
             "$(fmt "$count" "$e2e" "$size" 1 'a * d / 1e6 / b')" \
             "$(if [ "$system" = direct ]; then echo -; else fmt "$cpu" "$count" "" 3 'a / 1e6 / b'; fi)" \
-            "$busy" "$ratio" "$(fmt "${commits:--}" "$count" "" 2 'a / b')"
+            "$share" "$busy" "$ratio" "$(fmt "${commits:--}" "$count" "" 2 'a / b')"
     done
 done
 
