@@ -162,6 +162,29 @@ impl AsyncWrite for Stream {
         }
     }
 
+    // Forwarded so that a vectored write (the content and the end-of-data
+    // marker, say) stays one system call and one TCP segment: the default
+    // would write only the first non-empty slice at a time.
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            Self::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Unix(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            Self::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            Self::Plain(s) => s.is_write_vectored(),
+            Self::Unix(s) => s.is_write_vectored(),
+            Self::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         match self.get_mut() {
             Self::Plain(s) => Pin::new(s).poll_flush(cx),
@@ -538,6 +561,30 @@ mod tests {
                 && connection.offers("SIZE")
                 && !connection.offers("STARTTLS")
         );
+    }
+
+    /// The content and the end-of-data marker leave in one system call
+    /// (and so, on a quiet connection, in one TCP segment), not one each.
+    #[tokio::test]
+    async fn a_vectored_write_sends_every_slice_in_one_call() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let client = TcpStream::connect(listener.local_addr().unwrap())
+            .await
+            .unwrap();
+        let (mut server, _) = listener.accept().await.unwrap();
+        let mut stream = Stream::Plain(client);
+        assert!(stream.is_write_vectored());
+        let content = vec![b'x'; 5000];
+        let written = stream
+            .write_vectored(&[IoSlice::new(&content), IoSlice::new(b".\r\n")])
+            .await
+            .unwrap();
+        assert_eq!(written, 5003);
+        let mut received = vec![0; 5003];
+        tokio::io::AsyncReadExt::read_exact(&mut server, &mut received)
+            .await
+            .unwrap();
+        assert!(received.ends_with(b"xx.\r\n"));
     }
 
     #[tokio::test]
