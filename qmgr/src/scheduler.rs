@@ -424,21 +424,7 @@ impl<S: Store, C: Couriers> Scheduler<S, C> {
             ),
         );
         log_without_agent(&job, &reply, Outcome::Deferred);
-        let report = DeliveryReport {
-            results: job
-                .recipients
-                .iter()
-                .map(|r| RecipientResult {
-                    index: r.index,
-                    outcome: Outcome::Deferred,
-                    remote: None,
-                    reply: reply.clone(),
-                })
-                .collect(),
-            destination_failed: false,
-            dsn_passed_on: Default::default(),
-        };
-        self.record_report(&job, &report);
+        self.record_report(&job, &everyone(&job, reply));
     }
 
     fn fill_active(&mut self) {
