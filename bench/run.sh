@@ -33,8 +33,10 @@
 #                        N_1M=20, WARMUP=20, DD_MB=64 unless set
 #   STRICT [SMOKE]       1: exit with status 1 (after the report) if any
 #                        run failed: the sender failed, the sinks did not
-#                        get every message, or a queue did not empty (as
-#                        .ci/bench-smoke runs it in CI)
+#                        get every message, a queue did not empty, or the
+#                        sinks counted other than one transaction per
+#                        message and destination (as .ci/bench-smoke runs
+#                        it in CI)
 #   WARMUP [200]         messages sent once to each MTA before measuring
 #   REPEAT [1]           runs of each case and system, interleaved; every
 #                        figure is from the median run by end-to-end time
@@ -505,6 +507,15 @@ queue_direct() { echo 0; }
 start_direct() { :; }
 
 # ---------------------------------------------------------------- a run
+# The growth of a counter from BEFORE to AFTER, or "-" if either is not known.
+delta() { # BEFORE AFTER
+    if [ -n "$1" ] && [ -n "$2" ] && [ "$1" != - ] && [ "$2" != - ]; then
+        echo $(($2 - $1))
+    else
+        echo -
+    fi
+}
+
 # run_once SYSTEM COUNT SIZE SESSIONS REUSE RCPTS
 #   sets RUN_RESULT="accepted_s e2e_s cpu_ns busy_percent journal_commits kernel_cpu_ns"
 #   ("-" for what failed or is not known), and adds what went wrong, if
@@ -585,12 +596,10 @@ run_once() {
     kill "${SINKS[@]}" 2>/dev/null || true
     wait "${SINKS[@]}" 2>/dev/null || true
     SINKS=()
-    local cpu=-
-    [ "$cpu0" != - ] && [ -n "$cpu0" ] && [ -n "$cpu1" ] && cpu=$((cpu1 - cpu0))
-    local kernel=-
-    [ "$sys0" != - ] && [ "$sys1" != - ] && [ -n "$sys0" ] && [ -n "$sys1" ] && kernel=$((sys1 - sys0))
-    local commits=-
-    [ "$commits0" != - ] && [ "$commits1" != - ] && commits=$((commits1 - commits0))
+    local cpu kernel commits
+    cpu=$(delta "$cpu0" "$cpu1")
+    kernel=$(delta "$sys0" "$sys1")
+    commits=$(delta "$commits0" "$commits1")
     RUN_RESULT="$acc $e2e $cpu $(awk -v b="$((busy1 - busy0))" -v t="$((total1 - total0))" \
         'BEGIN { if (t > 0) printf "%.0f", 100 * b / t; else print "-" }') $commits $kernel"
 }
